@@ -1,0 +1,478 @@
+"""The manifest language: one pydantic model per document kind.
+
+A manifest is a set of YAML documents, each with a ``kind`` and a ``name``::
+
+    kind: Tenant
+    name: k6732
+    k_account: K6732
+    server: tapi01
+    cti_password: {env: K6732_CTI_PASSWORD}
+    number_format: international
+    assignments:
+      - user: NFON\\MAUERSBERGERM
+        friendly_name: Marius Mauersberger
+        lines: ["1254"]
+
+Values are checked here one document at a time; rules across documents live in
+:mod:`provisioner.manifest.rules`. Field values are kept as written (after trimming); comparing
+them with a live system is the job of the resource modules, which canonicalise both sides.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    IPvAnyNetwork,
+    model_validator,
+)
+
+# --- scalar types -------------------------------------------------------------------------------
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+Name = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        description="lower-case letters, digits and '-', at most 63 characters",
+    ),
+]
+
+_SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>')
+_NETBIOS_FORBIDDEN = set('\\/:*?"<>|., ')
+
+
+def _domain_user(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError("write the user as a string 'DOMAIN\\sam'")
+    if value.count("\\") != 1:
+        raise ValueError(f"{value!r} is not DOMAIN\\sam (one backslash between domain and account)")
+    domain, sam = value.split("\\")
+    if not 1 <= len(domain) <= 15 or _NETBIOS_FORBIDDEN & set(domain):
+        raise ValueError(
+            f'{domain!r} is not a NetBIOS domain name (1-15 characters, no \\/:*?"<>|.)'
+        )
+    if not 1 <= len(sam) <= 20:
+        raise ValueError(f"account {sam!r} has {len(sam)} characters; sAMAccountName allows 1-20")
+    bad = sorted(_SAM_FORBIDDEN & set(sam))
+    if bad:
+        raise ValueError(
+            f"account {sam!r} contains {''.join(bad)!r}, not allowed in sAMAccountName"
+        )
+    if sam.endswith(".") or any(ord(c) < 32 for c in sam):
+        raise ValueError(f"account {sam!r} may not end with '.' or hold control characters")
+    return value
+
+
+DomainUser = Annotated[
+    str,
+    AfterValidator(_domain_user),
+    Field(description="DOMAIN\\sAMAccountName, e.g. NFON\\MAUERSBERGERM", examples=["NFON\\jdoe"]),
+]
+
+
+def domain_user_key(user: str) -> str:
+    """Windows compares account names without regard to case: one key for both spellings."""
+    return user.upper()
+
+
+KAccount = Annotated[
+    str,
+    Field(pattern=r"^K[A-Za-z0-9]{1,31}$", description="NFON K-account, e.g. K6732"),
+]
+
+Extension = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{1,15}$",
+        description="extension number as a string (quote it: numbers lose leading zeros)",
+    ),
+]
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256")]
+Version = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+){0,3}$", examples=["1.0.0"])]
+
+
+def _port(value: Any) -> str:
+    """A port or range in one spelling: ``135``, ``"49152-65535"``; ``"*"`` is not a port."""
+    if isinstance(value, bool):
+        raise ValueError("a port is a number 1-65535 or a range 'low-high'")
+    if isinstance(value, int):
+        low = high = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", value):
+        parts = [int(p) for p in value.split("-")]
+        low, high = parts[0], parts[-1]
+    else:
+        raise ValueError(f"{value!r} is not a port (1-65535) or a range 'low-high'")
+    if not (1 <= low <= 65535 and 1 <= high <= 65535):
+        raise ValueError(f"{value!r}: ports run from 1 to 65535")
+    if low > high:
+        raise ValueError(f"{value!r}: the range runs backwards")
+    return str(low) if low == high else f"{low}-{high}"
+
+
+Port = Annotated[
+    str,
+    BeforeValidator(_port, json_schema_input_type=int | str),
+    Field(examples=[135, "49152-65535"]),
+]
+
+
+def _address(value: Any) -> str:
+    """An address, a network (``10.0.2.0/24``), a range (``10.0.2.10-10.0.2.20``) or ``any``."""
+    if not isinstance(value, str):
+        raise ValueError("write addresses as strings")
+    text = value.strip()
+    if text.lower() in ("any", "*"):
+        return "any"
+    if "-" in text:
+        low_text, _, high_text = text.partition("-")
+        try:
+            low, high = ip_address(low_text.strip()), ip_address(high_text.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address range 'first-last'") from None
+        if low.version != high.version or low > high:  # type: ignore[operator]
+            raise ValueError(f"{value!r}: the range must run upwards within one IP version")
+        return f"{low}-{high}"
+    try:
+        if "/" in text:
+            return str(ip_network(text, strict=True))
+        return str(ip_address(text))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address, network or range: {exc}") from None
+
+
+RemoteAddress = Annotated[
+    str, BeforeValidator(_address), Field(examples=["10.0.2.0/24", "10.0.3.5", "any"])
+]
+
+IPAddress = IPvAnyAddress
+IPNetwork = IPvAnyNetwork
+AnyIPAddress = IPv4Address | IPv6Address
+AnyIPNetwork = IPv4Network | IPv6Network
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+class SecretRef(_Model):
+    """Where a secret lives: ``{env: NAME}`` or ``{file: PATH}``; never the secret itself."""
+
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_plaintext(cls, value: Any) -> Any:
+        if isinstance(value, str | int | float):
+            raise ValueError(
+                "plaintext secret: write {env: NAME} or {file: PATH} instead of the value"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret reference names exactly one of env or file")
+        return self
+
+    def as_mapping(self) -> dict[str, str]:
+        return {"env": self.env} if self.env is not None else {"file": self.file or ""}
+
+
+# --- WinRM --------------------------------------------------------------------------------------
+
+
+class WinRMAuth(StrEnum):
+    ntlm = "ntlm"
+    kerberos = "kerberos"
+    credssp = "credssp"
+    basic = "basic"
+    certificate = "certificate"
+
+
+class WinRMSettings(_Model):
+    """How to reach a host. Every field is optional: a Site gives defaults, a host overrides."""
+
+    host: str | None = Field(None, description="DNS name or address; default: the document name")
+    scheme: Literal["https", "http"] | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    auth: WinRMAuth | None = None
+    ca_file: str | None = None
+    user: str | None = None
+    password: SecretRef | None = None
+    allow_insecure: bool | None = Field(
+        None, description="permit http without message encryption, or basic auth; warns"
+    )
+
+    def merged_over(self, base: WinRMSettings | None) -> WinRMSettings:
+        """This host's settings, with the gaps filled from ``base``."""
+        if base is None:
+            return self
+        own = self.model_dump(exclude_none=True)
+        return base.model_copy(update=own)
+
+
+# --- Site ---------------------------------------------------------------------------------------
+
+
+class OnMissingUser(StrEnum):
+    error = "error"
+    skip = "skip"
+    remove_lines = "remove_lines"
+
+
+class Directory(_Model):
+    netbios_domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")]
+    ldap_url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$")]
+    start_tls: bool = False
+    bind_user: str
+    bind_password: SecretRef
+    ca_file: str | None = None
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 300
+    on_missing_user: OnMissingUser = OnMissingUser.error
+    cross_tenant_users: list[DomainUser] = Field(
+        default_factory=list, description="accounts allowed in more than one tenant"
+    )
+
+    @model_validator(mode="after")
+    def _tls(self) -> Directory:
+        if self.ldap_url.startswith("ldap://") and not self.start_tls:
+            raise ValueError(
+                "ldap:// sends the bind password in clear: use ldaps:// or start_tls: true"
+            )
+        return self
+
+
+class CtiApiSettings(_Model):
+    base_url: Annotated[str, Field(pattern=r"^https?://\S+$")] = (
+        "https://providersupportdata.cloud-cfg.com/v1"
+    )
+    ca_file: str | None = None
+
+
+class Site(_Model):
+    kind: Literal["Site"]
+    name: Name
+    directory: Directory
+    domain_controllers: list[IPAddress] = Field(min_length=1)
+    dns_servers: list[IPAddress] = Field(min_length=1)
+    winrm: WinRMSettings = WinRMSettings()
+    cti_api: CtiApiSettings = CtiApiSettings()
+    platform: dict[str, str] = Field(
+        default_factory=dict, description="overrides of the platform profile's assumptions"
+    )
+
+
+# --- TapiServer ---------------------------------------------------------------------------------
+
+
+class StartMode(StrEnum):
+    auto = "auto"
+    delayed_auto = "delayed-auto"
+    manual = "manual"
+    disabled = "disabled"
+
+
+class ServiceState(StrEnum):
+    running = "running"
+    stopped = "stopped"
+
+
+class TelephonyServer(_Model):
+    """The Windows Telephony service (TapiSrv) in server mode."""
+
+    server_mode: bool = True
+    service_account: str | None = Field(None, description="DOMAIN\\user the service runs as")
+    service_password: SecretRef | None = None
+    administrators: list[DomainUser] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _password_with_account(self) -> TelephonyServer:
+        if self.service_password is not None and self.service_account is None:
+            raise ValueError("service_password is set but service_account is not")
+        return self
+
+
+class Package(_Model):
+    """The NFON TAPI MSI."""
+
+    version: Version
+    source: str = Field(min_length=1, description="UNC path or URL of NFONTAPI.msi")
+    sha256: Sha256
+
+
+class CtiEngine(_Model):
+    """The CTI engine service that carries the CTI API connection."""
+
+    name: str | None = Field(None, description="default from the platform profile")
+    start_mode: StartMode = StartMode.auto
+    state: ServiceState = ServiceState.running
+    account: str = "LocalSystem"
+
+
+class DialingLocation(_Model):
+    """The Windows dialing location the phonebook number formats need."""
+
+    name: str = Field(min_length=1, max_length=64)
+    country_code: Annotated[int, Field(ge=1, le=999, description="dialing code, e.g. 49")]
+    area_code: Annotated[str, Field(pattern=r"^[0-9]{0,8}$")]
+    outside_access: Annotated[str, Field(pattern=r"^[0-9*#]{0,4}$")] = ""
+    long_distance_access: Annotated[str, Field(pattern=r"^[0-9*#]{0,4}$")] = "0"
+    international_access: Annotated[str, Field(pattern=r"^[0-9*#]{0,4}$")] = "00"
+
+
+class Direction(StrEnum):
+    inbound = "in"
+    outbound = "out"
+
+
+class Protocol(StrEnum):
+    tcp = "tcp"
+    udp = "udp"
+    icmpv4 = "icmpv4"
+    icmpv6 = "icmpv6"
+    any = "any"
+
+
+class Profile(StrEnum):
+    domain = "domain"
+    private = "private"
+    public = "public"
+
+
+class FirewallRule(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
+    direction: Direction
+    action: Literal["allow", "block"] = "allow"
+    protocol: Protocol
+    local_ports: list[Port] = Field(default_factory=list)
+    remote_ports: list[Port] = Field(default_factory=list)
+    remote_addresses: list[RemoteAddress] = Field(default_factory=lambda: ["any"])
+    profiles: list[Profile] | Literal["any"] = "any"
+    description: str = ""
+    enabled: bool = True
+
+
+class FirewallPreset(StrEnum):
+    server = "nfon-tapi-server"
+    client = "nfon-tapi-client"
+
+
+class Firewall(_Model):
+    presets: list[FirewallPreset] = Field(default_factory=list)
+    rules: list[FirewallRule] = Field(default_factory=list)
+    prune: bool = Field(False, description="delete managed-group rules the manifest does not name")
+
+
+class TapiServer(_Model):
+    kind: Literal["TapiServer"]
+    name: Name
+    site: Name | None = Field(None, description="default: the only Site")
+    address: IPAddress
+    winrm: WinRMSettings = WinRMSettings()
+    client_subnets: list[IPNetwork] = Field(default_factory=list)
+    telephony: TelephonyServer = TelephonyServer()
+    package: Package | None = None
+    cti_engine: CtiEngine | None = CtiEngine()
+    location: DialingLocation | None = None
+    firewall: Firewall = Firewall()
+    platform: dict[str, str] = Field(default_factory=dict)
+
+
+# --- Tenant -------------------------------------------------------------------------------------
+
+
+class NumberFormat(StrEnum):
+    """The four formats of the NFON manual; the phonebook ones need a dialing location."""
+
+    international = "international"
+    international_no_plus = "international_no_plus"
+    phonebook = "phonebook"
+    phonebook_international = "phonebook_international"
+
+    @property
+    def needs_location(self) -> bool:
+        return self in (NumberFormat.phonebook, NumberFormat.phonebook_international)
+
+
+LINE_NAME_FIELDS = ("extension", "name", "k_account")
+
+
+def _line_name_format(value: str) -> str:
+    fields = re.findall(r"\{([^{}]*)\}", value)
+    unknown = [f for f in fields if f not in LINE_NAME_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder {{{unknown[0]}}}: use {{extension}}, {{name}} or {{k_account}}"
+        )
+    if "extension" not in fields:
+        raise ValueError("the line name must contain {extension}, or lines of two users look alike")
+    return value
+
+
+LineNameFormat = Annotated[
+    str, AfterValidator(_line_name_format), Field(max_length=80, examples=["{extension} {name}"])
+]
+
+
+class Assignment(_Model):
+    user: DomainUser
+    lines: list[Extension] = Field(min_length=1)
+    friendly_name: str | None = Field(None, max_length=256, description="default: AD displayName")
+    shared: bool = Field(False, description="the lines may also be assigned to other users")
+
+
+class Tenant(_Model):
+    kind: Literal["Tenant"]
+    name: Name
+    k_account: KAccount
+    server: Name
+    cti_password: SecretRef
+    number_format: NumberFormat = NumberFormat.international
+    line_name_format: LineNameFormat = "{extension} {name}"
+    debug_level: Annotated[int, Field(ge=0, le=9)] = 0
+    users_group: str | None = Field(
+        None, description="AD group whose members are this tenant's users"
+    )
+    on_missing_user: OnMissingUser | None = None
+    assignments: list[Assignment] = Field(default_factory=list)
+
+
+# --- TapiClients --------------------------------------------------------------------------------
+
+
+class TapiClients(_Model):
+    kind: Literal["TapiClients"]
+    name: Name
+    site: Name | None = None
+    hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")]] = Field(
+        min_length=1
+    )
+    servers: list[Name] = Field(min_length=1, description="TAPI servers, in tcmsetup order")
+    connection_oriented: bool = Field(False, description="tcmsetup /x")
+    winrm: WinRMSettings = WinRMSettings()
+    firewall: Firewall = Firewall(presets=[FirewallPreset.client])
+
+
+KINDS: dict[str, type[_Model]] = {
+    "Site": Site,
+    "TapiServer": TapiServer,
+    "Tenant": Tenant,
+    "TapiClients": TapiClients,
+}
+
+AnyDocument = Site | TapiServer | Tenant | TapiClients

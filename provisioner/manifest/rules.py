@@ -1,0 +1,302 @@
+"""Rules that span documents: references, duplicates, line sharing, tenant isolation, firewalls.
+
+Each rule reports at the value that breaks it, e.g. the second tenant that names a user::
+
+    manifests/k7001.yaml:14:11: NFON\\jdoe is already a user of tenant k6732
+    (manifests/k6732.yaml:9:11); list the account in the Site's cross_tenant_users to allow it
+"""
+
+from __future__ import annotations
+
+from provisioner.manifest.expand import ExpandedRule, client_rules, preset_peer_needs, server_rules
+from provisioner.manifest.loader import Document
+from provisioner.manifest.models import (
+    FirewallPreset,
+    Protocol,
+    TapiClients,
+    TapiServer,
+    WinRMAuth,
+    WinRMSettings,
+    domain_user_key,
+)
+from provisioner.manifest.validate import Estate, Problems
+
+_PORTED = (Protocol.tcp, Protocol.udp)
+
+
+def check_estate(estate: Estate, problems: Problems) -> None:
+    _check_sites(estate, problems)
+    _check_references(estate, problems)
+    _check_tenants(estate, problems)
+    _check_isolation(estate, problems)
+    _check_firewalls(estate, problems)
+    _check_winrm(estate, problems)
+    _check_hosts(estate, problems)
+
+
+def _check_sites(estate: Estate, problems: Problems) -> None:
+    hosts: list[tuple[str, TapiServer | TapiClients]] = [
+        *(("TapiServer", s) for s in estate.servers.values()),
+        *(("TapiClients", c) for c in estate.clients.values()),
+    ]
+    for kind, doc in hosts:
+        where = estate.origin[(kind, doc.name)]
+        if doc.site is not None:
+            if doc.site not in estate.sites:
+                problems.add(
+                    where, ("site",), f"site {doc.site!r} is not defined{_known(estate.sites)}"
+                )
+        elif not estate.sites:
+            problems.add(
+                where, ("name",), f"{kind} {doc.name!r} needs a Site document: none is defined"
+            )
+        elif len(estate.sites) > 1:
+            problems.add(
+                where, ("name",), f"there are {len(estate.sites)} Sites: say which in 'site'"
+            )
+
+
+def _check_references(estate: Estate, problems: Problems) -> None:
+    for tenant in estate.tenants.values():
+        if tenant.server not in estate.servers:
+            problems.add(
+                estate.origin[("Tenant", tenant.name)],
+                ("server",),
+                f"server {tenant.server!r} is not defined{_known(estate.servers)}",
+            )
+    for clients in estate.clients.values():
+        seen: set[str] = set()
+        for i, server in enumerate(clients.servers):
+            where = estate.origin[("TapiClients", clients.name)]
+            if server not in estate.servers:
+                problems.add(
+                    where,
+                    ("servers", i),
+                    f"server {server!r} is not defined{_known(estate.servers)}",
+                )
+            elif server in seen:
+                problems.add(where, ("servers", i), f"server {server!r} is listed twice")
+            seen.add(server)
+
+
+def _check_tenants(estate: Estate, problems: Problems) -> None:
+    instances: dict[tuple[str, str], str] = {}
+    for tenant in estate.tenants.values():
+        doc = estate.origin[("Tenant", tenant.name)]
+        key = (tenant.server, tenant.k_account.upper())
+        if key in instances:
+            problems.add(
+                doc,
+                ("k_account",),
+                f"tenant {instances[key]!r} already runs {tenant.k_account} on server "
+                f"{tenant.server!r}: one TSP instance per K-account and server",
+            )
+        instances.setdefault(key, tenant.name)
+
+        server = estate.servers.get(tenant.server)
+        if server is not None and tenant.number_format.needs_location and server.location is None:
+            problems.add(
+                doc,
+                ("number_format",),
+                f"number format {tenant.number_format.value} needs Windows dialing rules: give "
+                f"server {server.name!r} a 'location' (country code, area code, access codes)",
+            )
+
+        users: dict[str, int] = {}
+        lines: dict[str, tuple[int, bool]] = {}
+        for i, assignment in enumerate(tenant.assignments):
+            user_key = domain_user_key(assignment.user)
+            if user_key in users:
+                first = problems.source_map.locate(doc, ("assignments", users[user_key], "user"))
+                problems.add(
+                    doc,
+                    ("assignments", i, "user"),
+                    f"{assignment.user} already has an assignment at {first}: list all lines there",
+                )
+            users.setdefault(user_key, i)
+            for j, line in enumerate(assignment.lines):
+                if line in lines:
+                    first_i, first_shared = lines[line]
+                    if first_i == i:
+                        problems.add(
+                            doc, ("assignments", i, "lines", j), f"line {line} is listed twice"
+                        )
+                    elif not (first_shared and assignment.shared):
+                        owner = tenant.assignments[first_i].user
+                        problems.add(
+                            doc,
+                            ("assignments", i, "lines", j),
+                            f"line {line} is already assigned to {owner}: set 'shared: true' on "
+                            "both assignments to give it to several users",
+                        )
+                else:
+                    lines[line] = (i, assignment.shared)
+
+
+def _check_isolation(estate: Estate, problems: Problems) -> None:
+    """A domain user belongs to one tenant only, unless the Site allows that account across tenants.
+
+    The manual: a client of one customer must never get access to another customer's lines.
+    """
+    first_seen: dict[str, tuple[str, int]] = {}
+    for tenant in estate.tenants.values():
+        doc = estate.origin[("Tenant", tenant.name)]
+        server = estate.servers.get(tenant.server)
+        allowed: set[str] = set()
+        if server is not None and (server.site in estate.sites or len(estate.sites) == 1):
+            site = estate.site_of(server)
+            allowed = {domain_user_key(u) for u in site.directory.cross_tenant_users}
+        for i, assignment in enumerate(tenant.assignments):
+            key = domain_user_key(assignment.user)
+            if key in allowed:
+                continue
+            if key in first_seen and first_seen[key][0] != tenant.name:
+                other, other_i = first_seen[key]
+                where = problems.source_map.locate(
+                    estate.origin[("Tenant", other)], ("assignments", other_i, "user")
+                )
+                problems.add(
+                    doc,
+                    ("assignments", i, "user"),
+                    f"{assignment.user} is already a user of tenant {other!r} ({where}); tenants "
+                    "are isolated: list the account in the Site's cross_tenant_users to allow it",
+                )
+            first_seen.setdefault(key, (tenant.name, i))
+
+
+def _check_firewalls(estate: Estate, problems: Problems) -> None:
+    for server in estate.servers.values():
+        if (server.site is not None and server.site not in estate.sites) or not estate.sites:
+            continue
+        doc = estate.origin[("TapiServer", server.name)]
+        for p, preset in enumerate(server.firewall.presets):
+            if preset is FirewallPreset.client:
+                problems.add(
+                    doc, ("firewall", "presets", p), "preset nfon-tapi-client is for TapiClients"
+                )
+            elif "clients" in preset_peer_needs(preset) and not server.client_subnets:
+                problems.add(
+                    doc,
+                    ("firewall", "presets", p),
+                    "preset nfon-tapi-server opens the server to client_subnets, and there are "
+                    "none: add client_subnets (or drop the preset)",
+                )
+        _check_rules(server_rules(estate, server), doc, problems)
+    for clients in estate.clients.values():
+        doc = estate.origin[("TapiClients", clients.name)]
+        for p, preset in enumerate(clients.firewall.presets):
+            if preset is FirewallPreset.server:
+                problems.add(
+                    doc, ("firewall", "presets", p), "preset nfon-tapi-server is for a TapiServer"
+                )
+        _check_rules(client_rules(estate, clients), doc, problems)
+
+
+def _check_rules(rules: list[ExpandedRule], doc: Document, problems: Problems) -> None:
+    by_name: dict[str, ExpandedRule] = {}
+    by_match: dict[tuple[object, ...], ExpandedRule] = {}
+    for expanded in rules:
+        rule = expanded.rule
+        if expanded.index is not None:
+            base = ("firewall", "rules", expanded.index)
+            if rule.protocol not in _PORTED:
+                for field in ("local_ports", "remote_ports"):
+                    if getattr(rule, field):
+                        problems.add(
+                            doc,
+                            (*base, field),
+                            f"protocol {rule.protocol.value} has no ports: "
+                            f"drop {field} or use tcp/udp",
+                        )
+        if rule.name.lower() in by_name:
+            if expanded.index is not None:
+                problems.add(
+                    doc,
+                    ("firewall", "rules", expanded.index, "name"),
+                    f"rule name {rule.name!r} is already used by "
+                    f"{_origin(by_name[rule.name.lower()])}",
+                )
+            continue
+        by_name[rule.name.lower()] = expanded
+        match = (
+            rule.direction,
+            rule.action,
+            rule.protocol,
+            tuple(sorted(rule.local_ports)),
+            tuple(sorted(rule.remote_ports)),
+            tuple(sorted(rule.remote_addresses)),
+            rule.profiles if isinstance(rule.profiles, str) else tuple(sorted(rule.profiles)),
+        )
+        if match in by_match and expanded.index is not None:
+            problems.add(
+                doc,
+                ("firewall", "rules", expanded.index),
+                f"rule {rule.name!r} matches the same traffic as {_origin(by_match[match])}",
+            )
+        by_match.setdefault(match, expanded)
+
+
+def _origin(expanded: ExpandedRule) -> str:
+    if expanded.preset is not None:
+        return f"rule {expanded.rule.name!r} of preset {expanded.preset.value}"
+    return f"rules[{expanded.index}] ({expanded.rule.name!r})"
+
+
+def _check_winrm(estate: Estate, problems: Problems) -> None:
+    hosts: list[tuple[str, TapiServer | TapiClients]] = [
+        *(("TapiServer", s) for s in estate.servers.values()),
+        *(("TapiClients", c) for c in estate.clients.values()),
+    ]
+    for kind, doc in hosts:
+        if (doc.site is not None and doc.site not in estate.sites) or not estate.sites:
+            continue
+        site_defaults = estate.site_of(doc).winrm
+        settings = doc.winrm.merged_over(site_defaults)
+        where = estate.origin[(kind, doc.name)]
+        path = ("winrm",) if doc.winrm != WinRMSettings() else ("name",)
+        if settings.allow_insecure:
+            continue
+        if settings.auth is WinRMAuth.basic:
+            problems.add(
+                where,
+                (*path, "auth") if path == ("winrm",) else path,
+                "basic auth sends the password in a form anyone on the path can reuse: use ntlm, "
+                "kerberos or certificate, or set allow_insecure: true",
+            )
+        elif settings.scheme == "http" and settings.auth in (None, WinRMAuth.certificate):
+            problems.add(
+                where,
+                (*path, "scheme") if path == ("winrm",) else path,
+                "http is only safe with ntlm, kerberos or credssp message encryption: use https "
+                "or set allow_insecure: true",
+            )
+
+
+def _check_hosts(estate: Estate, problems: Problems) -> None:
+    addresses: dict[str, str] = {}
+    for server in estate.servers.values():
+        key = str(server.address)
+        if key in addresses:
+            problems.add(
+                estate.origin[("TapiServer", server.name)],
+                ("address",),
+                f"address {key} is already the address of server {addresses[key]!r}",
+            )
+        addresses.setdefault(key, server.name)
+    seen: dict[str, str] = {}
+    for clients in estate.clients.values():
+        for i, host in enumerate(clients.hosts):
+            key = host.lower()
+            if key in seen:
+                problems.add(
+                    estate.origin[("TapiClients", clients.name)],
+                    ("hosts", i),
+                    f"host {host!r} is already in TapiClients {seen[key]!r}",
+                )
+            seen.setdefault(key, clients.name)
+
+
+def _known(registry: dict[str, object]) -> str:
+    if not registry:
+        return " (none is)"
+    return f" (known: {', '.join(sorted(registry))})"

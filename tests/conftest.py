@@ -1,0 +1,3 @@
+"""Shared test set-up: each real part (Samba, the lab, the CTI API spec) lives in tests/support."""
+
+pytest_plugins: list[str] = []
