@@ -92,8 +92,8 @@ def server_rules(estate: Estate, server: TapiServer) -> list[ExpandedRule]:
     site = estate.site_of(server)
     peers = {
         "clients": [str(n) for n in server.client_subnets],
-        "dcs": [str(a) for a in site.domain_controllers],
-        "dns": [str(a) for a in site.dns_servers],
+        "dcs": [str(a) for a in site.domain_controllers] if site else [],
+        "dns": [str(a) for a in site.dns_servers] if site else [],
     }
     return _expand(server.firewall.presets, server.firewall.rules, peers)
 

@@ -89,7 +89,11 @@ def load_file(path: Path) -> list[Document]:
     try:
         raw_docs = list(yaml.load_all(text))
     except MarkedYAMLError as exc:
-        raise ManifestError(_yaml_message(exc), _mark_location(name, exc)) from None
+        location = _mark_location(name, exc)
+        message = _yaml_message(exc)
+        if _char_at(text, location) == "\t":
+            message = "a tab cannot indent YAML: use spaces"
+        raise ManifestError(message, location) from None
     except YAMLError as exc:  # an unmarked parser error: still one line, never a traceback
         raise ManifestError(" ".join(str(exc).split()), Location(name, 1, 1)) from None
     except RecursionError:
@@ -153,6 +157,14 @@ def _mark_location(file: str, exc: MarkedYAMLError) -> Location:
     if mark is None:
         return Location(file, 1, 1)
     return Location(file, mark.line + 1, mark.column + 1)
+
+
+def _char_at(text: str, location: Location) -> str:
+    lines = text.split("\n")
+    if location.line > len(lines):
+        return ""
+    line = lines[location.line - 1]
+    return line[location.column - 1] if location.column <= len(line) else ""
 
 
 def _check_expansion(doc: Document, text: str) -> None:

@@ -33,6 +33,8 @@ from pydantic import (
     Field,
     IPvAnyAddress,
     IPvAnyNetwork,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -237,8 +239,8 @@ class OnMissingUser(StrEnum):
 
 class Directory(_Model):
     netbios_domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")]
-    ldap_url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$")]
     start_tls: bool = False
+    ldap_url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$")]
     bind_user: str
     bind_password: SecretRef
     ca_file: str | None = None
@@ -248,13 +250,15 @@ class Directory(_Model):
         default_factory=list, description="accounts allowed in more than one tenant"
     )
 
-    @model_validator(mode="after")
-    def _tls(self) -> Directory:
-        if self.ldap_url.startswith("ldap://") and not self.start_tls:
+    @field_validator("ldap_url")
+    @classmethod
+    def _tls(cls, url: str, info: ValidationInfo) -> str:
+        # start_tls is declared first so that it is already in info.data here
+        if url.startswith("ldap://") and not info.data.get("start_tls"):
             raise ValueError(
                 "ldap:// sends the bind password in clear: use ldaps:// or start_tls: true"
             )
-        return self
+        return url
 
 
 class CtiApiSettings(_Model):

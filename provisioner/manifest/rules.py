@@ -42,14 +42,13 @@ def _check_sites(estate: Estate, problems: Problems) -> None:
     for kind, doc in hosts:
         where = estate.origin[(kind, doc.name)]
         if doc.site is not None:
-            if doc.site not in estate.sites:
+            if not estate.has("Site", doc.site):
                 problems.add(
                     where, ("site",), f"site {doc.site!r} is not defined{_known(estate.sites)}"
                 )
         elif not estate.sites:
-            problems.add(
-                where, ("name",), f"{kind} {doc.name!r} needs a Site document: none is defined"
-            )
+            if not estate.any_invalid("Site"):
+                problems.add(where, ("name",), f"{kind} {doc.name!r} needs a Site: none is defined")
         elif len(estate.sites) > 1:
             problems.add(
                 where, ("name",), f"there are {len(estate.sites)} Sites: say which in 'site'"
@@ -58,7 +57,7 @@ def _check_sites(estate: Estate, problems: Problems) -> None:
 
 def _check_references(estate: Estate, problems: Problems) -> None:
     for tenant in estate.tenants.values():
-        if tenant.server not in estate.servers:
+        if not estate.has("TapiServer", tenant.server):
             problems.add(
                 estate.origin[("Tenant", tenant.name)],
                 ("server",),
@@ -68,7 +67,7 @@ def _check_references(estate: Estate, problems: Problems) -> None:
         seen: set[str] = set()
         for i, server in enumerate(clients.servers):
             where = estate.origin[("TapiClients", clients.name)]
-            if server not in estate.servers:
+            if not estate.has("TapiServer", server):
                 problems.add(
                     where,
                     ("servers", i),
@@ -142,10 +141,8 @@ def _check_isolation(estate: Estate, problems: Problems) -> None:
     for tenant in estate.tenants.values():
         doc = estate.origin[("Tenant", tenant.name)]
         server = estate.servers.get(tenant.server)
-        allowed: set[str] = set()
-        if server is not None and (server.site in estate.sites or len(estate.sites) == 1):
-            site = estate.site_of(server)
-            allowed = {domain_user_key(u) for u in site.directory.cross_tenant_users}
+        site = estate.site_of(server) if server is not None else None
+        allowed = {domain_user_key(u) for u in site.directory.cross_tenant_users} if site else set()
         for i, assignment in enumerate(tenant.assignments):
             key = domain_user_key(assignment.user)
             if key in allowed:
@@ -166,7 +163,7 @@ def _check_isolation(estate: Estate, problems: Problems) -> None:
 
 def _check_firewalls(estate: Estate, problems: Problems) -> None:
     for server in estate.servers.values():
-        if (server.site is not None and server.site not in estate.sites) or not estate.sites:
+        if estate.site_of(server) is None:
             continue
         doc = estate.origin[("TapiServer", server.name)]
         for p, preset in enumerate(server.firewall.presets):
@@ -248,10 +245,10 @@ def _check_winrm(estate: Estate, problems: Problems) -> None:
         *(("TapiClients", c) for c in estate.clients.values()),
     ]
     for kind, doc in hosts:
-        if (doc.site is not None and doc.site not in estate.sites) or not estate.sites:
+        site = estate.site_of(doc)
+        if site is None:
             continue
-        site_defaults = estate.site_of(doc).winrm
-        settings = doc.winrm.merged_over(site_defaults)
+        settings = doc.winrm.merged_over(site.winrm)
         where = estate.origin[(kind, doc.name)]
         path = ("winrm",) if doc.winrm != WinRMSettings() else ("name",)
         if settings.allow_insecure:

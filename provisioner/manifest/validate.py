@@ -42,6 +42,15 @@ class Estate:
     clients: dict[str, TapiClients] = field(default_factory=dict)
     origin: dict[tuple[str, str], Document] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    invalid: set[tuple[str, str]] = field(default_factory=set)
+    """Documents that failed their own checks: references to them are not reported again."""
+
+    def has(self, kind: str, name: str) -> bool:
+        """Whether a document of this kind and name exists, valid or not."""
+        return name in self.by_kind(kind) or (kind, name) in self.invalid
+
+    def any_invalid(self, kind: str) -> bool:
+        return any(k == kind for k, _ in self.invalid)
 
     def by_kind(self, kind: str) -> dict[str, Any]:
         return {
@@ -51,9 +60,11 @@ class Estate:
             "TapiClients": self.clients,
         }[kind]
 
-    def site_of(self, doc: TapiServer | TapiClients) -> Site:
-        name = doc.site or next(iter(self.sites))
-        return self.sites[name]
+    def site_of(self, doc: TapiServer | TapiClients) -> Site | None:
+        """The Site a host belongs to: the one it names, or the only one there is."""
+        if doc.site is not None:
+            return self.sites.get(doc.site)
+        return next(iter(self.sites.values())) if len(self.sites) == 1 else None
 
 
 @dataclass
@@ -98,6 +109,10 @@ def parse_documents(documents: Iterable[Document], problems: Problems) -> Estate
     for doc in documents:
         model = parse_document(doc, problems)
         if model is None:
+            data = doc.data if isinstance(doc.data, dict) else {}
+            kind, name = data.get("kind"), data.get("name")
+            if isinstance(kind, str) and kind in KINDS and isinstance(name, str):
+                estate.invalid.add((kind, name))
             continue
         registry = estate.by_kind(model.kind)
         if model.name in registry:
@@ -123,7 +138,7 @@ def parse_document(doc: Document, problems: Problems) -> AnyDocument | None:
     if kind is None:
         problems.add(doc, (), f"'kind' is missing: one of {', '.join(KINDS)}")
         return None
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         hint = difflib.get_close_matches(str(kind), KINDS, n=1)
         suffix = f" (did you mean {hint[0]}?)" if hint else f": one of {', '.join(KINDS)}"
         problems.add(doc, ("kind",), f"unknown kind {kind!r}{suffix}")

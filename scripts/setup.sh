@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the provisioner needs on a Debian machine (run as root): the Python venv with the
+# package, and with --test also Samba (a real AD DC for the directory tests) and Chromium (the
+# HTML report test). Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=false
+[ "${1:-}" = "--test" ] && want_test=true
+
+apt_packages=()
+python3 -m venv --help >/dev/null 2>&1 || apt_packages+=(python3-venv)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+if $want_test || [ "${PROVISIONER_LAB_AD:-1}" = "1" ]; then
+  command -v samba-tool >/dev/null 2>&1 || apt_packages+=(samba samba-ad-dc samba-ad-provision)
+fi
+if $want_test; then
+  command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages: ${apt_packages[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+extras=""
+$want_test && extras="[test]"
+.venv/bin/python -m pip install -q -e ".${extras}"

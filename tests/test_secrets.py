@@ -1,0 +1,58 @@
+"""A Secret never shows itself; references resolve from the environment or a file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from provisioner.secrets import REDACTED, Secret, SecretError, resolve
+
+VALUE = "s3cr3t-Pa55"
+
+
+def test_every_form_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    secret = Secret(VALUE)
+    assert str(secret) == repr(secret).removeprefix("Secret(").removesuffix(")") == REDACTED
+    assert f"{secret}" == f"{secret!s:>20}".strip() == REDACTED
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("t").info("password is %s (%r)", secret, secret)
+    assert VALUE not in caplog.text
+
+    class Holder(BaseModel):
+        password: Secret
+
+    holder = Holder(password=secret)
+    assert VALUE not in holder.model_dump_json()
+    assert VALUE not in repr(holder)
+    assert json.loads(holder.model_dump_json())["password"] == REDACTED
+    assert holder.password.reveal() == VALUE
+
+
+def test_a_secret_cannot_be_pickled() -> None:
+    with pytest.raises(TypeError):
+        pickle.dumps(Secret(VALUE))
+
+
+def test_fingerprint_is_keyed() -> None:
+    secret = Secret(VALUE)
+    assert secret.fingerprint(b"a") != secret.fingerprint(b"b")
+    assert secret.fingerprint(b"a") == Secret(VALUE).fingerprint(b"a")
+    assert VALUE not in secret.fingerprint(b"a")
+
+
+def test_resolve_env_and_file(tmp_path: Path) -> None:
+    assert resolve({"env": "X"}, environ={"X": VALUE}).reveal() == VALUE
+    (tmp_path / "pw").write_text(VALUE + "\n")
+    assert resolve({"file": "pw"}, base=tmp_path).reveal() == VALUE
+
+
+def test_resolve_errors_name_the_reference_not_the_value(tmp_path: Path) -> None:
+    with pytest.raises(SecretError, match="environment variable NOPE is not set"):
+        resolve({"env": "NOPE"}, environ={})
+    with pytest.raises(SecretError, match="cannot be read"):
+        resolve({"file": "missing"}, base=tmp_path)
