@@ -1,3 +1,3 @@
 """Shared test set-up: each real part (Samba, the lab, the CTI API spec) lives in tests/support."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.support.samba", "tests.support.cti_api", "tests.support.wsman"]

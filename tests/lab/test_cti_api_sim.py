@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # at run time the fixtures bring these; importing here would 
     # assertion rewriting of the plugin module
     from tests.support.cti_api import CTIContract
 
-pytest_plugins = ["tests.support.cti_api"]
 
 DATA = "/extensions/phone/data"
 STATES = "/extensions/phone/states"

@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # at run time the fixtures bring these; importing here would 
     from provisioner.lab.tls import LabTLS
     from tests.support.cti_api import CTIContract
 
-pytest_plugins = ["tests.support.cti_api"]
 
 MakeClient = Callable[..., CTIClient]
 DATA = "/extensions/phone/data"

@@ -1,0 +1,974 @@
+"""A WS-Management (WinRS shell) server on loopback that unmodified pywinrm accepts.
+
+It knows nothing about Windows: every finished command goes to the handler it was given, which
+plays the host. A handler that upper-cases its input::
+
+    def upper(command: str, arguments: list[str], stdin: bytes) -> CommandResult:
+        return CommandResult(stdout=stdin.upper())
+
+    with WSManServer(upper, username="lab", password=Secret("pw")) as server:
+        server.url            # 'http://127.0.0.1:40123/wsman'
+        server.counters       # ServerCounters(messages={'Create': 1, ...}, commands=1, ...)
+
+What it implements (MS-WSMV, the subset WinRS clients use):
+
+* the shell life cycle: Create, Command, Send (stdin, many chunks, ``End="true"``), Receive
+  (stdout/stderr split so no reply exceeds the client's ``MaxEnvelopeSize``), Signal, Delete;
+* ``OperationTimeout``: a Receive that waits longer answers with the operation-timeout fault,
+  which WinRS clients retry, so a slow command completes through retries as on Windows;
+* auth: Basic (over HTTPS, or plain HTTP while ``allow_unencrypted``), and NTLM with
+  ``multipart/encrypted`` message encryption over plain HTTP (pyspnego as the acceptor);
+* quotas MaxShellsPerUser and MaxConcurrentOperationsPerUser, with Windows' fault codes;
+* fault injection (:class:`Faults`), changeable while the server runs;
+* :class:`ServerCounters`: messages per action, commands, and every command line and stdin
+  payload received, so tests can search them for secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import contextlib
+import hmac
+import logging
+import os
+import re
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from xml.sax.saxutils import escape, quoteattr
+
+from provisioner.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+# WSMan fault codes as Windows reports them in <f:WSManFault Code="..."> (wsmerror.h).
+OPERATION_TIMEOUT = 2150858793  # 0x80338029: nothing to return within OperationTimeout
+SHELL_NOT_FOUND = 2150858843  # 0x8033805B: the ShellId is unknown (deleted, expired, restarted)
+ENVELOPE_TOO_LARGE = 2150859025  # 0x80338111: request larger than MaxEnvelopeSize
+MAX_SHELLS_EXCEEDED = 2150859173  # 0x803381A5 ERROR_WSMAN_QUOTA_MAX_SHELLS: MaxShellsPerUser
+MAX_OPERATIONS_EXCEEDED = (
+    2150859174  # 0x803381A6 ..._MAX_OPERATIONS: MaxConcurrentOperationsPerUser
+)
+INVALID_PARAMETER = 87  # Win32 ERROR_INVALID_PARAMETER, which Windows puts in some WSMan faults
+
+_SOAP = "http://www.w3.org/2003/05/soap-envelope"
+_ADDRESSING = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
+_WSMAN = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
+_SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
+_TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
+_FAULT_NS = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
+_SHELL_URI = f"{_SHELL}/cmd"
+_ANONYMOUS = f"{_ADDRESSING}/role/anonymous"
+_COMMAND_DONE = f"{_SHELL}/CommandState/Done"
+_COMMAND_RUNNING = f"{_SHELL}/CommandState/Running"
+_FAULT_ACTION = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
+
+_ENCRYPTED_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
+_ENCRYPTED_CONTENT_TYPE = (
+    f'multipart/encrypted;protocol="{_ENCRYPTED_PROTOCOL}";boundary="Encrypted Boundary"'
+)
+_BOUNDARY = b"--Encrypted Boundary"
+_DEFAULT_MAX_ENVELOPE = 153_600
+# Bytes a Receive reply needs besides its stream data (header, CommandState, End markers).
+_RECEIVE_SKELETON_RESERVE = 2_048
+
+Action = Literal["Create", "Command", "Send", "Receive", "Signal", "Delete"]
+
+
+@dataclass
+class CommandResult:
+    """What a command printed and returned.
+
+    ``str`` output is encoded with the shell's codepage (``WINRS_CODEPAGE``: 65001 is UTF-8,
+    437 replaces what cp437 lacks with ``?``), as the Windows console would; ``bytes`` go
+    out unchanged.
+    """
+
+    stdout: bytes | str
+    stderr: bytes | str = b""
+    exit_code: int = 0
+
+
+class CommandOutput(Protocol):
+    """What the server reads from a handler's answer: :class:`CommandResult` or alike."""
+
+    @property
+    def stdout(self) -> bytes | str: ...
+    @property
+    def stderr(self) -> bytes | str: ...
+    @property
+    def exit_code(self) -> int: ...
+
+
+CommandHandler = Callable[[str, list[str], bytes], CommandOutput]
+"""``handler(command, arguments, stdin) -> CommandResult``, called once stdin has ended."""
+
+
+@dataclass
+class Faults:
+    """Trouble to inject; change the fields while the server runs.
+
+    Message numbers count WSMan messages since start (or the last ``counters.reset()``), from 1.
+    ``*_times`` fields count down as faults fire; ``None`` means "every time".
+
+    >>> faults = Faults(fault_on_action="Receive", fault_code=SHELL_NOT_FOUND, fault_times=1)
+    >>> faults.fault_on_action, faults.fault_code, faults.fault_times   # the next Receive faults
+    ('Receive', 2150858843, 1)
+    """
+
+    latency_s: float = 0.0  # added before answering each message
+    drop_after_messages: int | None = None  # close the connection, unanswered, after N messages
+    drop_times: int | None = None
+    fault_code: int = OPERATION_TIMEOUT  # what the two fault_on_* fields answer with
+    fault_on_message: int | None = None  # answer message N with fault_code (fires once)
+    fault_on_action: str | None = None  # answer this action ("Command", "Receive", ...)
+    fault_times: int | None = None
+    reject_credentials: bool = False  # every request gets HTTP 401
+    handler_delay_s: float = 0.0  # hold each command's result back this long
+
+
+@dataclass
+class ServerCounters:
+    """What the server received; tests read it and call :meth:`reset` between phases."""
+
+    messages: dict[str, int] = field(default_factory=dict)  # {"Create": 1, "Receive": 12, ...}
+    commands: int = 0
+    command_lines: list[str] = field(default_factory=list)  # "powershell -NoProfile -"
+    stdin_payloads: list[bytes] = field(default_factory=list)  # one whole stdin per command
+    largest_request_bytes: int = 0  # largest SOAP envelope received (decrypted)
+    largest_reply_bytes: int = 0  # largest SOAP envelope sent (before encryption)
+    unauthorized_replies: int = 0  # HTTP 401s sent (NTLM's first round trip is one)
+    connections: int = 0  # TCP connections accepted: keep-alive keeps this at 1 per client
+
+    @property
+    def total_messages(self) -> int:
+        return sum(self.messages.values())
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.commands = 0
+        self.command_lines.clear()
+        self.stdin_payloads.clear()
+        self.largest_request_bytes = 0
+        self.largest_reply_bytes = 0
+        self.unauthorized_replies = 0
+        self.connections = 0
+
+
+class WSManServer:
+    """One simulated WinRM listener on 127.0.0.1 with one local account.
+
+    ``ssl_context`` makes it HTTPS (see :mod:`provisioner.lab.tls`); without it the server
+    speaks plain HTTP, where Basic is accepted only while ``allow_unencrypted`` (Windows'
+    AllowUnencrypted) and NTLM requests are message-encrypted.
+    """
+
+    def __init__(
+        self,
+        handler: CommandHandler,
+        *,
+        username: str,
+        password: Secret,
+        ssl_context: ssl.SSLContext | None = None,
+        port: int = 0,
+        allow_unencrypted: bool = True,
+        ntlm: bool = True,
+        faults: Faults | None = None,
+        max_shells: int = 30,
+        max_operations: int = 1_500,
+        max_output_per_receive: int = 100_000,
+        max_envelope_bytes: int = 153_600,
+    ) -> None:
+        self.handler = handler
+        self.username = username
+        self._password = password
+        self.ssl_context = ssl_context
+        self.allow_unencrypted = allow_unencrypted
+        self.ntlm = ntlm
+        self.faults = faults or Faults()
+        self.max_shells = max_shells
+        self.max_operations = max_operations
+        self.max_output_per_receive = max_output_per_receive
+        # Larger requests are refused: one pywinrm Send over ~150 KB fails on Windows too.
+        self.max_envelope_bytes = max_envelope_bytes
+        self.counters = ServerCounters()
+        self.handler_errors: list[BaseException] = []  # exceptions the handler raised
+
+        self._requested_port = port
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a command finished, or stopping
+        self._shells: dict[str, _Shell] = {}
+        self._workers: set[threading.Thread] = set()
+        self._stopping = False
+        self._http: _HTTPServer | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._ntlm_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> WSManServer:
+        if self._http is not None:
+            raise RuntimeError("the WSMan server is already running")
+        self._stopping = False
+        if self.ntlm:
+            self._ntlm_dir = tempfile.TemporaryDirectory(prefix="wsman-ntlm-")
+            _write_ntlm_user_file(self._ntlm_file, self.username, self._password)
+        self._http = _HTTPServer(("127.0.0.1", self._requested_port), self)
+        self._serve_thread = threading.Thread(
+            target=self._http.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"wsman-{self.port}",
+            daemon=True,
+        )
+        self._serve_thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, close every connection, and join the server's threads."""
+        http = self._http
+        if http is None:
+            return
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        http.shutdown()
+        http.close_connections()
+        http.server_close()  # joins the connection threads
+        if self._serve_thread is not None:
+            self._serve_thread.join()
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            # A handler cannot be interrupted; a slow one is left to finish as a daemon thread.
+            worker.join(timeout=5)
+        with self._lock:
+            self._shells.clear()
+        if self._ntlm_dir is not None:
+            self._ntlm_dir.cleanup()
+            self._ntlm_dir = None
+        self._http = None
+        self._serve_thread = None
+
+    def __enter__(self) -> WSManServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._http is None:
+            raise RuntimeError("the WSMan server is not running")
+        return int(self._http.server_address[1])
+
+    @property
+    def scheme(self) -> Literal["http", "https"]:
+        return "https" if self.ssl_context else "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/wsman"
+
+    @property
+    def open_shells(self) -> int:
+        with self._lock:
+            return len(self._shells)
+
+    # -- HTTP: auth and encryption -----------------------------------------------------------
+
+    def _handle_post(self, request: _RequestHandler, body: bytes) -> None:
+        if request.path.split("?")[0] != "/wsman":
+            request.send_reply(404, b"")
+            return
+        if not self._authenticated(request):
+            return
+        if not body:
+            # The empty request pywinrm sends to set up the NTLM security context.
+            request.send_reply(200, b"")
+            return
+        content_type = request.headers.get("Content-Type", "")
+        encrypted = content_type.startswith("multipart/encrypted")
+        if encrypted:
+            if request.ntlm_context is None or not request.ntlm_context.complete:
+                request.send_reply(400, b"")
+                return
+            try:
+                body = _unwrap_message(request.ntlm_context, body)
+            except Exception:
+                log.debug("could not decrypt a WSMan message", exc_info=True)
+                request.send_reply(400, b"")
+                return
+        elif self.ssl_context is None and not self.allow_unencrypted:
+            # What Windows answers when AllowUnencrypted is false: a bare 500, no SOAP fault.
+            request.send_reply(500, b"")
+            return
+
+        outcome = self._handle_envelope(body)
+        if outcome is None:
+            request.drop()
+            return
+        status, reply = outcome
+        if encrypted and request.ntlm_context is not None:
+            request.send_reply(
+                status,
+                _wrap_message(request.ntlm_context, reply),
+                _ENCRYPTED_CONTENT_TYPE,
+            )
+        else:
+            request.send_reply(status, reply)
+
+    def _authenticated(self, request: _RequestHandler) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if self.faults.reject_credentials:
+            return self._refuse(request)
+        if request.ntlm_context is not None and request.ntlm_context.complete and not header:
+            return True  # NTLM authenticates the connection, not each request
+        if scheme.lower() == "basic":
+            return self._check_basic(token) or self._refuse(request)
+        if scheme.lower() in ("negotiate", "ntlm") and self.ntlm:
+            return self._step_ntlm(request, scheme, token)
+        return self._refuse(request)
+
+    def _check_basic(self, token: str) -> bool:
+        try:
+            user, _, password = base64.b64decode(token).decode("utf-8").partition(":")
+        except ValueError:
+            return False
+        # Both compared in full (no short cut), as bytes: compare_digest refuses non-ASCII str.
+        user_ok = hmac.compare_digest(user.lower().encode(), self.username.lower().encode())
+        password_ok = hmac.compare_digest(password.encode(), self._password.reveal().encode())
+        return user_ok and password_ok
+
+    def _step_ntlm(self, request: _RequestHandler, scheme: str, token: str) -> bool:
+        import spnego  # imported here: only servers with NTLM need it
+
+        try:
+            in_token = base64.b64decode(token)
+            with _ntlm_user_file(self._ntlm_file):
+                if request.ntlm_context is None or request.ntlm_context.complete:
+                    request.ntlm_context = spnego.server(
+                        protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+                    )
+                out_token = request.ntlm_context.step(in_token)
+        except Exception:
+            request.ntlm_context = None
+            return self._refuse(request)
+        if not request.ntlm_context.complete:
+            challenge = f"{scheme} {base64.b64encode(out_token or b'').decode()}"
+            request.send_reply(401, b"", extra_headers={"WWW-Authenticate": challenge})
+            return False
+        return True
+
+    def _refuse(self, request: _RequestHandler) -> bool:
+        with self._lock:
+            self.counters.unauthorized_replies += 1
+        challenges = ['Basic realm="WSMAN"']
+        if self.ntlm:
+            challenges.append("Negotiate")
+        request.send_reply(401, b"", extra_headers={"WWW-Authenticate": ", ".join(challenges)})
+        return False
+
+    @property
+    def _ntlm_file(self) -> Path:
+        assert self._ntlm_dir is not None
+        return Path(self._ntlm_dir.name) / "ntlm-users"
+
+    # -- WSMan: faults injected, then the shell protocol ----------------------------------------
+
+    def _handle_envelope(self, body: bytes) -> tuple[int, bytes] | None:
+        """``(HTTP status, SOAP reply)``, or ``None`` to drop the connection unanswered."""
+        try:
+            message = _Message.parse(body)
+        except (ET.ParseError, ValueError) as exc:
+            return 400, f"malformed WSMan message: {exc}".encode()
+
+        faults = self.faults
+        with self._lock:
+            counters = self.counters
+            counters.messages[message.action] = counters.messages.get(message.action, 0) + 1
+            counters.largest_request_bytes = max(counters.largest_request_bytes, len(body))
+            number = counters.total_messages
+            after = faults.drop_after_messages
+            drop = _fire(faults, "drop_times", after is not None and number > after)
+            injected: int | None = None
+            if faults.fault_on_message == number:
+                faults.fault_on_message = None
+                injected = faults.fault_code
+            elif _fire(faults, "fault_times", faults.fault_on_action == message.action):
+                injected = faults.fault_code
+        if faults.latency_s:
+            time.sleep(faults.latency_s)
+        if drop:
+            return None
+        if injected is None and len(body) > self.max_envelope_bytes:
+            injected = ENVELOPE_TOO_LARGE
+        if injected is not None:
+            status, reply = 500, _fault(message, injected, self._fault_reason(injected, message))
+        else:
+            try:
+                status, reply = 200, self._dispatch(message)
+            except _WSManFault as fault:
+                status, reply = 500, _fault(message, fault.code, fault.reason, fault.subcode)
+        with self._lock:
+            self.counters.largest_reply_bytes = max(self.counters.largest_reply_bytes, len(reply))
+        return status, reply
+
+    def _dispatch(self, message: _Message) -> bytes:
+        if message.resource_uri != _SHELL_URI:
+            raise _WSManFault(INVALID_PARAMETER, "unknown resource URI", "w:InvalidParameter")
+        if message.action == "Create":
+            return self._create(message)
+        if message.action == "Delete":
+            return self._delete(message)
+        shell = self._shell(message)
+        if message.action == "Command":
+            return self._command(message, shell)
+        if message.action == "Send":
+            return self._send(message, shell)
+        if message.action == "Receive":
+            return self._receive(message, shell)
+        if message.action == "Signal":
+            return self._signal(message, shell)
+        raise _WSManFault(
+            INVALID_PARAMETER, f"unsupported action {message.action}", "a:ActionNotSupported"
+        )
+
+    def _create(self, message: _Message) -> bytes:
+        codepage = int(message.options.get("WINRS_CODEPAGE") or 437)
+        try:
+            encoding = codecs.lookup(f"cp{codepage}").name
+        except LookupError:
+            raise _WSManFault(
+                INVALID_PARAMETER, f"WINRS_CODEPAGE {codepage} is not valid", "w:InvalidOptions"
+            ) from None
+        shell = _Shell(id=_new_id(), codepage=codepage, encoding=encoding)
+        with self._lock:
+            if len(self._shells) >= self.max_shells:
+                raise _WSManFault(
+                    MAX_SHELLS_EXCEEDED, self._fault_reason(MAX_SHELLS_EXCEEDED, message)
+                )
+            self._shells[shell.id] = shell
+        return _envelope(
+            f"{_TRANSFER}/CreateResponse",
+            message,
+            f"<x:ResourceCreated><a:Address>{_ANONYMOUS}</a:Address><a:ReferenceParameters>"
+            f"<w:ResourceURI>{_SHELL_URI}</w:ResourceURI><w:SelectorSet>"
+            f'<w:Selector Name="ShellId">{shell.id}</w:Selector></w:SelectorSet>'
+            f"</a:ReferenceParameters></x:ResourceCreated>"
+            f"<rsp:Shell><rsp:ShellId>{shell.id}</rsp:ShellId><rsp:ResourceUri>{_SHELL_URI}"
+            f"</rsp:ResourceUri><rsp:InputStreams>stdin</rsp:InputStreams>"
+            f"<rsp:OutputStreams>stdout stderr</rsp:OutputStreams></rsp:Shell>",
+        )
+
+    def _delete(self, message: _Message) -> bytes:
+        with self._lock:
+            if self._shells.pop(message.shell_id or "", None) is None:
+                raise _WSManFault(SHELL_NOT_FOUND, self._fault_reason(SHELL_NOT_FOUND, message))
+        return _envelope(f"{_TRANSFER}/DeleteResponse", message, "")
+
+    def _shell(self, message: _Message) -> _Shell:
+        with self._lock:
+            shell = self._shells.get(message.shell_id or "")
+        if shell is None:
+            raise _WSManFault(SHELL_NOT_FOUND, self._fault_reason(SHELL_NOT_FOUND, message))
+        return shell
+
+    def _command(self, message: _Message, shell: _Shell) -> bytes:
+        line = message.body.find(f"{{{_SHELL}}}CommandLine")
+        if line is None:
+            raise _WSManFault(
+                INVALID_PARAMETER, "Command without rsp:CommandLine", "w:InvalidParameter"
+            )
+        command = _Command(
+            id=_new_id(),
+            command=line.findtext(f"{{{_SHELL}}}Command") or "",
+            arguments=[a.text or "" for a in line.iterfind(f"{{{_SHELL}}}Arguments")],
+        )
+        with self._lock:
+            live = sum(len(s.commands) for s in self._shells.values())
+            if live >= self.max_operations:
+                raise _WSManFault(
+                    MAX_OPERATIONS_EXCEEDED, self._fault_reason(MAX_OPERATIONS_EXCEEDED, message)
+                )
+            shell.commands[command.id] = command
+            self.counters.commands += 1
+            self.counters.command_lines.append(" ".join([command.command, *command.arguments]))
+        return _envelope(
+            f"{_SHELL}/CommandResponse",
+            message,
+            f"<rsp:CommandResponse><rsp:CommandId>{command.id}</rsp:CommandId></rsp:CommandResponse>",
+        )
+
+    def _send(self, message: _Message, shell: _Shell) -> bytes:
+        stream = message.body.find(f"{{{_SHELL}}}Send/{{{_SHELL}}}Stream")
+        if stream is None or stream.get("Name") != "stdin":
+            raise _WSManFault(
+                INVALID_PARAMETER, "Send without a stdin rsp:Stream", "w:InvalidParameter"
+            )
+        command = self._command_of(shell, stream.get("CommandId"), message)
+        with self._lock:
+            if command.stdin_ended:
+                raise _WSManFault(
+                    INVALID_PARAMETER, "stdin of this command has ended", "w:InvalidParameter"
+                )
+            command.stdin.append(base64.b64decode(stream.text or ""))
+            command.stdin_ended = stream.get("End", "false").lower() == "true"
+            if command.stdin_ended:
+                self._start(shell, command)
+        return _envelope(f"{_SHELL}/SendResponse", message, "<rsp:SendResponse/>")
+
+    def _receive(self, message: _Message, shell: _Shell) -> bytes:
+        desired = message.body.find(f"{{{_SHELL}}}Receive/{{{_SHELL}}}DesiredStream")
+        command = self._command_of(
+            shell, None if desired is None else desired.get("CommandId"), message
+        )
+        with self._changed:
+            if not command.started and not command.stdin:
+                self._start(shell, command)  # a command that got no stdin runs at once
+            waited = self._changed.wait_for(
+                lambda: command.finished or bool(command.output) or self._stopping,
+                timeout=message.operation_timeout_s,
+            )
+            if not waited:
+                raise _WSManFault(
+                    OPERATION_TIMEOUT, self._fault_reason(OPERATION_TIMEOUT, message), "w:TimedOut"
+                )
+            if self._stopping:
+                raise _WSManFault(SHELL_NOT_FOUND, "the WinRM service is stopping")
+            streams = self._take_output(command, message.max_envelope_bytes)
+            done = command.finished and not command.output
+        state = _COMMAND_DONE if done else _COMMAND_RUNNING
+        exit_code = f"<rsp:ExitCode>{command.exit_code}</rsp:ExitCode>" if done else ""
+        end_markers = (
+            f'<rsp:Stream Name="stdout" CommandId="{command.id}" End="true"></rsp:Stream>'
+            f'<rsp:Stream Name="stderr" CommandId="{command.id}" End="true"></rsp:Stream>'
+            if done
+            else ""
+        )
+        return _envelope(
+            f"{_SHELL}/ReceiveResponse",
+            message,
+            f"<rsp:ReceiveResponse>{streams}{end_markers}"
+            f'<rsp:CommandState CommandId="{command.id}" State="{state}">{exit_code}'
+            f"</rsp:CommandState></rsp:ReceiveResponse>",
+        )
+
+    def _take_output(self, command: _Command, max_envelope_bytes: int) -> str:
+        """Stream elements for as much pending output as one reply may carry (lock held)."""
+        room = max_envelope_bytes - _RECEIVE_SKELETON_RESERVE
+        raw_left = self.max_output_per_receive
+        parts: list[str] = []
+        while command.output and raw_left > 0:
+            name, data = command.output[0]
+            opening = f'<rsp:Stream Name="{name}" CommandId="{command.id}">'
+            fits = max((room - len(opening) - len("</rsp:Stream>")) // 4 * 3, 0)
+            take = min(len(data), fits, raw_left)
+            if take <= 0:
+                break
+            parts.append(f"{opening}{base64.b64encode(data[:take]).decode()}</rsp:Stream>")
+            room -= len(parts[-1])
+            raw_left -= take
+            if take == len(data):
+                command.output.popleft()
+            else:
+                command.output[0] = (name, data[take:])
+        return "".join(parts)
+
+    def _signal(self, message: _Message, shell: _Shell) -> bytes:
+        signal = message.body.find(f"{{{_SHELL}}}Signal")
+        command_id = None if signal is None else signal.get("CommandId")
+        with self._lock:
+            # terminate (or any other code) ends the operation and frees its quota slot
+            shell.commands.pop(command_id or "", None)
+        return _envelope(f"{_SHELL}/SignalResponse", message, "<rsp:SignalResponse/>")
+
+    def _command_of(self, shell: _Shell, command_id: str | None, message: _Message) -> _Command:
+        with self._lock:
+            command = shell.commands.get(command_id or "")
+        if command is None:
+            raise _WSManFault(
+                INVALID_PARAMETER,
+                f"the command {command_id} is not running in shell {shell.id}",
+                "w:InvalidSelectors",
+            )
+        return command
+
+    def _start(self, shell: _Shell, command: _Command) -> None:
+        """Run the handler in its own thread, so a slow one makes Receives time out (lock held)."""
+        command.started = True
+        stdin = b"".join(command.stdin)
+        self.counters.stdin_payloads.append(stdin)
+        worker = threading.Thread(
+            target=self._run_handler,
+            args=(shell, command, stdin),
+            name=f"wsman-command-{command.id}",
+            daemon=True,
+        )
+        self._workers.add(worker)
+        worker.start()
+
+    def _run_handler(self, shell: _Shell, command: _Command, stdin: bytes) -> None:
+        try:
+            if self.faults.handler_delay_s:
+                time.sleep(self.faults.handler_delay_s)
+            result = self.handler(command.command, list(command.arguments), stdin)
+            stdout, stderr = shell.encode(result.stdout), shell.encode(result.stderr)
+            exit_code = result.exit_code
+        except Exception as exc:
+            # A broken simulated host shows up as a failed command, and in handler_errors.
+            self.handler_errors.append(exc)
+            stdout, stderr, exit_code = b"", shell.encode(f"{type(exc).__name__}: {exc}\r\n"), 1
+        with self._changed:
+            if stdout:
+                command.output.append(("stdout", stdout))
+            if stderr:
+                command.output.append(("stderr", stderr))
+            command.exit_code = exit_code
+            command.finished = True
+            self._changed.notify_all()
+            self._workers.discard(threading.current_thread())
+
+    def _fault_reason(self, code: int, request: _Message) -> str:
+        """The text Windows gives with a fault code."""
+        reasons = {
+            OPERATION_TIMEOUT: "The WS-Management service cannot complete the operation within "
+            "the time specified in OperationTimeout.",
+            SHELL_NOT_FOUND: "The request for the Windows Remote Shell with ShellId "
+            f"{request.shell_id} failed because the shell was not found on the server. Possible "
+            "causes are: the specified ShellId is incorrect or the shell no longer exists on the "
+            "server.",
+            ENVELOPE_TOO_LARGE: "The WinRM client sent a request to the remote WS-Management "
+            "service and was notified that the request size exceeded the configured "
+            "MaxEnvelopeSize quota.",
+            MAX_SHELLS_EXCEEDED: "The WS-Management service cannot process the request. This user "
+            f"is allowed a maximum number of {self.max_shells} concurrent shells, which has been "
+            "exceeded. Close existing shells or raise the quota for this user.",
+            MAX_OPERATIONS_EXCEEDED: "The WS-Management service cannot process the request. This "
+            f"user is allowed a maximum number of {self.max_operations} concurrent operations, "
+            "which has been exceeded. Close existing operations for this user, or raise the quota "
+            "for this user.",
+        }
+        return reasons.get(code, f"The WS-Management service failed with error {code}.")
+
+
+# -- state -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Shell:
+    id: str
+    codepage: int
+    encoding: str
+    commands: dict[str, _Command] = field(default_factory=dict)
+
+    def encode(self, text: bytes | str) -> bytes:
+        return text if isinstance(text, bytes) else text.encode(self.encoding, errors="replace")
+
+
+@dataclass
+class _Command:
+    """One command in a shell: its stdin so far, its output not yet received."""
+
+    id: str
+    command: str
+    arguments: list[str]
+    stdin: list[bytes] = field(default_factory=list)
+    stdin_ended: bool = False
+    started: bool = False
+    finished: bool = False
+    exit_code: int = 0
+    output: deque[tuple[str, bytes]] = field(default_factory=deque)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+def _fire(faults: Faults, times_field: str, condition: bool) -> bool:
+    """Whether a fault fires now, counting down its ``*_times`` field (lock held)."""
+    if not condition:
+        return False
+    times = getattr(faults, times_field)
+    if times is None:
+        return True
+    if times <= 0:
+        return False
+    setattr(faults, times_field, times - 1)
+    return True
+
+
+# -- SOAP --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Message:
+    """The parts of a request envelope the server acts on."""
+
+    action: str  # the last segment of wsa:Action: "Create", "Receive", ...
+    message_id: str
+    resource_uri: str
+    shell_id: str | None
+    options: dict[str, str]
+    operation_timeout_s: float
+    max_envelope_bytes: int
+    body: ET.Element
+
+    @classmethod
+    def parse(cls, data: bytes) -> _Message:
+        root = ET.fromstring(data)
+        header = root.find(f"{{{_SOAP}}}Header")
+        body = root.find(f"{{{_SOAP}}}Body")
+        if header is None or body is None:
+            raise ValueError("no SOAP Header or Body")
+        selector = header.find(f"{{{_WSMAN}}}SelectorSet/{{{_WSMAN}}}Selector[@Name='ShellId']")
+        options = {
+            option.get("Name", ""): option.text or ""
+            for option in header.iterfind(f"{{{_WSMAN}}}OptionSet/{{{_WSMAN}}}Option")
+        }
+        return cls(
+            action=(header.findtext(f"{{{_ADDRESSING}}}Action") or "").rsplit("/", 1)[-1],
+            message_id=header.findtext(f"{{{_ADDRESSING}}}MessageID") or "",
+            resource_uri=header.findtext(f"{{{_WSMAN}}}ResourceURI") or "",
+            shell_id=None if selector is None else selector.text,
+            options=options,
+            operation_timeout_s=_duration_s(
+                header.findtext(f"{{{_WSMAN}}}OperationTimeout") or "PT60S"
+            ),
+            max_envelope_bytes=int(
+                header.findtext(f"{{{_WSMAN}}}MaxEnvelopeSize") or _DEFAULT_MAX_ENVELOPE
+            ),
+            body=body,
+        )
+
+
+_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+
+
+def _duration_s(text: str) -> float:
+    """An xs:duration such as ``PT20S`` or ``PT1M30.500S``, in seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"bad OperationTimeout {text!r}")
+    days, hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _envelope(action_uri: str, request: _Message, body: str) -> bytes:
+    return (
+        f'<s:Envelope xml:lang="en-US" xmlns:s="{_SOAP}" xmlns:a="{_ADDRESSING}" '
+        f'xmlns:x="{_TRANSFER}" xmlns:w="{_WSMAN}" xmlns:rsp="{_SHELL}" xmlns:f="{_FAULT_NS}">'
+        f"<s:Header><a:Action>{action_uri}</a:Action>"
+        f"<a:MessageID>uuid:{_new_id()}</a:MessageID><a:To>{_ANONYMOUS}</a:To>"
+        f"<a:RelatesTo>{escape(request.message_id)}</a:RelatesTo></s:Header>"
+        f"<s:Body>{body}</s:Body></s:Envelope>"
+    ).encode()
+
+
+class _WSManFault(Exception):
+    def __init__(self, code: int, reason: str, subcode: str = "w:InternalError") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.subcode = subcode
+
+
+_SUBCODES = {
+    OPERATION_TIMEOUT: "w:TimedOut",
+    SHELL_NOT_FOUND: "w:InvalidSelectors",
+    MAX_SHELLS_EXCEEDED: "w:QuotaLimit",
+    MAX_OPERATIONS_EXCEEDED: "w:QuotaLimit",
+    ENVELOPE_TOO_LARGE: "w:EncodingLimit",
+}
+
+
+def _fault(request: _Message, code: int, reason: str, subcode: str | None = None) -> bytes:
+    subcode = subcode or _SUBCODES.get(code, "w:InternalError")
+    return _envelope(
+        _FAULT_ACTION,
+        request,
+        f"<s:Fault><s:Code><s:Value>s:Receiver</s:Value><s:Subcode><s:Value>{subcode}</s:Value>"
+        f'</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">{escape(reason)}</s:Text>'
+        f'</s:Reason><s:Detail><f:WSManFault Code={quoteattr(str(code))} Machine="127.0.0.1">'
+        f"<f:Message>{escape(reason)}</f:Message></f:WSManFault></s:Detail></s:Fault>",
+    )
+
+
+# -- NTLM message encryption (MS-WSMV 2.2.9.1.1) -----------------------------------------------
+
+# pyspnego's NTLM acceptor reads its accounts only from the file named by NTLM_USER_FILE, at
+# each step; one lock serialises that environment variable between servers in one process.
+_NTLM_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ntlm_user_file(path: Path) -> Iterator[None]:
+    with _NTLM_ENV_LOCK:
+        previous = os.environ.get("NTLM_USER_FILE")
+        os.environ["NTLM_USER_FILE"] = str(path)
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("NTLM_USER_FILE", None)
+            else:
+                os.environ["NTLM_USER_FILE"] = previous
+
+
+def _write_ntlm_user_file(path: Path, username: str, password: Secret) -> None:
+    domain, _, user = username.rpartition("\\")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(f"{domain}:{user}:{password.reveal()}\n")
+
+
+def _unwrap_message(context: Any, body: bytes) -> bytes:
+    """The SOAP envelope inside a ``multipart/encrypted`` body (one encrypted part)."""
+    parts = [part for part in body.split(_BOUNDARY + b"\r\n") if part]
+    header, payload = parts[0], parts[1]
+    expected = int(header.split(b"Length=")[1].split(b"\r\n")[0])
+    payload = payload.removesuffix(_BOUNDARY + b"--\r\n")
+    payload = payload.removeprefix(b"\tContent-Type: application/octet-stream\r\n")
+    signature_length = struct.unpack("<i", payload[:4])[0]
+    signature = payload[4 : 4 + signature_length]
+    message = context.unwrap(signature + payload[4 + signature_length :]).data
+    if len(message) != expected:
+        raise ValueError("encrypted message length does not match OriginalContent")
+    return bytes(message)
+
+
+def _wrap_message(context: Any, message: bytes) -> bytes:
+    sealed = context.wrap(message, encrypt=True).data
+    signature, data = sealed[:16], sealed[16:]
+    return (
+        _BOUNDARY + b"\r\n"
+        b"\tContent-Type: " + _ENCRYPTED_PROTOCOL.encode() + b"\r\n"
+        b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
+        + str(len(message)).encode()
+        + b"\r\n"
+        + _BOUNDARY
+        + b"\r\n\tContent-Type: application/octet-stream\r\n"
+        + struct.pack("<i", len(signature))
+        + signature
+        + data
+        + _BOUNDARY
+        + b"--\r\n"
+    )
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    """One client connection: HTTP/1.1 keep-alive, bodies drained, Content-Length always."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-HTTPAPI/2.0"
+    sys_version = ""
+    timeout = 120  # an idle keep-alive connection is closed after this many seconds
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.ntlm_context: Any = None  # NTLM authenticates a connection, so it lives here
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.owner._handle_post(self, body)
+
+    def do_GET(self) -> None:
+        self.send_reply(405, b"")
+
+    def send_reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/soap+xml;charset=UTF-8",
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        if body:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (extra_headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def drop(self) -> None:
+        """Close the connection without an answer, as a crashed or unplugged host would."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins every connection thread
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], owner: WSManServer) -> None:
+        self.owner = owner
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _RequestHandler)
+        # Without TCP_NODELAY every request waits ~40 ms for Nagle and delayed ACKs.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, in the connection's own thread, so a slow or refusing
+        # client never stalls the accept loop.
+        connection: socket.socket = request
+        with self._connections_lock:
+            self._connections.add(connection)
+        with self.owner._lock:
+            self.owner.counters.connections += 1
+        try:
+            if self.owner._stopping:
+                return  # accepted while stop() ran: close_connections() may have missed it
+            if self.owner.ssl_context is not None:
+                connection.settimeout(_RequestHandler.timeout)
+                try:
+                    connection = self.owner.ssl_context.wrap_socket(connection, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return  # e.g. the client rejected our certificate
+                with self._connections_lock:
+                    self._connections.add(connection)
+            self.RequestHandlerClass(connection, client_address, self)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(request)
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hang up mid-request all the time (drops, timeouts, stop()): not worth a trace.
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)

@@ -1,0 +1,498 @@
+"""WinRM transport: one WinRS shell per host, commands fed over stdin, errors that say what to fix.
+
+Built on pywinrm's :class:`winrm.protocol.Protocol` rather than ``Session.run_ps``, whose
+``-EncodedCommand`` line overflows cmd.exe's 8,191 characters: scripts and data go over stdin, in
+chunks below the envelope limit (pywinrm never splits, and one Send over ~150 KB fails on
+Windows)::
+
+    endpoint = WinRMEndpoint("tapi01.example.net", user="EXAMPLE\\\\svc-prov",
+                             password=Secret("..."), ca_file="ca/example-root.pem")
+    with WinRMSession(endpoint) as session:
+        result = session.run("powershell.exe", ["-NoProfile", "-NonInteractive", "-Command", "-"],
+                             stdin=script.encode("utf-8"), retry=True)
+        result.stdout, result.exit_code        # (b'{"contract": 1, ...}', 0)
+        session.counters                       # SessionCounters(commands=1, messages=5)
+
+The first ``run`` opens the shell (Create); each command costs Command, its Sends, Receives and a
+Signal; closing the session deletes the shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import requests
+from winrm import exceptions as pywinrm
+from winrm import transport as pywinrm_transport
+from winrm.protocol import Protocol
+
+from provisioner.errors import ProvisionerError, TransportError
+from provisioner.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+# WSMan fault codes Windows reports (wsmerror.h).
+OPERATION_TIMEOUT = 2150858793  # 0x80338029
+SHELL_NOT_FOUND = 2150858843  # 0x8033805B
+ENVELOPE_TOO_LARGE = 2150859025  # 0x80338111
+MAX_SHELLS_EXCEEDED = 2150859173  # 0x803381A5 ERROR_WSMAN_QUOTA_MAX_SHELLS
+MAX_OPERATIONS_EXCEEDED = 2150859174  # 0x803381A6 ERROR_WSMAN_QUOTA_MAX_OPERATIONS
+QUOTA_USER = 2150859175  # 0x803381A7
+QUOTA_SYSTEM = 2150859176  # 0x803381A8
+MAX_SHELL_USERS_EXCEEDED = 2150859179  # 0x803381AB ERROR_WSMAN_QUOTA_MAX_SHELLUSERS
+
+_FAULT_ADVICE = {
+    OPERATION_TIMEOUT: "the operation timed out on the host (OperationTimeout): the host is "
+    "overloaded or the command hangs; raise operation_timeout_s or check the host",
+    SHELL_NOT_FOUND: "the WinRS shell is gone (host restarted, WinRM service restarted, or the "
+    "shell passed IdleTimeout): run again",
+    ENVELOPE_TOO_LARGE: "a request exceeded the host's MaxEnvelopeSizekb: lower max_send_bytes "
+    'or raise it (winrm set winrm/config @{MaxEnvelopeSizekb="500"})',
+    MAX_SHELLS_EXCEEDED: "quota MaxShellsPerUser exceeded: close other WinRM sessions of this user "
+    'or raise it (winrm set winrm/config/winrs @{MaxShellsPerUser="30"})',
+    MAX_OPERATIONS_EXCEEDED: "quota MaxConcurrentOperationsPerUser exceeded: wait for other "
+    "operations of this user to end or raise it "
+    '(winrm set winrm/config/service @{MaxConcurrentOperationsPerUser="1500"})',
+    QUOTA_USER: "a WinRM quota of this user is exceeded: close other WinRM sessions of this user",
+    QUOTA_SYSTEM: "a system-wide WinRM quota is exceeded on the host: retry later",
+    MAX_SHELL_USERS_EXCEEDED: "quota MaxConcurrentUsers exceeded: too many users hold shells on "
+    'the host; retry later or raise it (winrm set winrm/config/winrs @{MaxConcurrentUsers="10"})',
+}
+# Other spellings: 2144108120 is what some Windows tools report for the operations quota.
+_CODE_ALIASES = {2144108120: MAX_OPERATIONS_EXCEEDED}
+
+# One Send envelope must stay below pywinrm's MaxEnvelopeSize (153,600): base64 grows stdin by
+# 4/3, and the SOAP header around it takes about 2 KB.
+_MAX_ENVELOPE = Protocol.DEFAULT_MAX_ENV_SIZE
+_SEND_ENVELOPE_RESERVE = 4_096
+_MAX_SEND_BYTES = (_MAX_ENVELOPE - _SEND_ENVELOPE_RESERVE) // 4 * 3
+_RETRY_DELAYS_S = (0.2, 0.5)  # three tries in all
+
+Auth = Literal["ntlm", "kerberos", "credssp", "basic", "certificate"]
+
+
+class WinRMError(TransportError):
+    """Base of every WinRM failure; the message names host:port and what to fix."""
+
+
+class WinRMConfigError(ProvisionerError):
+    """The endpoint settings are unsafe or incomplete; nothing was sent."""
+
+
+class WinRMAuthError(WinRMError):
+    """The host refused the credentials (HTTP 401)."""
+
+
+class WinRMTLSError(WinRMError):
+    """The host's certificate could not be verified."""
+
+
+class WinRMEncryptionError(WinRMError):
+    """The bare HTTP 500 Windows answers when the transport is not encrypted as it requires."""
+
+
+class WinRMFaultError(WinRMError):
+    """The host answered with a WSMan fault; ``code`` is Windows' fault code."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WinRMConnectionError(WinRMError):
+    """The host could not be reached: refused, timed out, unknown name, or connection lost."""
+
+
+@dataclass(frozen=True)
+class WinRMEndpoint:
+    """Where and how to reach one host's WinRM listener.
+
+    >>> endpoint = WinRMEndpoint("tapi01", auth="basic", user="lab", password=Secret("pw"))
+    >>> endpoint.url, endpoint.password
+    ('https://tapi01:5986/wsman', Secret((sensitive)))
+    """
+
+    host: str
+    port: int = 5986
+    scheme: Literal["https", "http"] = "https"
+    auth: Auth = "ntlm"
+    user: str = ""
+    password: Secret | None = None
+    ca_file: str | None = None  # the CA that issued the host's certificate (PEM)
+    allow_insecure: bool = False  # basic over http, or https without verification (labs only)
+    operation_timeout_s: int = 20
+    read_timeout_s: int = 30
+    cert_pem: str | None = None  # client certificate and key, for auth="certificate"
+    cert_key_pem: str | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as messages print it (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.address}/wsman"
+
+
+@dataclass
+class CommandResult:
+    """What a remote command printed and returned (bytes in the shell's codepage)."""
+
+    stdout: bytes
+    stderr: bytes = b""
+    exit_code: int = 0
+
+
+@dataclass
+class SessionCounters:
+    commands: int = 0  # commands started (a retried command counts each try)
+    messages: int = 0  # WSMan messages sent, every action, retries included
+
+
+class WinRMSession:
+    """One WinRS shell on one host, reused by every command of a run; not thread-safe.
+
+    ``codepage`` is the shell's ``WINRS_CODEPAGE`` (65001 = UTF-8 output); ``max_send_bytes``
+    is the most stdin one Send carries.
+    """
+
+    def __init__(
+        self,
+        endpoint: WinRMEndpoint,
+        *,
+        codepage: int = 65001,
+        max_send_bytes: int = 100_000,
+    ) -> None:
+        if not 0 < max_send_bytes <= _MAX_SEND_BYTES:
+            raise ValueError(f"max_send_bytes must be between 1 and {_MAX_SEND_BYTES}")
+        _check_endpoint(endpoint)
+        self.endpoint = endpoint
+        self.codepage = codepage
+        self.max_send_bytes = max_send_bytes
+        self.counters = SessionCounters()
+        self._protocol: Protocol | None = None
+        self._shell_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"WinRMSession({self.endpoint.url}, auth={self.endpoint.auth})"
+
+    def __enter__(self) -> WinRMSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open the shell now rather than at the first :meth:`run`."""
+        self._ensure_shell()
+
+    def run(
+        self,
+        command: str,
+        arguments: Sequence[str] = (),
+        stdin: bytes = b"",
+        *,
+        retry: bool = False,
+    ) -> CommandResult:
+        """Run ``command`` in the session's shell, feed it ``stdin`` and wait for its output.
+
+        ``retry=True`` is for read-only commands: connection failures and a lost shell are tried
+        again (three tries, a new shell when needed). Other commands are never repeated blindly;
+        they are only tried again in a new shell when the shell was gone before they started.
+        """
+        attempt = 0  # tries used up by retry=True
+        reopened = False
+        while True:
+            started = False
+            try:
+                shell_id = self._ensure_shell()
+                command_id = self._call(Protocol.run_command, shell_id, command, list(arguments))
+                started = True
+                self.counters.commands += 1
+                return self._finish(shell_id, command_id, stdin)
+            except WinRMFaultError as error:
+                if error.code == MAX_OPERATIONS_EXCEEDED and not started and not reopened:
+                    # Windows counts operations per shell even after Signal (pywinrm issue 124):
+                    # a fresh shell starts from zero, and the command never ran.
+                    reopened = True
+                    self._drop_shell()
+                    continue
+                if error.code != SHELL_NOT_FOUND:
+                    raise
+                self._shell_id = None  # gone on the host: the next try opens a new one
+                if not started and not reopened:
+                    reopened = True  # the command never ran: running it now is no repeat
+                    continue
+                if not retry or attempt >= len(_RETRY_DELAYS_S):
+                    raise
+            except WinRMConnectionError:
+                if not retry or attempt >= len(_RETRY_DELAYS_S):
+                    raise
+            log.info("WinRM %s: %s failed, trying again", self.endpoint.address, command)
+            time.sleep(_RETRY_DELAYS_S[attempt])
+            attempt += 1
+
+    def _drop_shell(self) -> None:
+        """Delete the current shell but keep the connection; errors are swallowed."""
+        shell_id, self._shell_id = self._shell_id, None
+        if shell_id is not None and self._protocol is not None:
+            try:
+                self._call(Protocol.close_shell, shell_id, close_session=False)
+            except WinRMError:
+                log.debug("WinRM %s: deleting shell failed", self.endpoint.address, exc_info=True)
+
+    def close(self) -> None:
+        """Delete the shell. Errors are swallowed: the host drops idle shells anyway."""
+        protocol, shell_id = self._protocol, self._shell_id
+        self._shell_id = None
+        self._protocol = None
+        if protocol is None:
+            return
+        try:
+            if shell_id is not None:
+                protocol.close_shell(shell_id)  # also closes the HTTP connections
+            else:
+                protocol.transport.close_session()
+        except Exception:
+            log.debug("WinRM %s: closing the shell failed", self.endpoint.address, exc_info=True)
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _finish(self, shell_id: str, command_id: str, stdin: bytes) -> CommandResult:
+        try:
+            if stdin:
+                chunks = [
+                    stdin[i : i + self.max_send_bytes]
+                    for i in range(0, len(stdin), self.max_send_bytes)
+                ]
+                for index, chunk in enumerate(chunks):
+                    end = index == len(chunks) - 1
+                    self._call(Protocol.send_command_input, shell_id, command_id, chunk, end)
+            return self._receive_all(shell_id, command_id)
+        finally:
+            # Signal even after a failure: on Windows an unsignalled command keeps holding one
+            # of the user's MaxConcurrentOperationsPerUser slots while the shell lives.
+            try:
+                self._call(Protocol.cleanup_command, shell_id, command_id)
+            except WinRMError:
+                log.debug("WinRM %s: Signal failed", self.endpoint.address, exc_info=True)
+
+    def _receive_all(self, shell_id: str, command_id: str) -> CommandResult:
+        """pywinrm's ``get_command_output`` loop: Receive until Done, each reply ~100 KB."""
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        while True:
+            try:
+                out, err, exit_code, done = self._call(
+                    Protocol.get_command_output_raw,
+                    shell_id,
+                    command_id,
+                    operation_timeout_is_fault=False,
+                )
+            except pywinrm.WinRMOperationTimeoutError:
+                continue  # nothing yet within OperationTimeout: the command still runs
+            stdout.append(out)
+            stderr.append(err)
+            if done:
+                return CommandResult(b"".join(stdout), b"".join(stderr), exit_code)
+
+    def _ensure_shell(self) -> str:
+        if self._shell_id is None:
+            if self._protocol is None:
+                self._protocol = self._make_protocol()
+                if self.endpoint.allow_insecure and _insecure(self.endpoint):
+                    log.warning(
+                        "WinRM %s: %s (allow_insecure is set)",
+                        self.endpoint.address,
+                        _insecure(self.endpoint),
+                    )
+            self._shell_id = self._call(Protocol.open_shell, noprofile=True, codepage=self.codepage)
+        return self._shell_id
+
+    def _make_protocol(self) -> Protocol:
+        endpoint = self.endpoint
+        verify = endpoint.scheme == "https" and not (
+            endpoint.allow_insecure and not endpoint.ca_file
+        )
+        try:
+            return _CountingProtocol(
+                self.counters,
+                endpoint.url,
+                transport=endpoint.auth,
+                username=endpoint.user or None,
+                password=endpoint.password.reveal() if endpoint.password else None,
+                # None = no extra CA path (documented by pywinrm, missing from its annotation)
+                ca_trust_path=endpoint.ca_file if endpoint.ca_file else None,  # type: ignore[arg-type]
+                server_cert_validation="validate" if verify else "ignore",
+                cert_pem=endpoint.cert_pem,
+                cert_key_pem=endpoint.cert_key_pem,
+                read_timeout_sec=endpoint.read_timeout_s,
+                operation_timeout_sec=endpoint.operation_timeout_s,
+                proxy=None,  # loopback labs and internal hosts: never an environment proxy
+            )
+        except pywinrm.WinRMError as exc:
+            raise WinRMConfigError(f"WinRM {endpoint.address}: {exc}") from None
+
+    def _call(
+        self,
+        operation: Callable[..., _T],
+        *args: Any,
+        operation_timeout_is_fault: bool = True,
+        **kwargs: Any,
+    ) -> _T:
+        """``operation(protocol, *args, **kwargs)``, its failures translated."""
+        assert self._protocol is not None
+        with _translated_errors(self.endpoint, operation_timeout_is_fault):
+            return operation(self._protocol, *args, **kwargs)
+
+
+_T = TypeVar("_T")
+
+
+class _CountingProtocol(Protocol):
+    """pywinrm's Protocol, counting every WSMan message it sends."""
+
+    def __init__(self, counters: SessionCounters, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counters = counters
+
+    def send_message(self, message: str) -> bytes:
+        self.counters.messages += 1
+        return super().send_message(message)
+
+
+def _check_endpoint(endpoint: WinRMEndpoint) -> None:
+    where = f"WinRM {endpoint.address}"
+    if endpoint.scheme == "http" and endpoint.auth == "basic" and not endpoint.allow_insecure:
+        raise WinRMConfigError(
+            f"{where}: basic auth over http sends the password unencrypted; use scheme https "
+            "(port 5986) or auth ntlm, or set allow_insecure: true (labs only)"
+        )
+    if endpoint.auth == "certificate":
+        if endpoint.scheme != "https":
+            raise WinRMConfigError(f"{where}: certificate auth needs scheme https")
+        if not (endpoint.cert_pem and endpoint.cert_key_pem):
+            raise WinRMConfigError(f"{where}: certificate auth needs cert_pem and cert_key_pem")
+    elif endpoint.auth != "kerberos" and (not endpoint.user or endpoint.password is None):
+        raise WinRMConfigError(f"{where}: auth {endpoint.auth} needs user and password")
+    if endpoint.auth == "kerberos" and not pywinrm_transport.HAVE_KERBEROS:
+        raise WinRMConfigError(
+            f"{where}: auth kerberos needs extra packages: pip install 'provisioner[kerberos]'"
+        )
+    if endpoint.auth == "credssp" and not pywinrm_transport.HAVE_CREDSSP:
+        raise WinRMConfigError(
+            f"{where}: auth credssp needs extra packages: pip install 'provisioner[credssp]'"
+        )
+    if endpoint.operation_timeout_s < 1 or endpoint.read_timeout_s <= endpoint.operation_timeout_s:
+        raise WinRMConfigError(
+            f"{where}: read_timeout_s ({endpoint.read_timeout_s}) must exceed "
+            f"operation_timeout_s ({endpoint.operation_timeout_s}), which must be at least 1"
+        )
+
+
+def _insecure(endpoint: WinRMEndpoint) -> str:
+    """What is unsafe about an endpoint, or ``""``."""
+    if endpoint.scheme == "http" and endpoint.auth == "basic":
+        return "basic auth over plain http: the password crosses the network unencrypted"
+    if endpoint.scheme == "https" and not endpoint.ca_file:
+        return "TLS certificate verification is off: anyone in the path can impersonate the host"
+    return ""
+
+
+def _fault_code(error: pywinrm.WSManFaultError) -> int | None:
+    """The fault's code, from WSManFault or else from an MSFT_WmiError (how quotas may come)."""
+    code = error.wsman_fault_code if error.wsman_fault_code is not None else error.wmierror_code
+    if code is None:
+        return None
+    if code < 0:
+        code += 2**32  # a signed HRESULT
+    return _CODE_ALIASES.get(code, code)
+
+
+@contextmanager
+def _translated_errors(endpoint: WinRMEndpoint, operation_timeout_is_fault: bool) -> Iterator[None]:
+    """pywinrm and requests exceptions as the typed errors above (never with the password)."""
+    where = f"WinRM {endpoint.address}"
+    try:
+        yield
+    except pywinrm.InvalidCredentialsError:
+        raise WinRMAuthError(
+            f"{where} rejected the credentials of {endpoint.user or 'the client certificate'} "
+            f"(HTTP 401, auth {endpoint.auth}): check user and password, and that auth "
+            f"{endpoint.auth} is enabled on the host (winrm get winrm/config/service/auth)"
+        ) from None
+    except pywinrm.WinRMOperationTimeoutError:
+        if not operation_timeout_is_fault:
+            raise
+        raise WinRMFaultError(
+            f"{where}: {_FAULT_ADVICE[OPERATION_TIMEOUT]} (WSMan fault {OPERATION_TIMEOUT})",
+            OPERATION_TIMEOUT,
+        ) from None
+    except pywinrm.WSManFaultError as exc:
+        code = _fault_code(exc)
+        advice = _FAULT_ADVICE.get(code or 0) or f"the host refused the request: {exc.reason}"
+        raise WinRMFaultError(f"{where}: {advice} (WSMan fault {code})", code) from None
+    except pywinrm.WinRMTransportError as exc:
+        if exc.code == 500 and not exc.response_text.strip():
+            raise WinRMEncryptionError(
+                f"{where} answered a bare HTTP 500, which is how Windows refuses an "
+                f"unencrypted transport (auth {endpoint.auth} over {endpoint.scheme}): use "
+                "scheme https, or auth ntlm (encrypted over http)"
+            ) from None
+        raise WinRMError(
+            f"{where} answered HTTP {exc.code}: check that {endpoint.url} is a WinRM listener"
+        ) from None
+    except requests.exceptions.SSLError as exc:
+        trust = f"CA file {endpoint.ca_file}" if endpoint.ca_file else "the default CA bundle"
+        raise WinRMTLSError(
+            f"{where}: TLS verification of host {endpoint.host} against {trust} failed "
+            f"({_reason(exc)}): set ca_file to the CA that issued the host's certificate and "
+            "reach the host by a name the certificate lists"
+        ) from None
+    except requests.exceptions.ConnectionError as exc:
+        raise WinRMConnectionError(
+            f"{where} is unreachable ({_reason(exc)}): check the host name, that WinRM "
+            f"listens on port {endpoint.port} ({endpoint.scheme}) and that the firewall allows it"
+        ) from None
+    except requests.exceptions.Timeout as exc:
+        raise WinRMConnectionError(
+            f"{where} did not answer within read_timeout_s={endpoint.read_timeout_s} "
+            f"({_reason(exc)}): check the host, or raise read_timeout_s"
+        ) from None
+    except (ET.ParseError, StopIteration, AssertionError, ValueError, KeyError) as exc:
+        # pywinrm asserts on RelatesTo and uses next() to find ShellId and CommandId.
+        raise WinRMError(
+            f"{where} sent a reply that is not valid WS-Management ({type(exc).__name__}): "
+            f"check that {endpoint.url} is a WinRM listener"
+        ) from None
+    except pywinrm.WinRMError as exc:
+        raise WinRMError(f"{where}: {exc}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error, short: 'Connection refused', 'timed out'."""
+    text = str(exc)
+    for marker in (
+        "certificate verify failed",
+        "Connection refused",
+        "Name or service not known",
+        "No address associated with hostname",
+        "Temporary failure in name resolution",
+        "timed out",
+        "Connection reset by peer",
+        "Connection aborted",
+        "RemoteDisconnected",
+    ):
+        if marker in text:
+            if marker == "certificate verify failed":
+                return text[text.index(marker) :].split(" (_ssl")[0].rstrip("')\" ")
+            return marker
+    return type(exc).__name__
