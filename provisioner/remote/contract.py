@@ -179,7 +179,9 @@ class GatherRequest(_Strict):
     contract: Literal[1] = 1
     role: Literal["server", "client"]
     firewall_group: str  # only rules in this group are returned
-    services: list[str] = Field(default_factory=list)  # extra services to report, e.g. the CTI engine
+    services: list[str] = Field(
+        default_factory=list
+    )  # extra services to report, e.g. the CTI engine
     package_name: str = ""  # MSI product name to look for
     tsp_file: str = ""  # NFONTSP.TSP, the original the instances are copied from
     instance_file_pattern: str = ""  # NFONTSP_{instance}.TSP
@@ -230,6 +232,7 @@ class TspInstanceCreate(_Strict):
     instance: str
     file: str
     provider_name: str
+    tsp_file: str = "NFONTSP.TSP"  # the original in System32 that the instance copies
 
 
 class TspInstanceConfigure(_Strict):

@@ -1,0 +1,1069 @@
+"""A simulated Windows host: the command handler behind the lab's WS-Management server.
+
+It cannot run PowerShell. It recognises the provisioner's constant bootstrap command line and
+each shipped script by its identity (header + hash, :func:`provisioner.remote.scripts.load`),
+and performs that script's contract (:mod:`provisioner.remote.contract`) on a modelled state::
+
+    host = WindowsHost.fresh("TAPI01", pbx_lines=lambda k_account: [("100", "Anna Schmidt")])
+    command, arguments = scripts.command_line()
+    payload = scripts.stdin_payload(scripts.load("gather"), GatherRequest(role="server", ...))
+    result = host(command, arguments, payload)          # CommandResult(stdout=b'{"contract":1,...')
+    facts = scripts.parse_output(result.stdout, HostFacts)
+
+Windows behaviour worth modelling: ``tsecimp`` silently ignores lines that do not exist; the line
+listing follows TAPI providers and TSP settings only from the Telephony service's (``TapiSrv``)
+last start; firewall rules come back in COM spelling (``10.0.2.0/255.255.255.0``); a sealed
+secret is opened with the host's RSA key, checked against its fingerprint and kept sealed (the
+state never holds a clear secret). :class:`WindowsHostState` is plain data that round-trips
+through JSON, so the lab can keep a host between commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from provisioner.remote import scripts
+from provisioner.remote.contract import (
+    ApplyRequest,
+    ApplyResponse,
+    FirewallRemove,
+    FirewallRuleFacts,
+    FirewallUpsert,
+    GatherRequest,
+    HostFacts,
+    LocationFacts,
+    LocationSet,
+    LockInfo,
+    Operation,
+    PackageFacts,
+    PackageInstall,
+    PackageUninstall,
+    ProviderFacts,
+    SealedSecret,
+    SealKey,
+    ServiceConfigure,
+    ServiceControl,
+    ServiceFacts,
+    StepResult,
+    TapiClientFacts,
+    TapiClientSet,
+    TelephonyConfigure,
+    TelephonyFacts,
+    TsecimpImport,
+    TspInstanceConfigure,
+    TspInstanceCreate,
+    TspInstanceFacts,
+    TspInstanceRemove,
+    TspSettingsFacts,
+)
+from provisioner.remote.contract import Fingerprint as FingerprintModel
+from provisioner.remote.tsecimp import (
+    ListedLine,
+    ListedProvider,
+    TsecimpError,
+    format_listing,
+    parse_xml,
+)
+from provisioner.secrets import Secret
+
+Role = Literal["server", "client"]
+PbxLines = Callable[[str], Sequence[tuple[str, str]]]
+"""``pbx_lines(k_account) -> [(extension number, display name), ...]``: a tenant's PBX data."""
+
+TELEPHONY_SERVICE = "TapiSrv"
+LAB_CTI_ENGINE_SERVICE = "NFONCtiEngine"  # what the lab packages install (no public name known)
+LAB_TSP_FILE = "NFONTSP.TSP"
+_STATE_DIR = "C:\\ProgramData\\NFON-Provisioner"
+_OAEP_SHA1 = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+_CLIENT_OPERATIONS = frozenset({"tapi_client.set", "firewall.upsert", "firewall.remove"})
+# COM's spelling of the RemoteAddresses keywords.
+_ADDRESS_KEYWORDS = {
+    word.casefold(): word
+    for word in ("LocalSubnet", "DNS", "DHCP", "WINS", "DefaultGateway", "Intranet", "Internet")
+}
+# Providers every Windows Server has, with the lines they show in the listing.
+_BUILTIN_PROVIDERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("kmddsp.tsp", "TAPI Kernel-Mode Service Provider", ()),
+    (
+        "ndptsp.tsp",
+        "NDIS Proxy TAPI Service Provider",
+        ("WAN Miniport (L2TP)", "WAN Miniport (PPTP)"),
+    ),
+    ("unimdm.tsp", "Unimodem 5 Service Provider", ()),
+)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command printed and returned (the fields the WS-Management server reads)."""
+
+    stdout: bytes
+    stderr: bytes = b""
+    exit_code: int = 0
+
+
+@dataclass(frozen=True)
+class RecordedCommand:
+    """One command as received; stdin holds only sealed secrets, never clear ones."""
+
+    command: str
+    arguments: list[str]
+    stdin: bytes
+
+
+@dataclass(frozen=True)
+class LabPackage:
+    """An MSI the lab knows by its sha256 (the "source" may be any string)."""
+
+    name: str
+    version: str
+    product_code: str
+    sha256: str
+    files: tuple[str, ...] = (LAB_TSP_FILE,)
+    services: tuple[str, ...] = (LAB_CTI_ENGINE_SERVICE,)
+
+
+def lab_package_sha256(version: str) -> str:
+    """The sha256 the lab gives NFONTAPI.msi of ``version`` (manifests for the lab use it)."""
+    return hashlib.sha256(f"NFONTAPI.msi {version} (lab)".encode()).hexdigest()
+
+
+LAB_PACKAGES: tuple[LabPackage, ...] = (
+    LabPackage(
+        "NFON TAPI", "1.0.0", "{6A1B3C5D-0F00-4E10-9A00-000000010000}", lab_package_sha256("1.0.0")
+    ),
+    LabPackage(
+        "NFON TAPI", "1.1.0", "{6A1B3C5D-0F00-4E10-9A00-000000011000}", lab_package_sha256("1.1.0")
+    ),
+)
+
+
+# --- the state: plain data, JSON both ways ----------------------------------------------------
+
+
+@dataclass
+class StoredFingerprint:
+    salt: str
+    hmac: str
+
+
+@dataclass
+class ServiceRecord:
+    name: str
+    state: str = "stopped"  # running | stopped
+    start_mode: str = "manual"
+    account: str = "LocalSystem"
+    password_sealed: str | None = None  # the modelled setting, sealed to this host's key
+    password_fingerprint: StoredFingerprint | None = None
+
+
+@dataclass
+class ProductRecord:
+    product_code: str
+    name: str
+    version: str
+
+
+@dataclass
+class SystemFile:
+    """A file in System32; ``description`` is its FileDescription (a provider's display name)."""
+
+    name: str
+    description: str = ""
+    instance: str | None = None  # set on a TSP instance's copy
+
+
+@dataclass
+class ProviderRecord:
+    id: int
+    file: str
+
+
+@dataclass
+class TspSettingsRecord:
+    """An instance's settings key; the password is kept as it arrived: sealed."""
+
+    key: str
+    instance: str
+    k_account: str
+    number_format: str
+    line_name_format: str
+    debug_level: int
+    password_sealed: str | None = None
+    password_fingerprint: StoredFingerprint | None = None
+
+
+@dataclass
+class LoadedProvider:
+    """A provider as TapiSrv loaded it at its last start (what the line listing shows)."""
+
+    id: int
+    file: str
+    name: str
+    instance: str | None = None
+    k_account: str | None = None
+    line_name_format: str | None = None
+
+
+@dataclass
+class LocationRecord:
+    id: int
+    name: str
+    country_code: int
+    area_code: str
+    outside_access: str
+    long_distance_access: str
+    international_access: str = ""
+
+
+@dataclass
+class FirewallRuleRecord:
+    name: str
+    description: str
+    group: str
+    direction: int
+    action: int
+    protocol: int
+    local_ports: str
+    remote_ports: str
+    remote_addresses: str
+    profiles: int
+    enabled: bool
+    local_addresses: str = "*"
+
+
+@dataclass
+class TsecUser:
+    """A user's entry in the TAPI server security file: the permanent ids it may use."""
+
+    domain_user: str
+    friendly_name: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TapiClientRecord:
+    enabled: bool = False
+    servers: list[str] = field(default_factory=list)
+    connection_oriented: bool = False
+
+
+@dataclass
+class LockRecord:
+    owner: str
+    acquired: str
+    expires: str
+
+
+@dataclass
+class WindowsHostState:
+    """Everything the simulated host remembers. Dictionary keys are case-folded names."""
+
+    computer_name: str
+    role: Role
+    seal_key_pem: str  # the machine key container's RSA key (PKCS#8 PEM)
+    services: dict[str, ServiceRecord] = field(default_factory=dict)
+    products: list[ProductRecord] = field(default_factory=list)
+    system32: dict[str, SystemFile] = field(default_factory=dict)
+    providers: list[ProviderRecord] = field(default_factory=list)
+    next_provider_id: int = 1
+    loaded_providers: list[LoadedProvider] = field(default_factory=list)
+    tsp_settings: dict[str, TspSettingsRecord] = field(default_factory=dict)
+    telephony_server_mode: bool = False
+    telephony_administrators: list[str] = field(default_factory=list)
+    locations: list[LocationRecord] = field(default_factory=list)
+    current_location_id: int = 0
+    next_location_id: int = 1
+    firewall_rules: list[FirewallRuleRecord] = field(default_factory=list)
+    tsec_users: dict[str, TsecUser] = field(default_factory=dict)
+    tapi_client: TapiClientRecord = field(default_factory=TapiClientRecord)
+    lock: LockRecord | None = None
+    backups: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, computer_name: str, role: Role = "server") -> WindowsHostState:
+        """A just-installed host: built-in TAPI providers, Telephony stopped, a new seal key."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        state = cls(computer_name=computer_name, role=role, seal_key_pem=pem)
+        state.services[TELEPHONY_SERVICE.casefold()] = ServiceRecord(
+            name=TELEPHONY_SERVICE, account="NT AUTHORITY\\NetworkService"
+        )
+        state.services["winrm"] = ServiceRecord(
+            name="WinRM", state="running", start_mode="auto", account="NT AUTHORITY\\NetworkService"
+        )
+        for file, description, _lines in _BUILTIN_PROVIDERS:
+            state.system32[file.casefold()] = SystemFile(name=file, description=description)
+            state.providers.append(ProviderRecord(id=state.next_provider_id, file=file))
+            state.next_provider_id += 1
+        return state
+
+    def to_json(self) -> str:
+        return _STATE_ADAPTER.dump_json(self, indent=1).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WindowsHostState:
+        return _STATE_ADAPTER.validate_json(text)
+
+
+_STATE_ADAPTER = TypeAdapter(WindowsHostState)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+class StepFailure(Exception):
+    """An operation failed the way the real script's ``throw`` would; the message is shown."""
+
+
+class ScriptThrow(Exception):
+    """The whole script failed (the bootstrap prints an error document and exits 1)."""
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _registry_key(path: str) -> str:
+    """``HKLM\\``, ``HKLM:\\`` and ``HKEY_LOCAL_MACHINE\\`` paths in one case-folded spelling."""
+    match = re.match(r"^(?:HKLM:?|HKEY_LOCAL_MACHINE)\\+(.+?)\\*$", path, re.IGNORECASE)
+    if match is None:
+        raise StepFailure(f"registry path '{path}' is not under HKLM")
+    return "HKLM\\" + re.sub(r"\\+", r"\\", match[1]).casefold()
+
+
+def _check(value: str, pattern: str, what: str) -> None:
+    if not re.fullmatch(pattern, value):
+        raise StepFailure(f"{what} '{value}' is not valid")
+
+
+def _check_tsp_file(file: str) -> None:
+    _check(file, r"(?i)[A-Z0-9][A-Z0-9_.\-]*\.tsp", "TSP file name")
+
+
+def _permanent_id(*parts: str) -> str:
+    """A stable line id (a DWORD, like TAPI's) for an (instance, extension) pair."""
+    digest = hashlib.sha256("/".join(part.casefold() for part in parts).encode()).digest()
+    return str(int.from_bytes(digest[:4], "big"))
+
+
+def _line_name(line_format: str, extension: str, name: str) -> str:
+    # Plain replacement: a format string from a manifest must not reach str.format.
+    return line_format.replace("{extension}", extension).replace("{name}", name)
+
+
+def com_address_spelling(addresses: str) -> str:
+    """``RemoteAddresses`` as ``INetFwRule`` returns it: IPv4 with a dotted mask, keywords cased.
+
+    >>> com_address_spelling("10.0.2.0/24, 10.0.9.7,localsubnet")
+    '10.0.2.0/255.255.255.0,10.0.9.7/255.255.255.255,LocalSubnet'
+    """
+    spelled: list[str] = []
+    for part in (piece.strip() for piece in addresses.split(",")):
+        if part == "*" or part.casefold() in _ADDRESS_KEYWORDS:
+            spelled.append(_ADDRESS_KEYWORDS.get(part.casefold(), part))
+            continue
+        try:
+            if "-" in part:
+                first, last = (ipaddress.ip_address(end.strip()) for end in part.split("-", 1))
+                spelled.append(f"{first}-{last}")
+            elif ":" in part:
+                spelled.append(str(ipaddress.ip_network(part, strict=False)))
+            else:
+                address, _, mask = part.partition("/")
+                host = ipaddress.IPv4Address(address)
+                netmask = ipaddress.IPv4Network(f"0.0.0.0/{mask or '32'}").netmask
+                spelled.append(f"{host}/{netmask}")
+        except ValueError:
+            raise StepFailure(
+                f"RemoteAddresses '{addresses}': value does not fall within the expected range"
+            ) from None
+    return ",".join(spelled)
+
+
+# --- the host ---------------------------------------------------------------------------------
+
+
+def _no_pbx_lines(k_account: str) -> Sequence[tuple[str, str]]:
+    return ()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WindowsHost:
+    """One simulated Windows host; call it as the WS-Management server's command handler."""
+
+    def __init__(
+        self,
+        state: WindowsHostState,
+        pbx_lines: PbxLines = _no_pbx_lines,
+        *,
+        packages: Sequence[LabPackage] = LAB_PACKAGES,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.state = state
+        self.record: list[RecordedCommand] = []
+        self._pbx_lines = pbx_lines
+        self._packages = {package.sha256: package for package in packages}
+        self._clock = clock
+        self._mutex = threading.RLock()  # WinRS may run two commands at once; the state is one
+        self._seal_key = serialization.load_pem_private_key(state.seal_key_pem.encode(), None)
+        assert isinstance(self._seal_key, rsa.RSAPrivateKey)
+        self._scripts: dict[str, Callable[[dict[str, object]], BaseModel]] = {
+            scripts.load("gather").identity: self._run_gather,
+            scripts.load("apply").identity: self._run_apply,
+        }
+
+    @classmethod
+    def fresh(
+        cls,
+        computer_name: str,
+        role: Role = "server",
+        pbx_lines: PbxLines = _no_pbx_lines,
+        *,
+        packages: Sequence[LabPackage] = LAB_PACKAGES,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> WindowsHost:
+        """A just-installed host (see :meth:`WindowsHostState.fresh`)."""
+        state = WindowsHostState.fresh(computer_name, role)
+        return cls(state, pbx_lines, packages=packages, clock=clock)
+
+    # --- the command handler ------------------------------------------------------------------
+
+    def __call__(self, command: str, arguments: list[str], stdin: bytes) -> CommandResult:
+        with self._mutex:
+            self.record.append(RecordedCommand(command, list(arguments), bytes(stdin)))
+            if not scripts.is_command_line(command, arguments):
+                return CommandResult(
+                    stdout=b"",
+                    stderr=f"'{command}': the lab host runs only the provisioner's bootstrap "
+                    "command line\r\n".encode(),
+                    exit_code=1,
+                )
+            try:
+                text, data = scripts.parse_payload(stdin)
+            except (scripts.RemoteScriptError, ValueError) as exc:
+                return CommandResult(stdout=scripts.failure_document(str(exc)), exit_code=1)
+            identity = scripts.identity_of(text)
+            run = self._scripts.get(identity or "")
+            if run is None:
+                what = identity or "without a '# provisioner-contract:' header"
+                return CommandResult(
+                    stdout=b"",
+                    stderr=f"unknown script {what}: the lab host runs only the shipped "
+                    "templates\r\n".encode(),
+                    exit_code=1,
+                )
+            try:
+                document = run(data)
+            except ScriptThrow as exc:
+                return CommandResult(stdout=scripts.failure_document(str(exc)), exit_code=1)
+            return CommandResult(stdout=document.model_dump_json().encode())
+
+    handler = __call__
+
+    def _run_gather(self, data: dict[str, object]) -> BaseModel:
+        try:
+            request = GatherRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ScriptThrow(
+                f"the request is not a GatherRequest: {exc.error_count()} errors"
+            ) from None
+        try:
+            return self.gather(request)
+        except StepFailure as exc:
+            raise ScriptThrow(str(exc)) from None
+
+    def _run_apply(self, data: dict[str, object]) -> BaseModel:
+        try:
+            request = ApplyRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ScriptThrow(
+                f"the request is not an ApplyRequest: {exc.error_count()} errors"
+            ) from None
+        return self.apply(request)
+
+    # --- gather ---------------------------------------------------------------------------------
+
+    def gather(self, request: GatherRequest) -> HostFacts:
+        """What ``gather.ps1`` would return for this state."""
+        state = self.state
+        services = [
+            self._service_facts(service)
+            for name in request.services
+            if (service := state.services.get(name.casefold())) is not None
+        ]
+        facts: dict[str, object] = {
+            "computer_name": state.computer_name,
+            "role": request.role,
+            "seal_key": self.seal_key(),
+            "lock": LockInfo(**vars(state.lock)) if state.lock else None,
+            "firewall_rules": [
+                FirewallRuleFacts(display_name=rule.name, **vars(rule))
+                for rule in state.firewall_rules
+                if rule.group == request.firewall_group
+            ],
+            "services": services,
+        }
+        if request.role == "server":
+            facts |= {
+                "telephony": self._telephony_facts(),
+                "packages": [
+                    PackageFacts(**vars(product))
+                    for product in state.products
+                    if request.package_name
+                    and product.name.casefold() == request.package_name.casefold()
+                ],
+                "providers": [
+                    ProviderFacts(id=p.id, file=p.file, name=self._file_description(p.file))
+                    for p in state.providers
+                ],
+                "tsp_instances": self._tsp_instance_facts(request),
+                "locations": [
+                    LocationFacts(
+                        **vars(location), current=location.id == state.current_location_id
+                    )
+                    for location in state.locations
+                ],
+                "tsecimp_listing": self.tsecimp_listing(),
+            }
+        else:
+            client = state.tapi_client
+            facts["tapi_client"] = TapiClientFacts(
+                enabled=client.enabled,
+                servers=list(client.servers),
+                connection_oriented=client.connection_oriented,
+            )
+        return HostFacts.model_validate(facts)
+
+    def seal_key(self) -> SealKey:
+        numbers = self._seal_key.public_key().public_numbers()
+
+        def big_endian(value: int) -> str:
+            return base64.b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).decode()
+
+        return SealKey(modulus=big_endian(numbers.n), exponent=big_endian(numbers.e))
+
+    def _service_facts(self, service: ServiceRecord) -> ServiceFacts:
+        return ServiceFacts.model_validate(
+            {
+                "name": service.name,
+                "state": service.state,
+                "start_mode": service.start_mode,
+                "account": service.account,
+            }
+        )
+
+    def _telephony_facts(self) -> TelephonyFacts | None:
+        service = self.state.services.get(TELEPHONY_SERVICE.casefold())
+        if service is None:
+            return None
+        fingerprint = service.password_fingerprint
+        return TelephonyFacts(
+            service=self._service_facts(service),
+            server_mode=self.state.telephony_server_mode,
+            administrators=list(self.state.telephony_administrators),
+            account_password=FingerprintModel(**vars(fingerprint)) if fingerprint else None,
+        )
+
+    def _file_description(self, file: str) -> str:
+        found = self.state.system32.get(file.casefold())
+        return found.description if found else ""
+
+    def _tsp_instance_facts(self, request: GatherRequest) -> list[TspInstanceFacts]:
+        # As gather.ps1: instances from System32 files matching the pattern, then from the
+        # subkeys of the settings key's parent when {instance} is its last part.
+        pattern = request.instance_file_pattern
+        if not pattern:
+            return []
+        file_regex = re.compile(
+            re.escape(pattern).replace(re.escape("{instance}"), "(?P<instance>.+)"), re.IGNORECASE
+        )
+        names: dict[str, str] = {}
+        for file in self.state.system32.values():
+            if match := file_regex.fullmatch(file.name):
+                names.setdefault(match["instance"].upper(), match["instance"])
+        settings_pattern = request.instance_settings_key
+        parent = re.fullmatch(r"(.+)\\\{instance\}\\*", settings_pattern)
+        if parent is not None:
+            prefix = _registry_key(parent[1]) + "\\"
+            for key, record in self.state.tsp_settings.items():
+                if key.startswith(prefix) and "\\" not in key[len(prefix) :]:
+                    name = record.key.rstrip("\\").rsplit("\\", 1)[-1]
+                    names.setdefault(name.upper(), name)
+        facts = []
+        for _, instance in sorted(names.items()):
+            file = pattern.replace("{instance}", instance)
+            record = None
+            if settings_pattern:
+                record = self.state.tsp_settings.get(
+                    _registry_key(settings_pattern.replace("{instance}", instance))
+                )
+            settings = None
+            if record is not None:
+                fingerprint = record.password_fingerprint
+                settings = TspSettingsFacts(
+                    k_account=record.k_account,
+                    number_format=record.number_format,
+                    line_name_format=record.line_name_format,
+                    debug_level=record.debug_level,
+                    password=FingerprintModel(**vars(fingerprint)) if fingerprint else None,
+                )
+            facts.append(
+                TspInstanceFacts(
+                    instance=instance,
+                    file=file,
+                    file_present=file.casefold() in self.state.system32,
+                    settings=settings,
+                )
+            )
+        return facts
+
+    # --- TAPI: providers loaded at the last start, lines from the PBX ---------------------------
+
+    def _start_telephony(self) -> None:
+        """TapiSrv starts: it loads the registered providers with their current settings."""
+        state = self.state
+        loaded = []
+        for provider in state.providers:
+            file = state.system32.get(provider.file.casefold())
+            entry = LoadedProvider(
+                id=provider.id, file=provider.file, name=file.description if file else ""
+            )
+            if file is not None and file.instance is not None:
+                entry.instance = file.instance
+                settings = self._settings_of(file.instance)
+                if settings is not None:
+                    entry.k_account = settings.k_account
+                    entry.line_name_format = settings.line_name_format
+            loaded.append(entry)
+        state.loaded_providers = loaded
+        service = state.services.get(TELEPHONY_SERVICE.casefold())
+        if service is not None:
+            service.state = "running"
+
+    def _settings_of(self, instance: str) -> TspSettingsRecord | None:
+        for record in self.state.tsp_settings.values():
+            if record.instance.casefold() == instance.casefold():
+                return record
+        return None
+
+    def listed_providers(self) -> list[ListedProvider]:
+        """The providers and lines TAPI shows now, with the users assigned to each line."""
+        users_by_line: dict[str, list[str]] = {}
+        for user in self.state.tsec_users.values():
+            for line_id in user.lines:
+                users_by_line.setdefault(line_id, []).append(user.domain_user)
+        builtin = {file.casefold(): lines for file, _, lines in _BUILTIN_PROVIDERS}
+        listed = []
+        for provider in self.state.loaded_providers:
+            lines: list[ListedLine] = []
+            if provider.instance is not None and provider.k_account:
+                line_format = provider.line_name_format or "{extension} {name}"
+                for extension, name in self._pbx_lines(provider.k_account):
+                    line_id = _permanent_id(provider.instance, extension)
+                    lines.append(
+                        ListedLine(
+                            name=_line_name(line_format, extension, name),
+                            permanent_id=line_id,
+                            addresses=[extension],
+                            users=sorted(users_by_line.get(line_id, []), key=str.casefold),
+                        )
+                    )
+            for name in builtin.get(provider.file.casefold(), ()):
+                line_id = _permanent_id(provider.file, name)
+                lines.append(
+                    ListedLine(
+                        name=name,
+                        permanent_id=line_id,
+                        users=sorted(users_by_line.get(line_id, []), key=str.casefold),
+                    )
+                )
+            listed.append(ListedProvider(name=provider.name, lines=lines))
+        return listed
+
+    def tsecimp_listing(self) -> str | None:
+        """``tsecimp /d``: as any TAPI client, it starts a stopped (not disabled) TapiSrv."""
+        if self.state.role != "server":
+            return None
+        service = self.state.services.get(TELEPHONY_SERVICE.casefold())
+        if service is None or service.start_mode == "disabled":
+            return ""
+        if service.state != "running":
+            self._start_telephony()
+        return format_listing(self.listed_providers())
+
+    # --- secrets --------------------------------------------------------------------------------
+
+    def _accept_sealed(self, secret: SealedSecret) -> tuple[str, StoredFingerprint]:
+        """Open, check against the fingerprint, and keep sealed: ``(sealed, fingerprint)``."""
+        try:
+            clear = self._seal_key.decrypt(base64.b64decode(secret.sealed), _OAEP_SHA1)
+        except ValueError:
+            raise StepFailure(
+                "a sealed secret cannot be opened with this host's seal key "
+                "(sealed to another key?)"
+            ) from None
+        try:
+            salt = bytes.fromhex(secret.fingerprint.salt)
+        except ValueError:
+            raise StepFailure("a fingerprint salt is not hex") from None
+        digest = hmac.new(salt, clear, hashlib.sha256).hexdigest()
+        del clear
+        if not hmac.compare_digest(digest, secret.fingerprint.hmac.lower()):
+            raise StepFailure("a sealed secret does not match its fingerprint")
+        return secret.sealed, StoredFingerprint(salt=secret.fingerprint.salt, hmac=digest)
+
+    def _open_stored(self, sealed: str | None) -> Secret | None:
+        if sealed is None:
+            return None
+        return Secret(self._seal_key.decrypt(base64.b64decode(sealed), _OAEP_SHA1).decode())
+
+    def instance_password(self, instance: str) -> Secret | None:
+        """The CTI password a TSP instance would use (for lab parts that check credentials)."""
+        record = self._settings_of(instance)
+        return self._open_stored(record.password_sealed) if record else None
+
+    def service_password(self, name: str) -> Secret | None:
+        service = self.state.services.get(name.casefold())
+        return self._open_stored(service.password_sealed) if service else None
+
+    # --- apply ----------------------------------------------------------------------------------
+
+    def apply(self, request: ApplyRequest) -> ApplyResponse:
+        """What ``apply.ps1`` would do: lock, steps in order until the first failure, unlock."""
+        state = self.state
+        now = self._clock()
+        owner = request.lock.owner
+        held = state.lock
+        if held is not None and held.owner != owner:
+            try:
+                expires = datetime.fromisoformat(held.expires)
+            except ValueError:
+                expires = None  # an unreadable lock holds nothing, as in apply.ps1
+            if expires is not None and expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            if expires is not None and expires > now:
+                return ApplyResponse(status="locked", lock=LockInfo(**vars(held)))
+        state.lock = LockRecord(
+            owner=owner,
+            acquired=_iso(now),
+            expires=_iso(now + timedelta(seconds=request.lock.ttl_seconds)),
+        )
+        status: Literal["ok", "failed"] = "ok"
+        results: list[StepResult] = []
+        try:
+            for step in request.steps:
+                if status != "ok":
+                    results.append(StepResult(id=step.id, status="not-run"))
+                    continue
+                try:
+                    data = self._perform(step.operation)
+                except StepFailure as exc:
+                    status = "failed"
+                    results.append(StepResult(id=step.id, status="failed", message=str(exc)))
+                else:
+                    strings = {key: str(value) for key, value in data.items()}
+                    results.append(StepResult(id=step.id, status="ok", data=strings))
+        finally:
+            if state.lock is not None and state.lock.owner == owner:
+                state.lock = None
+        return ApplyResponse(status=status, results=results)
+
+    def _perform(self, operation: Operation) -> dict[str, object]:
+        op = operation.op
+        if self.state.role == "client" and op not in _CLIENT_OPERATIONS:
+            raise StepFailure(f"operation '{op}' is not available on a workstation (role client)")
+        return getattr(self, _OPERATIONS[op])(operation)
+
+    def _service(self, name: str) -> ServiceRecord:
+        _check(name, r"[A-Za-z0-9_.\- ]+", "service name")
+        service = self.state.services.get(name.casefold())
+        if service is None:
+            raise StepFailure(f"Cannot find any service with service name '{name}'.")
+        return service
+
+    def _nfon_installed(self) -> bool:
+        names = {package.name.casefold() for package in self._packages.values()}
+        return any(product.name.casefold() in names for product in self.state.products)
+
+    def _package_install(self, op: PackageInstall) -> dict[str, object]:
+        sha256 = op.sha256.lower()
+        _check(sha256, r"[0-9a-f]{64}", "sha256")
+        package = self._packages.get(sha256)
+        if package is None:
+            raise StepFailure(
+                f"the package from {op.source} does not have sha256 {sha256}; nothing was installed"
+            )
+        state = self.state
+        # A newer version of the same product replaces the older (an MSI major upgrade).
+        state.products = [p for p in state.products if p.name.casefold() != package.name.casefold()]
+        state.products.append(ProductRecord(package.product_code, package.name, package.version))
+        for file in package.files:
+            state.system32[file.casefold()] = SystemFile(
+                name=file, description="NFON Third Party TAPI"
+            )
+        for name in package.services:
+            state.services.setdefault(name.casefold(), ServiceRecord(name=name))
+        log = f"{_STATE_DIR}\\packages\\{sha256}.install.log"
+        return {"exit_code": 0, "reboot_required": False, "log": log}
+
+    def _package_uninstall(self, op: PackageUninstall) -> dict[str, object]:
+        code = op.product_code
+        _check(code, r"\{[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}", "product code")
+        state = self.state
+        product = next((p for p in state.products if p.product_code.upper() == code.upper()), None)
+        if product is None:
+            return {"exit_code": 1605, "note": "the product was not installed"}
+        state.products.remove(product)
+        for package in self._packages.values():
+            if package.product_code.upper() == code.upper():
+                for file in package.files:
+                    state.system32.pop(file.casefold(), None)
+                for name in package.services:
+                    state.services.pop(name.casefold(), None)
+        log = f"{_STATE_DIR}\\packages\\{code}.uninstall.log"
+        return {"exit_code": 0, "reboot_required": False, "log": log}
+
+    def _service_configure(self, op: ServiceConfigure) -> dict[str, object]:
+        service = self._service(op.name)
+        data: dict[str, object] = {}
+        sealed = self._accept_sealed(op.password) if op.password is not None else None
+        if op.start_mode is not None:
+            service.start_mode = op.start_mode
+            data["start_mode"] = op.start_mode
+        if op.account is not None:
+            service.account = op.account
+            data["account"] = op.account
+        if sealed is not None:
+            service.password_sealed, service.password_fingerprint = sealed
+            data["password"] = "set"
+        return data
+
+    def _service_control(self, op: ServiceControl) -> dict[str, object]:
+        service = self._service(op.name)
+        telephony = service.name.casefold() == TELEPHONY_SERVICE.casefold()
+        if op.op in ("service.start", "service.restart"):
+            if service.start_mode == "disabled":
+                raise StepFailure(f"Service '{service.name}' cannot be started: it is disabled.")
+            if telephony and (op.op == "service.restart" or service.state != "running"):
+                self._start_telephony()
+            service.state = "running"
+        else:
+            service.state = "stopped"
+        return {"state": "Running" if service.state == "running" else "Stopped"}
+
+    def _telephony_configure(self, op: TelephonyConfigure) -> dict[str, object]:
+        self.state.telephony_server_mode = op.server_mode
+        self.state.telephony_administrators = list(op.administrators)
+        return {"server_mode": op.server_mode, "administrators": len(op.administrators)}
+
+    def _tsp_instance_create(self, op: TspInstanceCreate) -> dict[str, object]:
+        _check_tsp_file(op.file)
+        _check_tsp_file(op.tsp_file)
+        state = self.state
+        data: dict[str, object] = {"file": op.file, "copied": False, "registered": False}
+        if op.file.casefold() not in state.system32:
+            if op.tsp_file.casefold() not in state.system32:
+                raise StepFailure(
+                    f"C:\\Windows\\System32\\{op.tsp_file} is missing: install the NFON TAPI "
+                    "package first"
+                )
+            if not self._nfon_installed():
+                raise StepFailure("verpatch.exe is missing: it names the instance's provider")
+            state.system32[op.file.casefold()] = SystemFile(
+                name=op.file, description=op.provider_name, instance=op.instance
+            )
+            data["copied"] = True
+        provider = next(
+            (p for p in state.providers if p.file.casefold() == op.file.casefold()), None
+        )
+        if provider is None:
+            provider = ProviderRecord(id=state.next_provider_id, file=op.file)
+            state.providers.append(provider)
+            state.next_provider_id += 1
+            data["registered"] = True
+        data["provider_id"] = provider.id
+        return data
+
+    def _tsp_instance_configure(self, op: TspInstanceConfigure) -> dict[str, object]:
+        key = op.settings_key.replace("{instance}", op.instance)
+        normalized = _registry_key(key)
+        sealed = self._accept_sealed(op.password) if op.password is not None else None
+        previous = self.state.tsp_settings.get(normalized)
+        record = TspSettingsRecord(
+            key=key,
+            instance=op.instance,
+            k_account=op.k_account,
+            number_format=op.number_format,
+            line_name_format=op.line_name_format,
+            debug_level=op.debug_level,
+        )
+        if sealed is not None:
+            record.password_sealed, record.password_fingerprint = sealed
+        elif previous is not None:
+            record.password_sealed = previous.password_sealed
+            record.password_fingerprint = previous.password_fingerprint
+        self.state.tsp_settings[normalized] = record
+        return {"settings_key": key, "password": "set" if sealed else "unchanged"}
+
+    def _tsp_instance_remove(self, op: TspInstanceRemove) -> dict[str, object]:
+        _check_tsp_file(op.file)
+        state = self.state
+        data: dict[str, object] = {"file": op.file, "unregistered": False, "file_removed": False}
+        before = len(state.providers)
+        state.providers = [p for p in state.providers if p.file.casefold() != op.file.casefold()]
+        data["unregistered"] = len(state.providers) != before
+        if state.system32.pop(op.file.casefold(), None) is not None:
+            data["file_removed"] = True
+        prefix = _registry_key(op.settings_key.replace("{instance}", op.instance))
+        for key in [k for k in state.tsp_settings if k == prefix or k.startswith(prefix + "\\")]:
+            del state.tsp_settings[key]
+        return data
+
+    def _location_set(self, op: LocationSet) -> dict[str, object]:
+        if not 1 <= op.country_code <= 998:
+            raise StepFailure(f"no country in the Country List dials +{op.country_code}")
+        state = self.state
+        location = next(
+            (x for x in state.locations if x.name.casefold() == op.name.casefold()), None
+        )
+        created = location is None
+        if location is None:
+            location = LocationRecord(
+                id=state.next_location_id,
+                name=op.name,
+                country_code=0,
+                area_code="",
+                outside_access="",
+                long_distance_access="",
+            )
+            state.next_location_id += 1
+            state.locations.append(location)
+        location.name = op.name
+        location.country_code = op.country_code
+        location.area_code = op.area_code
+        location.outside_access = op.outside_access
+        location.long_distance_access = op.long_distance_access
+        location.international_access = op.international_access
+        state.current_location_id = location.id
+        return {"id": location.id, "created": created}
+
+    def _remove_rules_named(self, name: str) -> int:
+        before = len(self.state.firewall_rules)
+        self.state.firewall_rules = [r for r in self.state.firewall_rules if r.name != name]
+        return before - len(self.state.firewall_rules)
+
+    def _firewall_upsert(self, op: FirewallUpsert) -> dict[str, object]:
+        spec = op.rule
+        with_ports = spec.protocol in (6, 17)
+        if (spec.local_ports != "*" or spec.remote_ports != "*") and not with_ports:
+            raise StepFailure(
+                f"rule '{spec.name}': ports need protocol 6 (TCP) or 17 (UDP), not {spec.protocol}"
+            )
+        rule = FirewallRuleRecord(
+            name=spec.name,
+            description=spec.description,
+            group=spec.group,
+            direction=spec.direction,
+            action=spec.action,
+            protocol=spec.protocol,
+            local_ports=spec.local_ports.replace(" ", "") if with_ports else "*",
+            remote_ports=spec.remote_ports.replace(" ", "") if with_ports else "*",
+            remote_addresses=com_address_spelling(spec.remote_addresses),
+            profiles=spec.profiles,
+            enabled=spec.enabled,
+        )
+        replaced = self._remove_rules_named(spec.name)
+        self.state.firewall_rules.append(rule)
+        return {"name": spec.name, "replaced": replaced}
+
+    def _firewall_remove(self, op: FirewallRemove) -> dict[str, object]:
+        return {"name": op.name, "removed": self._remove_rules_named(op.name)}
+
+    def _tsecimp_import(self, op: TsecimpImport) -> dict[str, object]:
+        _check(op.backup_name, r"[A-Za-z0-9][A-Za-z0-9_.\-]*", "backup file name")
+        state = self.state
+        state.backups[op.backup_name] = self.tsecimp_listing() or ""
+        try:
+            users = parse_xml(op.xml)
+        except TsecimpError as exc:
+            raise StepFailure(f"tsecimp /v rejected the XML (1): {exc}") from None
+        lines = [line for provider in self.listed_providers() for line in provider.lines]
+        by_id = {line.permanent_id: line for line in lines if line.permanent_id}
+        by_address: dict[str, list[str]] = {}
+        for line in lines:
+            for address in line.addresses:
+                by_address.setdefault(address, []).append(str(line.permanent_id))
+        for user in users:
+            key = user.domain_user.casefold()
+            entry = state.tsec_users.setdefault(key, TsecUser(domain_user=user.domain_user))
+            if user.friendly_name is not None:
+                entry.friendly_name = user.friendly_name
+            if user.no_merge or user.lines is None:
+                entry.lines = []
+            for line in user.lines or []:
+                if line.permanent_id is not None:
+                    found = [line.permanent_id] if line.permanent_id in by_id else []
+                else:
+                    found = by_address.get(str(line.address), [])
+                if len(found) != 1:
+                    continue  # tsecimp: "No error is given if the line device is not available"
+                if line.remove:
+                    entry.lines = [x for x in entry.lines if x != found[0]]
+                elif found[0] not in entry.lines:
+                    entry.lines.append(found[0])
+        return {
+            "exit_code": 0,
+            "output": "",
+            "backup": f"{_STATE_DIR}\\backups\\{op.backup_name}",
+        }
+
+    def _tapi_client_set(self, op: TapiClientSet) -> dict[str, object]:
+        for server in op.servers:
+            _check(server, r"[A-Za-z0-9][A-Za-z0-9.\-]*", "TAPI server name")
+        client = self.state.tapi_client
+        client.enabled = bool(op.servers)
+        client.servers = list(op.servers)
+        client.connection_oriented = bool(op.servers) and op.connection_oriented
+        return {"exit_code": 0, "servers": " ".join(op.servers)}
+
+
+_OPERATIONS: dict[str, str] = {
+    "package.install": "_package_install",
+    "package.uninstall": "_package_uninstall",
+    "service.configure": "_service_configure",
+    "service.start": "_service_control",
+    "service.stop": "_service_control",
+    "service.restart": "_service_control",
+    "telephony.configure": "_telephony_configure",
+    "tsp_instance.create": "_tsp_instance_create",
+    "tsp_instance.configure": "_tsp_instance_configure",
+    "tsp_instance.remove": "_tsp_instance_remove",
+    "location.set": "_location_set",
+    "firewall.upsert": "_firewall_upsert",
+    "firewall.remove": "_firewall_remove",
+    "tsecimp.import": "_tsecimp_import",
+    "tapi_client.set": "_tapi_client_set",
+}
+SIMULATED_OPERATIONS: frozenset[str] = frozenset(_OPERATIONS)
+"""The operations the simulated host performs (a test holds it equal to the contract's)."""

@@ -1,0 +1,215 @@
+"""How a remote script and its data reach a Windows host, and how its answer comes back.
+
+Data never becomes code. The command line is a constant: ``powershell.exe ... -EncodedCommand``
+with the static ``templates/bootstrap.ps1``. Everything else travels over stdin::
+
+    <templates/gather.ps1, byte for byte>
+    #==provisioner-json==#
+    {"contract":1,"role":"server","firewall_group":"NFON-TAPI-Provisioner",...}
+
+The bootstrap splits stdin at that line, parses the JSON, runs the script with it as its one
+parameter and prints the one JSON document the script returns (or an error document and exit
+code 1)::
+
+    >>> script = load("gather")
+    >>> script.identity  # doctest: +SKIP
+    'gather/1:3f9c0a6d2b7e4411'
+    >>> payload = stdin_payload(script, GatherRequest(role="client", firewall_group="G"))
+    >>> parse_payload(payload)[1]["firewall_group"]
+    'G'
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+import provisioner
+from provisioner.errors import ProvisionerError
+from provisioner.remote.contract import CONTRACT_VERSION, ApplyRequest, GatherRequest
+
+ScriptName = Literal["gather", "apply"]
+T = TypeVar("T", bound=BaseModel)
+
+SEPARATOR = "#==provisioner-json==#"
+"""The line between the script text and its JSON data on stdin."""
+
+POWERSHELL = "powershell.exe"
+_POWERSHELL_OPTIONS = ("-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass")
+_HEADER = re.compile(r"\A# provisioner-contract: (?P<name>[a-z]+) (?P<version>\d+)\r?\n")
+_REQUEST_MODELS: dict[str, type[BaseModel]] = {"gather": GatherRequest, "apply": ApplyRequest}
+
+
+class RemoteScriptError(ProvisionerError):
+    """A remote script failed, or answered something that is not its contract's document."""
+
+
+class TemplateError(ProvisionerError):
+    """A shipped template is missing or malformed (a broken installation)."""
+
+
+class ScriptErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    message: str
+    line: int | None = None
+
+
+class ScriptFailure(BaseModel):
+    """The error document the bootstrap prints (with exit code 1) when a script throws.
+
+    ``{"contract": 1, "error": {"message": "registry path 'X' is not under HKLM", "line": 57}}``
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    contract: int = CONTRACT_VERSION
+    error: ScriptErrorDetail
+
+
+@dataclass(frozen=True)
+class RemoteScript:
+    """A shipped script: ``identity`` names its contract and the hash of its exact text."""
+
+    name: str
+    text: str
+    identity: str  # "gather/1:<first 16 hex digits of sha256(text)>"
+
+
+def templates_dir() -> Path:
+    """``provisioner/_templates`` in an installed wheel, else the repository's ``templates/``."""
+    package = Path(provisioner.__file__).parent
+    installed = package / "_templates"
+    return installed if installed.is_dir() else package.parent / "templates"
+
+
+def read_template(file_name: str) -> str:
+    """The text of one template file, exactly as shipped."""
+    path = templates_dir() / file_name
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise TemplateError(f"template {path} cannot be read ({exc.strerror}): reinstall") from None
+
+
+def identity_of(text: str) -> str | None:
+    """``name/version:hash`` from a script's header comment, or None without a header."""
+    header = _HEADER.match(text)
+    if header is None:
+        return None
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"{header['name']}/{header['version']}:{digest}"
+
+
+@cache
+def load(name: ScriptName) -> RemoteScript:
+    """The shipped ``templates/<name>.ps1``, checked to speak this contract version."""
+    text = read_template(f"{name}.ps1")
+    header = _HEADER.match(text)
+    if header is None or header["name"] != name or int(header["version"]) != CONTRACT_VERSION:
+        raise TemplateError(
+            f"template {name}.ps1 must begin with '# provisioner-contract: {name} "
+            f"{CONTRACT_VERSION}'"
+        )
+    if not text.endswith("\n") or f"\n{SEPARATOR}\n" in f"\n{text}":
+        raise TemplateError(f"template {name}.ps1 must end with a newline and hold no separator")
+    identity = identity_of(text)
+    assert identity is not None  # the header matched above
+    return RemoteScript(name=name, text=text, identity=identity)
+
+
+@cache
+def _encoded_bootstrap() -> str:
+    return base64.b64encode(read_template("bootstrap.ps1").encode("utf-16-le")).decode("ascii")
+
+
+def command_line() -> tuple[str, list[str]]:
+    """``(command, arguments)``: the same for every script and every host."""
+    return POWERSHELL, [*_POWERSHELL_OPTIONS, "-EncodedCommand", _encoded_bootstrap()]
+
+
+def is_command_line(command: str, arguments: list[str]) -> bool:
+    """Whether a received command is :func:`command_line` (WinRS may join the arguments)."""
+    expected_command, expected_arguments = command_line()
+    received = " ".join([command, *arguments]).split()
+    expected = [expected_command, *expected_arguments]
+    if len(received) != len(expected) or received[-1] != expected[-1]:  # base64: exact
+        return False
+    return all(
+        got.casefold() == want.casefold() for got, want in zip(received, expected, strict=True)
+    )
+
+
+def stdin_payload(script: RemoteScript, data: BaseModel) -> bytes:
+    """Script text, the separator line, then the request as one line of JSON (UTF-8)."""
+    expected = _REQUEST_MODELS.get(script.name)
+    if expected is None or not isinstance(data, expected):
+        raise TypeError(f"the {script.name} script takes a {expected}, not {type(data).__name__}")
+    # Compact JSON escapes every newline, so the separator line cannot occur inside it.
+    return f"{script.text}{SEPARATOR}\n{data.model_dump_json()}".encode()
+
+
+def parse_payload(stdin: bytes) -> tuple[str, dict[str, Any]]:
+    """The receiving side of :func:`stdin_payload`: ``(script text, data)``."""
+    text = stdin.decode("utf-8")
+    match = re.search(rf"\r?\n{re.escape(SEPARATOR)}\r?\n", text)
+    if match is None:
+        raise RemoteScriptError(f"stdin holds no '{SEPARATOR}' line")
+    data = json.loads(text[match.end() :])
+    if not isinstance(data, dict):
+        raise RemoteScriptError("the JSON part of stdin is not an object")
+    return text[: match.start()] + "\n", data
+
+
+def failure_document(message: str, line: int | None = None) -> bytes:
+    """What the bootstrap prints when a script throws (the simulator prints the same)."""
+    failure = ScriptFailure(error=ScriptErrorDetail(message=message, line=line))
+    return failure.model_dump_json().encode()
+
+
+def parse_output(stdout: bytes, model: type[T]) -> T:
+    """The script's one JSON document, validated against ``model``; a clear error if it is not."""
+    text = stdout.decode("utf-8-sig", errors="replace").strip()
+    if not text:
+        raise RemoteScriptError("the remote script printed nothing (was it killed?)")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        snippet = text[:120].replace("\n", " ")
+        raise RemoteScriptError(
+            f"the remote script printed no JSON document: {snippet!r}"
+        ) from None
+    if not isinstance(document, dict):
+        raise RemoteScriptError("the remote script printed JSON that is not an object")
+    if "error" in document:
+        try:
+            failure = ScriptFailure.model_validate(document)
+        except ValidationError:
+            pass
+        else:
+            where = f" (script line {failure.error.line})" if failure.error.line else ""
+            raise RemoteScriptError(f"the remote script failed: {failure.error.message}{where}")
+    version = document.get("contract")
+    if version != CONTRACT_VERSION:
+        raise RemoteScriptError(
+            f"the host answered contract version {version!r}, this provisioner speaks "
+            f"{CONTRACT_VERSION}: deploy matching versions"
+        )
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(document)'}: {error['msg']}"
+            for error in exc.errors(include_input=False)[:3]
+        )
+        raise RemoteScriptError(
+            f"the host's answer is not a valid {model.__name__} document: {problems}"
+        ) from None

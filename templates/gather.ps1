@@ -1,0 +1,383 @@
+# provisioner-contract: gather 1
+# Reads everything the provisioner manages on this host in one pass and returns one HostFacts
+# document (provisioner/remote/contract.py). Input: a GatherRequest, e.g.
+#   {"contract": 1, "role": "server", "firewall_group": "NFON-TAPI-Provisioner",
+#    "services": ["TapiSrv"], "package_name": "NFON TAPI", "tsp_file": "NFONTSP.TSP",
+#    "instance_file_pattern": "NFONTSP_{instance}.TSP",
+#    "instance_settings_key": "HKLM\\SOFTWARE\\NFON\\TAPI\\{instance}"}
+# Nothing here changes the host, except that the seal key is created on first use and that
+# "tsecimp /d" starts the Telephony service on demand, as any TAPI client does.
+param($request)
+$ErrorActionPreference = 'Stop'
+
+# --- assumptions: no public source states these (DOMAIN.md "Unknowns"); apply.ps1 agrees -----
+# GUESS (unknown 6): the Telephony server settings behind tapimgmt's "Enable telephony server".
+$TelephonyServerKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Server'
+$TelephonyServerDisabledValue = 'DisableSharing'      # DWORD, 0 = server mode on
+$TelephonyAdministratorsValue = 'TapiAdministrators'  # REG_MULTI_SZ of DOMAIN\user
+# GUESS (unknown 7): where tcmsetup keeps the remote-TAPI client's server list.
+$RemoteTapiClientKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\RemoteSP'
+$RemoteTapiServerCountValue = 'NumServers'            # DWORD; servers in Server0..Server<N-1>
+$RemoteTapiConnectionOrientedValue = 'ConnectionOrientedOnly'  # DWORD, 1 = tcmsetup /x
+$RemoteTapiProviderFile = 'remotesp.tsp'
+# GUESS (unknown 1): value names inside a TSP instance's settings key.
+$TspKAccountValue = 'KAccount'
+$TspNumberFormatValue = 'NumberFormat'
+$TspLineNameFormatValue = 'LineNameFormat'
+$TspDebugLevelValue = 'DebugLevel'                    # DWORD
+$TspPasswordSaltValue = 'PasswordFingerprintSalt'     # the password itself is never read
+$TspPasswordHmacValue = 'PasswordFingerprintHmac'
+# GUESS (unknown 8): no location field holds an international access code; this one is closest.
+$LocationInternationalValue = 'InternationalCarrierCode'
+
+# --- where things are (documented, DOMAIN.md parts 3 and 5) ----------------------------------
+$ProvidersKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Providers'
+$LocationsKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Locations'
+$CountryListKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Country List'
+$UninstallKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall'
+$ServicesKey = 'HKLM\SYSTEM\CurrentControlSet\Services'
+# Our own state: the lock file, and fingerprints of secrets the provisioner set.
+$StateDir = Join-Path $env:ProgramData 'NFON-Provisioner'
+$LockPath = Join-Path $StateDir 'lock.json'
+$StateKey = 'HKLM\SOFTWARE\NFON-Provisioner'
+$SealKeyContainer = 'NFON-Provisioner-Seal'
+$TelephonyService = 'TapiSrv'
+
+$System32 = Join-Path $env:windir 'System32'
+if ([Environment]::Is64BitOperatingSystem -and -not [Environment]::Is64BitProcess) {
+    # A 32-bit PowerShell would be redirected to SysWOW64 (DOMAIN.md part 3).
+    $System32 = Join-Path $env:windir 'Sysnative'
+}
+$utf8 = New-Object Text.UTF8Encoding $false
+$serializer = New-Object Web.Script.Serialization.JavaScriptSerializer
+$serializer.MaxJsonLength = [int]::MaxValue
+Add-Type -AssemblyName System.ServiceProcess
+
+# --- helpers ----------------------------------------------------------------------------------
+
+function Open-RegistryKey([string] $Path, [string] $View = 'Registry64') {
+    # 'HKLM\SOFTWARE\...' (or 'HKLM:\', 'HKEY_LOCAL_MACHINE\') read-only in the given view;
+    # $null when the key does not exist.
+    $match = [regex]::Match($Path, '^(?i:HKLM:?|HKEY_LOCAL_MACHINE)\\+(.+?)\\*$')
+    if (-not $match.Success) { throw "registry path '$Path' is not under HKLM" }
+    $hive = [Microsoft.Win32.RegistryKey]::OpenBaseKey('LocalMachine', $View)
+    return $hive.OpenSubKey($match.Groups[1].Value)
+}
+
+function Get-RegistryValue($Key, [string] $Name, $Default) {
+    if ($null -eq $Key) { return $Default }
+    return $Key.GetValue($Name, $Default)
+}
+
+function ConvertTo-PlainData($Value) {
+    # JavaScriptSerializer would serialise a PSObject's adapter: reduce everything to plain
+    # dictionaries, lists, strings, numbers and booleans.
+    if ($null -eq $Value) { return $null }
+    if ($Value -is [Management.Automation.PSObject]) { $Value = $Value.PSObject.BaseObject }
+    if ($Value -is [string] -or $Value -is [bool] -or $Value -is [int] -or $Value -is [long]) {
+        return $Value
+    }
+    if ($Value -is [uint32] -or $Value -is [double] -or $Value -is [decimal]) { return $Value }
+    if ($Value -is [Collections.IDictionary]) {
+        $plain = New-Object 'Collections.Generic.Dictionary[string,object]'
+        foreach ($name in $Value.Keys) { $plain[[string]$name] = ConvertTo-PlainData $Value[$name] }
+        return $plain
+    }
+    if ($Value -is [Collections.IEnumerable]) {
+        $list = New-Object Collections.ArrayList
+        foreach ($item in $Value) { [void]$list.Add((ConvertTo-PlainData $item)) }
+        return , $list
+    }
+    return [string]$Value
+}
+
+function Invoke-Native([string] $FilePath, [string] $Arguments) {
+    # Runs a console program directly (no shell between us and it). Its output is decoded from
+    # the OEM code page: GUESS, what Windows console tools write when redirected.
+    $info = New-Object Diagnostics.ProcessStartInfo
+    $info.FileName = $FilePath
+    $info.Arguments = $Arguments
+    $info.UseShellExecute = $false
+    $info.CreateNoWindow = $true
+    $info.RedirectStandardOutput = $true
+    $info.RedirectStandardError = $true
+    $oem = [Text.Encoding]::GetEncoding([Globalization.CultureInfo]::CurrentCulture.TextInfo.OEMCodePage)
+    $info.StandardOutputEncoding = $oem
+    $info.StandardErrorEncoding = $oem
+    $process = [Diagnostics.Process]::Start($info)
+    $stderr = $process.StandardError.ReadToEndAsync()
+    $stdout = $process.StandardOutput.ReadToEnd()
+    $process.WaitForExit()
+    return @{ exit_code = $process.ExitCode; stdout = $stdout; stderr = $stderr.Result }
+}
+
+function Get-ServiceFacts([string] $Name, $Controllers) {
+    # State from the service controller, start mode and account from the service's key.
+    $controller = $Controllers[$Name]
+    if ($null -eq $controller) { return $null }
+    $key = Open-RegistryKey "$ServicesKey\$($controller.ServiceName)"
+    $start = [int](Get-RegistryValue $key 'Start' 3)
+    $delayed = [int](Get-RegistryValue $key 'DelayedAutostart' 0)
+    $mode = switch ($start) {
+        4 { 'disabled' }
+        3 { 'manual' }
+        default { if ($delayed -eq 1) { 'delayed-auto' } else { 'auto' } }
+    }
+    $running = @('Running', 'StartPending', 'ContinuePending') -contains [string]$controller.Status
+    return @{
+        name = [string]$controller.ServiceName
+        state = $(if ($running) { 'running' } else { 'stopped' })
+        start_mode = $mode
+        account = [string](Get-RegistryValue $key 'ObjectName' '')
+    }
+}
+
+function Get-Fingerprint($Key, [string] $SaltValue, [string] $HmacValue) {
+    $salt = Get-RegistryValue $Key $SaltValue $null
+    $hmac = Get-RegistryValue $Key $HmacValue $null
+    if ($null -eq $salt -or $null -eq $hmac) { return $null }
+    return @{ salt = [string]$salt; hmac = [string]$hmac }
+}
+
+function Get-SealKey {
+    # An RSA key pair in a machine key container: created on first use, never exported whole.
+    $parameters = New-Object Security.Cryptography.CspParameters
+    $parameters.KeyContainerName = $SealKeyContainer
+    $parameters.Flags = [Security.Cryptography.CspProviderFlags]::UseMachineKeyStore
+    $rsa = New-Object Security.Cryptography.RSACryptoServiceProvider -ArgumentList 2048, $parameters
+    $rsa.PersistKeyInCsp = $true
+    $public = $rsa.ExportParameters($false)
+    $rsa.Dispose()
+    return @{
+        modulus = [Convert]::ToBase64String($public.Modulus)
+        exponent = [Convert]::ToBase64String($public.Exponent)
+    }
+}
+
+function Get-LockFacts {
+    # An empty or unreadable lock file holds no lock (apply.ps1 empties it on release).
+    if (-not [IO.File]::Exists($LockPath)) { return $null }
+    try {
+        $lock = $serializer.DeserializeObject([IO.File]::ReadAllText($LockPath, $utf8))
+    } catch { return $null }
+    if ($lock -isnot [Collections.IDictionary]) { return $null }
+    foreach ($field in 'owner', 'acquired', 'expires') { if (-not $lock.ContainsKey($field)) { return $null } }
+    return @{ owner = [string]$lock['owner']; acquired = [string]$lock['acquired']; expires = [string]$lock['expires'] }
+}
+
+function Get-TelephonyFacts($Controllers) {
+    $service = Get-ServiceFacts $TelephonyService $Controllers
+    if ($null -eq $service) { return $null }
+    $server = Open-RegistryKey $TelephonyServerKey
+    $administrators = New-Object Collections.ArrayList
+    foreach ($name in @(Get-RegistryValue $server $TelephonyAdministratorsValue @())) {
+        if ($name) { [void]$administrators.Add([string]$name) }
+    }
+    $account = Open-RegistryKey "$StateKey\Services\$TelephonyService"
+    return @{
+        service = $service
+        server_mode = ([int](Get-RegistryValue $server $TelephonyServerDisabledValue 1) -eq 0)
+        administrators = $administrators
+        account_password = (Get-Fingerprint $account 'PasswordSalt' 'PasswordHmac')
+    }
+}
+
+function Get-PackageFacts([string] $Name) {
+    # Windows Installer products from the Uninstall keys of both registry views (Win32_Product
+    # would run a consistency check of every product).
+    $packages = New-Object Collections.ArrayList
+    if (-not $Name) { return , $packages }
+    $seen = @{}
+    foreach ($view in 'Registry64', 'Registry32') {
+        $root = Open-RegistryKey $UninstallKey $view
+        if ($null -eq $root) { continue }
+        foreach ($code in $root.GetSubKeyNames()) {
+            $key = $root.OpenSubKey($code)
+            if ($null -eq $key -or $seen.ContainsKey($code)) { continue }
+            if ([int]$key.GetValue('WindowsInstaller', 0) -ne 1) { continue }
+            if (-not [string]::Equals([string]$key.GetValue('DisplayName', ''), $Name, 'OrdinalIgnoreCase')) { continue }
+            $seen[$code] = $true
+            [void]$packages.Add(@{
+                    product_code = $code
+                    name = [string]$key.GetValue('DisplayName', '')
+                    version = [string]$key.GetValue('DisplayVersion', '')
+                })
+        }
+    }
+    return , $packages
+}
+
+function Get-ProviderFacts {
+    # The registry form of lineGetProviderList (64-bit view); the display name is the .tsp
+    # file's FileDescription, which NFON's CreateInstance.bat sets with verpatch.
+    $providers = New-Object Collections.ArrayList
+    $key = Open-RegistryKey $ProvidersKey
+    $count = [int](Get-RegistryValue $key 'NumProviders' 0)
+    for ($index = 0; $index -lt $count; $index++) {
+        $file = [string](Get-RegistryValue $key "ProviderFileName$index" '')
+        if (-not $file) { continue }
+        $path = Join-Path $System32 $file
+        $description = ''
+        if ([IO.File]::Exists($path)) {
+            $description = [string][Diagnostics.FileVersionInfo]::GetVersionInfo($path).FileDescription
+        }
+        [void]$providers.Add(@{
+                id = [long](Get-RegistryValue $key "ProviderID$index" 0)
+                file = $file
+                name = $description
+            })
+    }
+    return , $providers
+}
+
+function Get-TspInstanceFacts([string] $FilePattern, [string] $SettingsKey) {
+    # Instances are found by their copied .tsp files in System32 and by their settings keys
+    # (when {instance} is the last part of the key path, its parent lists them all).
+    $instances = New-Object Collections.ArrayList
+    if (-not $FilePattern) { return , $instances }
+    $fileRegex = '^(?i)' + [regex]::Escape($FilePattern).Replace('\{instance}', '(?<instance>.+)') + '$'
+    $names = New-Object 'Collections.Generic.SortedSet[string]' ([StringComparer]::OrdinalIgnoreCase)
+    foreach ($path in [IO.Directory]::GetFiles($System32, '*.tsp')) {
+        $match = [regex]::Match([IO.Path]::GetFileName($path), $fileRegex)
+        if ($match.Success) { [void]$names.Add($match.Groups['instance'].Value) }
+    }
+    if ($SettingsKey -match '^(?<parent>.+)\\\{instance\}\\*$') {
+        $parent = Open-RegistryKey $Matches['parent']
+        if ($null -ne $parent) { foreach ($name in $parent.GetSubKeyNames()) { [void]$names.Add($name) } }
+    }
+    foreach ($instance in $names) {
+        $file = $FilePattern.Replace('{instance}', $instance)
+        $settings = $null
+        if ($SettingsKey) {
+            $key = Open-RegistryKey $SettingsKey.Replace('{instance}', $instance)
+            if ($null -ne $key) {
+                $settings = @{
+                    k_account = [string](Get-RegistryValue $key $TspKAccountValue '')
+                    number_format = [string](Get-RegistryValue $key $TspNumberFormatValue '')
+                    line_name_format = [string](Get-RegistryValue $key $TspLineNameFormatValue '')
+                    debug_level = [int](Get-RegistryValue $key $TspDebugLevelValue 0)
+                    password = (Get-Fingerprint $key $TspPasswordSaltValue $TspPasswordHmacValue)
+                }
+            }
+        }
+        [void]$instances.Add(@{
+                instance = $instance
+                file = $file
+                file_present = [IO.File]::Exists((Join-Path $System32 $file))
+                settings = $settings
+            })
+    }
+    return , $instances
+}
+
+function Get-LocationFacts {
+    # Location<N> keys; Country is a Country List id, whose CountryCode is the dialing code.
+    $locations = New-Object Collections.ArrayList
+    $root = Open-RegistryKey $LocationsKey
+    if ($null -eq $root) { return , $locations }
+    $countries = Open-RegistryKey $CountryListKey
+    $current = [int](Get-RegistryValue $root 'CurrentID' 0)
+    foreach ($name in $root.GetSubKeyNames()) {
+        if ($name -notmatch '^(?i)Location\d+$') { continue }
+        $key = $root.OpenSubKey($name)
+        $id = [int](Get-RegistryValue $key 'ID' 0)
+        $country = [int](Get-RegistryValue $key 'Country' 0)
+        $countryKey = $null
+        if ($null -ne $countries) { $countryKey = $countries.OpenSubKey([string]$country) }
+        [void]$locations.Add(@{
+                id = $id
+                name = [string](Get-RegistryValue $key 'Name' '')
+                country_code = [int](Get-RegistryValue $countryKey 'CountryCode' $country)
+                area_code = [string](Get-RegistryValue $key 'AreaCode' '')
+                outside_access = [string](Get-RegistryValue $key 'OutsideAccess' '')
+                long_distance_access = [string](Get-RegistryValue $key 'LongDistanceAccess' '')
+                international_access = [string](Get-RegistryValue $key $LocationInternationalValue '')
+                current = ($id -eq $current)
+            })
+    }
+    return , $locations
+}
+
+function Get-FirewallRuleFacts([string] $Group) {
+    # One pass over HNetCfg.FwPolicy2 (Get-NetFirewallRule is several times slower).
+    $rules = New-Object Collections.ArrayList
+    $policy = New-Object -ComObject HNetCfg.FwPolicy2
+    foreach ($rule in $policy.Rules) {
+        if (-not [string]::Equals([string]$rule.Grouping, $Group, 'Ordinal')) { continue }
+        [void]$rules.Add(@{
+                name = [string]$rule.Name
+                display_name = [string]$rule.Name  # COM has one name: the display name
+                description = [string]$rule.Description
+                group = [string]$rule.Grouping
+                direction = [int]$rule.Direction
+                action = [int]$rule.Action
+                protocol = [int]$rule.Protocol
+                local_ports = $(if ($rule.LocalPorts) { [string]$rule.LocalPorts } else { '*' })
+                remote_ports = $(if ($rule.RemotePorts) { [string]$rule.RemotePorts } else { '*' })
+                local_addresses = $(if ($rule.LocalAddresses) { [string]$rule.LocalAddresses } else { '*' })
+                remote_addresses = $(if ($rule.RemoteAddresses) { [string]$rule.RemoteAddresses } else { '*' })
+                profiles = [int]$rule.Profiles
+                enabled = [bool]$rule.Enabled
+            })
+    }
+    return , $rules
+}
+
+function Get-TsecimpListing {
+    $tsecimp = Join-Path $System32 'tsecimp.exe'
+    if (-not [IO.File]::Exists($tsecimp)) { return $null }
+    return [string](Invoke-Native $tsecimp '/d')['stdout']
+}
+
+function Get-TapiClientFacts($Providers) {
+    $enabled = $false
+    foreach ($provider in $Providers) {
+        if ([string]::Equals($provider['file'], $RemoteTapiProviderFile, 'OrdinalIgnoreCase')) { $enabled = $true }
+    }
+    $key = Open-RegistryKey $RemoteTapiClientKey
+    $servers = New-Object Collections.ArrayList
+    $count = [int](Get-RegistryValue $key $RemoteTapiServerCountValue 0)
+    for ($index = 0; $index -lt $count; $index++) {
+        $server = [string](Get-RegistryValue $key "Server$index" '')
+        if ($server) { [void]$servers.Add($server) }
+    }
+    return @{
+        enabled = $enabled
+        servers = $servers
+        connection_oriented = ([int](Get-RegistryValue $key $RemoteTapiConnectionOrientedValue 0) -eq 1)
+    }
+}
+
+# --- one pass ---------------------------------------------------------------------------------
+
+$controllers = @{}  # case-insensitive, like service names
+foreach ($controller in [ServiceProcess.ServiceController]::GetServices()) {
+    $controllers[$controller.ServiceName] = $controller
+}
+$role = [string]$request['role']
+$providers = Get-ProviderFacts
+$facts = @{
+    contract = 1
+    computer_name = [string]$env:COMPUTERNAME
+    role = $role
+    seal_key = (Get-SealKey)
+    lock = (Get-LockFacts)
+    firewall_rules = (Get-FirewallRuleFacts ([string]$request['firewall_group']))
+    services = New-Object Collections.ArrayList
+}
+foreach ($name in @($request['services'])) {
+    if ($null -eq $name) { continue }
+    $service = Get-ServiceFacts ([string]$name) $controllers
+    if ($null -ne $service) { [void]$facts['services'].Add($service) }
+}
+if ($role -eq 'server') {
+    $facts['telephony'] = Get-TelephonyFacts $controllers
+    $facts['packages'] = Get-PackageFacts ([string]$request['package_name'])
+    $facts['providers'] = $providers
+    $facts['tsp_instances'] = Get-TspInstanceFacts ([string]$request['instance_file_pattern']) ([string]$request['instance_settings_key'])
+    $facts['locations'] = Get-LocationFacts
+    $facts['tsecimp_listing'] = Get-TsecimpListing
+} else {
+    $facts['tapi_client'] = Get-TapiClientFacts $providers
+}
+return (ConvertTo-PlainData $facts)

@@ -1,0 +1,598 @@
+"""The simulated Windows host, driven through its command handler (no network needed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from provisioner.lab.windows_host import (
+    LAB_CTI_ENGINE_SERVICE,
+    LAB_PACKAGES,
+    CommandResult,
+    LockRecord,
+    WindowsHost,
+    WindowsHostState,
+    com_address_spelling,
+)
+from provisioner.remote import scripts
+from provisioner.remote.contract import (
+    ApplyRequest,
+    ApplyResponse,
+    ApplyStep,
+    FirewallRemove,
+    FirewallRuleSpec,
+    FirewallUpsert,
+    GatherRequest,
+    HostFacts,
+    LocationSet,
+    LockRequest,
+    PackageInstall,
+    PackageUninstall,
+    ServiceConfigure,
+    ServiceControl,
+    TapiClientSet,
+    TelephonyConfigure,
+    TsecimpImport,
+    TspInstanceConfigure,
+    TspInstanceCreate,
+    TspInstanceRemove,
+)
+from provisioner.remote.sealing import seal
+from provisioner.remote.tsecimp import XmlLine, XmlUser, parse_listing, render_xml
+from provisioner.secrets import Secret
+
+GROUP = "NFON-TAPI-Provisioner"
+SETTINGS_KEY = "HKLM\\SOFTWARE\\NFON\\TAPI\\Instances\\{instance}"
+FILE_PATTERN = "NFONTSP_{instance}.TSP"
+PACKAGE = LAB_PACKAGES[0]
+PBX = {
+    "K6732": [("100", "Anna Schmidt"), ("101", "Jörg Müller")],
+    "K9999": [("100", "Other Tenant")],
+}
+PASSWORD = "cti-Pa55word!'\"$(x)"
+
+
+def pbx_lines(k_account: str) -> list[tuple[str, str]]:
+    return PBX.get(k_account, [])
+
+
+@pytest.fixture
+def host() -> WindowsHost:
+    return WindowsHost.fresh("TAPI01", pbx_lines=pbx_lines)
+
+
+def run(host: WindowsHost, request: GatherRequest | ApplyRequest) -> CommandResult:
+    name = "gather" if isinstance(request, GatherRequest) else "apply"
+    command, arguments = scripts.command_line()
+    return host(command, [" ".join(arguments)], scripts.stdin_payload(scripts.load(name), request))
+
+
+def gather_request(role: str = "server") -> GatherRequest:
+    return GatherRequest(
+        role=role,
+        firewall_group=GROUP,
+        services=["TapiSrv", LAB_CTI_ENGINE_SERVICE, "Nope"],
+        package_name=PACKAGE.name.upper(),
+        tsp_file="NFONTSP.TSP",
+        instance_file_pattern=FILE_PATTERN,
+        instance_settings_key=SETTINGS_KEY,
+    )
+
+
+def gather(host: WindowsHost, role: str = "server") -> HostFacts:
+    result = run(host, gather_request(role))
+    assert result.exit_code == 0, result
+    return scripts.parse_output(result.stdout, HostFacts)
+
+
+def apply(host: WindowsHost, *operations, owner: str = "alice@ws17 pid 1") -> ApplyResponse:
+    steps = [ApplyStep(id=f"step-{index}", operation=op) for index, op in enumerate(operations)]
+    result = run(host, ApplyRequest(lock=LockRequest(owner=owner), steps=steps))
+    assert result.exit_code == 0, result
+    return scripts.parse_output(result.stdout, ApplyResponse)
+
+
+def apply_ok(host: WindowsHost, *operations) -> ApplyResponse:
+    response = apply(host, *operations)
+    assert response.status == "ok", response.results
+    return response
+
+
+def listing(host: WindowsHost) -> dict[str, dict[str, list[str]]]:
+    """``{provider: {line name: users}}`` from the gathered ``tsecimp /d`` text."""
+    text = gather(host).tsecimp_listing
+    assert text is not None
+    return {
+        provider.name: {line.name: line.users for line in provider.lines}
+        for provider in parse_listing(text)
+    }
+
+
+def create_instance(instance: str, k_account: str, line_format: str = "{extension} {name}"):
+    return [
+        TspInstanceCreate(
+            instance=instance,
+            file=f"NFONTSP_{instance}.TSP",
+            provider_name=f"NFON Third Party TAPI {instance}",
+        ),
+        TspInstanceConfigure(
+            instance=instance,
+            settings_key=SETTINGS_KEY,
+            k_account=k_account,
+            number_format="international",
+            line_name_format=line_format,
+            debug_level=0,
+        ),
+    ]
+
+
+def rule(name: str, addresses: str = "10.0.2.0/24", **overrides) -> FirewallUpsert:
+    spec = {
+        "name": name,
+        "display_name": name,
+        "group": GROUP,
+        "direction": 1,
+        "action": 1,
+        "protocol": 6,
+        "local_ports": "135",
+        "remote_addresses": addresses,
+        "profiles": 2,
+    } | overrides
+    return FirewallUpsert(rule=FirewallRuleSpec(**spec))
+
+
+def install() -> PackageInstall:
+    return PackageInstall(source="\\\\files\\NFONTAPI.msi", sha256=PACKAGE.sha256, version="1.0.0")
+
+
+RESTART = ServiceControl(op="service.restart", name="TapiSrv")
+
+
+# --- the handler ------------------------------------------------------------------------------
+
+
+def test_a_fresh_server_gathers_in_one_command(host) -> None:
+    facts = gather(host)
+    assert (facts.contract, facts.computer_name, facts.role) == (1, "TAPI01", "server")
+    assert base64.b64decode(facts.seal_key.exponent) == b"\x01\x00\x01"
+    assert len(base64.b64decode(facts.seal_key.modulus)) == 256
+    assert facts.lock is None
+    assert facts.telephony is not None
+    assert facts.telephony.service.start_mode == "manual"
+    assert (facts.telephony.server_mode, facts.telephony.administrators) == (False, [])
+    assert facts.packages == [] and facts.tsp_instances == [] and facts.firewall_rules == []
+    assert [p.file for p in facts.providers] == ["kmddsp.tsp", "ndptsp.tsp", "unimdm.tsp"]
+    assert [s.name for s in facts.services] == ["TapiSrv"]
+    assert "WAN Miniport (L2TP)" in listing(host)["NDIS Proxy TAPI Service Provider"]
+    assert facts.tapi_client is None
+    assert len(host.record) == 2 and host.record[0].command == "powershell.exe"
+
+
+def test_a_workstation_reports_only_what_a_workstation_has() -> None:
+    client = WindowsHost.fresh("WS17", role="client")
+    facts = gather(client, role="client")
+    assert facts.telephony is None and facts.tsecimp_listing is None and facts.providers == []
+    assert facts.tapi_client is not None and facts.tapi_client.enabled is False
+    response = apply(client, *create_instance("K6732", "K6732"))
+    assert response.status == "failed"
+    assert "not available on a workstation" in response.results[0].message
+    apply_ok(client, TapiClientSet(servers=["tapi01.nfon.test"], connection_oriented=True))
+    apply_ok(client, rule("nfon-tapi-out-smb"))
+    facts = gather(client, role="client")
+    assert facts.tapi_client is not None
+    assert facts.tapi_client.model_dump() == {
+        "enabled": True,
+        "servers": ["tapi01.nfon.test"],
+        "connection_oriented": True,
+    }
+    assert [r.name for r in facts.firewall_rules] == ["nfon-tapi-out-smb"]
+    apply_ok(client, TapiClientSet(servers=[], connection_oriented=True))
+    assert gather(client, role="client").tapi_client.enabled is False
+
+
+def test_only_the_bootstrap_command_line_is_run(host) -> None:
+    result = host("cmd.exe", ["/c", "whoami"], b"")
+    assert result.exit_code == 1 and b"bootstrap" in result.stderr and result.stdout == b""
+    command, arguments = scripts.command_line()
+    assert host(command, [*arguments[:-1], "VwByAGkAdABlAA=="], b"").exit_code == 1
+
+
+def test_an_unknown_script_is_refused_clearly(host) -> None:
+    command, arguments = scripts.command_line()
+    request = GatherRequest(role="server", firewall_group=GROUP)
+    tampered = scripts.stdin_payload(scripts.load("gather"), request).replace(
+        b"param($request)", b"param($request) Remove-Item C:\\ -Recurse", 1
+    )
+    result = host(command, arguments, tampered)
+    assert result.exit_code == 1 and result.stdout == b""
+    assert b"unknown script gather/1:" in result.stderr
+    result = host(command, arguments, b"Write-Output 1\n#==provisioner-json==#\n{}")
+    assert result.exit_code == 1 and b"without a '# provisioner-contract:' header" in result.stderr
+
+
+def test_a_broken_payload_gets_an_error_document_like_the_bootstrap(host) -> None:
+    command, arguments = scripts.command_line()
+    result = host(command, arguments, b"no separator here")
+    assert result.exit_code == 1
+    with pytest.raises(scripts.RemoteScriptError, match=r"failed: .*#==provisioner-json==#"):
+        scripts.parse_output(result.stdout, HostFacts)
+    payload = scripts.load("apply").text.encode() + b'#==provisioner-json==#\n{"contract": 1}'
+    result = host(command, arguments, payload)
+    assert result.exit_code == 1
+    with pytest.raises(scripts.RemoteScriptError, match="not an ApplyRequest"):
+        scripts.parse_output(result.stdout, ApplyResponse)
+
+
+# --- each operation, seen by the next gather --------------------------------------------------
+
+
+def test_package_install_checks_the_sha256_and_uninstall_removes(host) -> None:
+    bad = PackageInstall(source="\\\\files\\evil.msi", sha256="0" * 64, version="1.0.0")
+    response = apply(host, bad)
+    assert response.status == "failed" and "sha256" in response.results[0].message
+    assert gather(host).packages == []
+    apply_ok(host, install())
+    facts = gather(host)
+    assert [(p.name, p.version, p.product_code) for p in facts.packages] == [
+        (PACKAGE.name, PACKAGE.version, PACKAGE.product_code)
+    ]
+    assert [s.name for s in facts.services] == ["TapiSrv", LAB_CTI_ENGINE_SERVICE]
+    newer = LAB_PACKAGES[1]
+    apply_ok(host, PackageInstall(source="https://x/y.msi", sha256=newer.sha256, version="1.1.0"))
+    assert [p.version for p in gather(host).packages] == ["1.1.0"]  # a major upgrade
+    response = apply_ok(host, PackageUninstall(product_code=newer.product_code))
+    assert response.results[0].data["exit_code"] == "0"
+    assert gather(host).packages == []
+    response = apply_ok(host, PackageUninstall(product_code=newer.product_code))
+    assert response.results[0].data["exit_code"] == "1605"
+
+
+def test_services_and_telephony_are_configured(host) -> None:
+    apply_ok(
+        host,
+        TelephonyConfigure(server_mode=True, administrators=["NFON\\tapiadmin"]),
+        ServiceConfigure(name="TapiSrv", start_mode="delayed-auto", account="NFON\\svc-tapi"),
+        ServiceControl(op="service.start", name="TapiSrv"),
+    )
+    telephony = gather(host).telephony
+    assert telephony is not None
+    assert (telephony.server_mode, telephony.administrators) == (True, ["NFON\\tapiadmin"])
+    assert telephony.service.model_dump() == {
+        "name": "TapiSrv",
+        "state": "running",
+        "start_mode": "delayed-auto",
+        "account": "NFON\\svc-tapi",
+    }
+    apply_ok(host, ServiceControl(op="service.stop", name="TapiSrv"))
+    assert gather(host).services[0].state == "stopped"
+    response = apply(host, ServiceControl(op="service.start", name="NoSuchService"))
+    assert "Cannot find any service" in response.results[0].message
+
+
+def test_tsp_instances_are_created_configured_and_removed(host) -> None:
+    response = apply(host, *create_instance("K6732", "K6732"))
+    assert (
+        response.status == "failed"
+        and "install the NFON TAPI package" in response.results[0].message
+    )
+    apply_ok(host, install(), *create_instance("K6732", "K6732"))
+    facts = gather(host)
+    (instance,) = facts.tsp_instances
+    assert (instance.instance, instance.file, instance.file_present) == (
+        "K6732",
+        "NFONTSP_K6732.TSP",
+        True,
+    )
+    assert instance.settings is not None and instance.settings.k_account == "K6732"
+    assert instance.settings.password is None
+    provider = facts.providers[-1]
+    assert (provider.file, provider.name) == ("NFONTSP_K6732.TSP", "NFON Third Party TAPI K6732")
+    again = apply_ok(host, create_instance("K6732", "K6732")[0])
+    assert again.results[0].data == {
+        "file": "NFONTSP_K6732.TSP",
+        "copied": "False",
+        "registered": "False",
+        "provider_id": str(provider.id),
+    }
+    apply_ok(
+        host,
+        TspInstanceRemove(instance="K6732", file="NFONTSP_K6732.TSP", settings_key=SETTINGS_KEY),
+    )
+    facts = gather(host)
+    assert facts.tsp_instances == []
+    assert "NFONTSP_K6732.TSP" not in [p.file for p in facts.providers]
+
+
+def test_a_settings_key_without_its_file_is_still_an_instance(host) -> None:
+    apply_ok(host, create_instance("K1", "K1")[1])
+    (instance,) = gather(host).tsp_instances
+    assert (instance.instance, instance.file_present) == ("K1", False)
+    assert instance.settings is not None
+
+
+def test_location_set_creates_updates_and_makes_current(host) -> None:
+    berlin = LocationSet(
+        name="Berlin", country_code=49, area_code="30", outside_access="0", long_distance_access="0"
+    )
+    apply_ok(host, berlin, berlin.model_copy(update={"name": "Munich", "area_code": "89"}))
+    assert [(x.name, x.current) for x in gather(host).locations] == [
+        ("Berlin", False),
+        ("Munich", True),
+    ]
+    apply_ok(host, berlin.model_copy(update={"name": "BERLIN", "international_access": "00"}))
+    berlin_facts = gather(host).locations[0]
+    assert (berlin_facts.name, berlin_facts.international_access, berlin_facts.current) == (
+        "BERLIN",
+        "00",
+        True,
+    )
+    response = apply(host, berlin.model_copy(update={"country_code": 0}))
+    assert "Country List" in response.results[0].message
+
+
+def test_firewall_rules_come_back_in_com_spelling(host) -> None:
+    apply_ok(
+        host,
+        rule("nfon-tapi-in-rpc", "10.0.2.0/24,10.0.3.7", local_ports="49152-65535"),
+        rule("nfon-tapi-any", "LocalSubnet", protocol=256, local_ports="*"),
+        rule("other-group", group="Someone Else"),
+    )
+    rules = {r.name: r for r in gather(host).firewall_rules}
+    assert set(rules) == {"nfon-tapi-in-rpc", "nfon-tapi-any"}
+    rpc = rules["nfon-tapi-in-rpc"]
+    assert rpc.remote_addresses == "10.0.2.0/255.255.255.0,10.0.3.7/255.255.255.255"
+    assert (rpc.protocol, rpc.local_ports, rpc.profiles, rpc.direction) == (6, "49152-65535", 2, 1)
+    response = apply_ok(host, rule("nfon-tapi-in-rpc", "10.9.0.0/16"))
+    assert response.results[0].data["replaced"] == "1"
+    assert [
+        r.remote_addresses for r in gather(host).firewall_rules if r.name == "nfon-tapi-in-rpc"
+    ] == ["10.9.0.0/255.255.0.0"]
+    apply_ok(host, FirewallRemove(name="nfon-tapi-any"))
+    assert [r.name for r in gather(host).firewall_rules] == ["nfon-tapi-in-rpc"]
+    response = apply(host, rule("bad", "10.0.0.999"), rule("icmp", protocol=1))
+    assert "expected range" in response.results[0].message
+
+
+def test_ports_need_tcp_or_udp(host) -> None:
+    response = apply(host, rule("icmp", protocol=1, local_ports="135"))
+    assert response.status == "failed" and "ports need protocol" in response.results[0].message
+
+
+@pytest.mark.parametrize(
+    ("given", "spelled"),
+    [
+        ("*", "*"),
+        ("10.0.2.0/24", "10.0.2.0/255.255.255.0"),
+        ("10.0.2.0/255.255.255.0", "10.0.2.0/255.255.255.0"),
+        ("10.0.0.1", "10.0.0.1/255.255.255.255"),
+        ("10.0.0.1 - 10.0.0.9", "10.0.0.1-10.0.0.9"),
+        ("localsubnet, dns", "LocalSubnet,DNS"),
+        ("fe80::/64", "fe80::/64"),
+    ],
+)
+def test_com_address_spelling(given, spelled) -> None:
+    assert com_address_spelling(given) == spelled
+
+
+# --- TAPI: restart semantics and tsecimp ------------------------------------------------------
+
+
+def test_provider_changes_show_in_the_listing_only_after_a_restart(host) -> None:
+    apply_ok(host, install(), ServiceControl(op="service.start", name="TapiSrv"))
+    apply_ok(host, *create_instance("K6732", "K6732"))
+    assert "NFON Third Party TAPI K6732" not in listing(host)
+    apply_ok(host, RESTART)
+    assert listing(host)["NFON Third Party TAPI K6732"] == {
+        "100 Anna Schmidt": [],
+        "101 Jörg Müller": [],
+    }
+    apply_ok(host, create_instance("K6732", "K6732", "{name} ({extension})")[1])
+    assert "100 Anna Schmidt" in listing(host)["NFON Third Party TAPI K6732"]
+    apply_ok(host, RESTART)
+    assert "Anna Schmidt (100)" in listing(host)["NFON Third Party TAPI K6732"]
+    apply_ok(
+        host,
+        TspInstanceRemove(instance="K6732", file="NFONTSP_K6732.TSP", settings_key=SETTINGS_KEY),
+    )
+    assert "NFON Third Party TAPI K6732" in listing(host)
+    apply_ok(host, RESTART)
+    assert "NFON Third Party TAPI K6732" not in listing(host)
+
+
+def test_permanent_ids_are_stable_per_instance_and_extension(host) -> None:
+    apply_ok(
+        host, install(), *create_instance("K6732", "K6732"), *create_instance("K9999", "K9999")
+    )
+    apply_ok(host, RESTART)
+
+    def ids() -> dict[tuple[str, str], str | None]:
+        text = gather(host).tsecimp_listing or ""
+        return {
+            (provider.name, line.addresses[0]): line.permanent_id
+            for provider in parse_listing(text)
+            for line in provider.lines
+            if line.addresses
+        }
+
+    first = ids()
+    assert len(set(first.values())) == 3  # extension 100 exists in both tenants
+    apply_ok(host, create_instance("K6732", "K6732", "{name}")[1], RESTART)
+    assert ids() == first
+
+
+def assign(*users: XmlUser) -> TsecimpImport:
+    return TsecimpImport(xml=render_xml(users), backup_name="tsec-before.txt")
+
+
+def test_tsecimp_assigns_and_silently_ignores_lines_that_do_not_exist(host) -> None:
+    apply_ok(host, install(), *create_instance("K6732", "K6732"), RESTART)
+    anna = XmlUser(
+        "NFON\\SCHMIDTA",
+        "Anna Schmidt",
+        True,
+        [XmlLine(address="100"), XmlLine(address="4711"), XmlLine(permanent_id="123")],
+    )
+    response = apply_ok(host, assign(anna))
+    assert response.results[0].data["exit_code"] == "0"
+    assert response.results[0].data["backup"].endswith("\\backups\\tsec-before.txt")
+    assert host.state.backups["tsec-before.txt"].startswith("TAPI Kernel-Mode")
+    lines = listing(host)["NFON Third Party TAPI K6732"]
+    assert lines == {"100 Anna Schmidt": ["NFON\\SCHMIDTA"], "101 Jörg Müller": []}
+    # Merge adds, Remove takes away, NoMerge replaces, no LineList removes everything.
+    apply_ok(host, assign(XmlUser("nfon\\schmidta", lines=[XmlLine(address="101")])))
+    assert listing(host)["NFON Third Party TAPI K6732"]["101 Jörg Müller"] == ["NFON\\SCHMIDTA"]
+    apply_ok(host, assign(XmlUser("NFON\\SCHMIDTA", lines=[XmlLine(address="100", remove=True)])))
+    assert listing(host)["NFON Third Party TAPI K6732"]["100 Anna Schmidt"] == []
+    apply_ok(host, assign(XmlUser("NFON\\SCHMIDTA", lines=None)))
+    assert listing(host)["NFON Third Party TAPI K6732"]["101 Jörg Müller"] == []
+
+
+def test_tsecimp_refuses_malformed_xml_and_ambiguous_addresses(host) -> None:
+    apply_ok(
+        host, install(), *create_instance("A", "K6732"), *create_instance("B", "K9999"), RESTART
+    )
+    response = apply(host, TsecimpImport(xml="<UserList><User NoMerge=1>", backup_name="b"))
+    assert response.status == "failed" and "tsecimp /v rejected" in response.results[0].message
+    apply_ok(host, assign(XmlUser("NFON\\X", lines=[XmlLine(address="100")])))  # two lines "100"
+    assert all(not users for lines in listing(host).values() for users in lines.values())
+
+
+# --- lock and batches -------------------------------------------------------------------------
+
+
+def test_a_lock_held_by_another_owner_stops_everything(host) -> None:
+    now = datetime.now(UTC)
+    host.state.lock = LockRecord(
+        owner="bob@ws2 pid 9",
+        acquired=now.isoformat(),
+        expires=(now + timedelta(minutes=5)).isoformat(),
+    )
+    response = apply(host, rule("nfon-tapi-in-smb"))
+    assert response.status == "locked" and response.results == []
+    assert response.lock is not None and response.lock.owner == "bob@ws2 pid 9"
+    assert gather(host).firewall_rules == []
+    assert gather(host).lock.owner == "bob@ws2 pid 9"
+
+
+def test_an_expired_lock_is_taken_and_released_after_the_batch(host) -> None:
+    past = datetime.now(UTC) - timedelta(hours=1)
+    host.state.lock = LockRecord(owner="bob", acquired=past.isoformat(), expires=past.isoformat())
+    apply_ok(host, rule("nfon-tapi-in-smb"))
+    assert gather(host).lock is None
+    assert [r.name for r in gather(host).firewall_rules] == ["nfon-tapi-in-smb"]
+
+
+def test_the_lock_holds_while_a_batch_runs_and_uses_the_host_clock() -> None:
+    moments = iter([datetime(2030, 1, 1, 12, 0, tzinfo=UTC)])
+    clocked = WindowsHost(WindowsHostState.fresh("T"), clock=lambda: next(moments))
+    clocked.state.lock = LockRecord(owner="bob", acquired="", expires="2030-01-01T12:00:01Z")
+    assert apply(clocked, rule("r")).status == "locked"
+    seen = []
+    clocked._clock = lambda: datetime(2030, 1, 1, 12, 0, 2, tzinfo=UTC)  # one second later
+    original = clocked._firewall_upsert
+
+    def spy(op):
+        seen.append(clocked.state.lock)
+        return original(op)
+
+    clocked._firewall_upsert = spy
+    apply_ok(clocked, rule("r"))
+    assert seen[0].owner == "alice@ws17 pid 1"
+    assert (seen[0].acquired, seen[0].expires) == ("2030-01-01T12:00:02Z", "2030-01-01T12:15:02Z")
+
+
+def test_a_failure_stops_the_batch_and_later_steps_do_not_run(host) -> None:
+    bad = PackageInstall(source="x", sha256="f" * 64, version="9")
+    response = apply(host, rule("first"), bad, rule("third"))
+    assert response.status == "failed"
+    assert [r.status for r in response.results] == ["ok", "failed", "not-run"]
+    assert [r.id for r in response.results] == ["step-0", "step-1", "step-2"]
+    assert [r.name for r in gather(host).firewall_rules] == ["first"]
+    assert gather(host).lock is None
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def assert_nowhere(clear: str, host: WindowsHost, *outputs: bytes) -> None:
+    """Neither the state, nor what the host received, nor what it answered holds ``clear``."""
+    blobs = [host.state.to_json(), *(output.decode() for output in outputs)]
+    blobs += [repr(command) + command.stdin.decode() for command in host.record]
+    for blob in blobs:
+        assert clear not in blob
+        assert json.dumps(clear)[1:-1] not in blob
+
+
+def test_sealed_secrets_are_checked_and_only_fingerprints_come_back(host) -> None:
+    secret = Secret(PASSWORD)
+    key = gather(host).seal_key
+    apply_ok(host, install(), *create_instance("K6732", "K6732"))
+    configure = create_instance("K6732", "K6732")[1]
+    sealed = seal(secret, key)
+    steps = [
+        ApplyStep(id="tsp", operation=configure.model_copy(update={"password": sealed})),
+        ApplyStep(
+            id="svc",
+            operation=ServiceConfigure(
+                name="TapiSrv", account="NFON\\svc", password=seal(secret, key)
+            ),
+        ),
+    ]
+    applied = run(host, ApplyRequest(lock=LockRequest(owner="alice"), steps=steps))
+    assert scripts.parse_output(applied.stdout, ApplyResponse).status == "ok"
+    gathered = run(host, gather_request())
+    assert_nowhere(PASSWORD, host, applied.stdout, applied.stderr, gathered.stdout)
+
+    facts = gather(host)
+    stored = facts.tsp_instances[0].settings.password
+    assert stored == sealed.fingerprint
+    assert stored.hmac == secret.fingerprint(bytes.fromhex(stored.salt))
+    account = facts.telephony.account_password
+    assert account.hmac == secret.fingerprint(bytes.fromhex(account.salt))
+    assert host.instance_password("K6732") == secret
+    assert host.service_password("TapiSrv") == secret
+    # Leaving the password out keeps it.
+    apply_ok(host, configure)
+    assert gather(host).tsp_instances[0].settings.password == sealed.fingerprint
+    assert_nowhere(PASSWORD, host)
+
+
+def test_a_secret_with_a_wrong_fingerprint_or_for_another_host_is_refused(host) -> None:
+    apply_ok(host, install(), *create_instance("K6732", "K6732"))
+    configure = create_instance("K6732", "K6732")[1]
+    sealed = seal(Secret(PASSWORD), gather(host).seal_key)
+    forged = sealed.model_copy(
+        update={"fingerprint": seal(Secret("other"), gather(host).seal_key).fingerprint}
+    )
+    response = apply(host, configure.model_copy(update={"password": forged}))
+    assert "does not match its fingerprint" in response.results[0].message
+    elsewhere = seal(Secret(PASSWORD), gather(WindowsHost.fresh("OTHER")).seal_key)
+    response = apply(host, configure.model_copy(update={"password": elsewhere}))
+    assert "cannot be opened with this host's seal key" in response.results[0].message
+    assert gather(host).tsp_instances[0].settings.password is None
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+def test_the_state_round_trips_through_json(host) -> None:
+    apply_ok(
+        host,
+        install(),
+        *create_instance("K6732", "K6732"),
+        RESTART,
+        assign(XmlUser("NFON\\A", lines=[XmlLine(address="100")])),
+        rule("r"),
+        LocationSet(
+            name="B", country_code=49, area_code="30", outside_access="0", long_distance_access="0"
+        ),
+    )
+    text = host.state.to_json()
+    restored = WindowsHostState.from_json(text)
+    assert restored == host.state
+    assert restored.to_json() == text
+    again = WindowsHost(restored, pbx_lines)
+    assert gather(again) == gather(host)

@@ -1,0 +1,308 @@
+"""The remote scripts: valid PowerShell, data only over stdin, one contract on both sides."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+import tree_sitter_powershell
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel
+from tree_sitter import Language, Node, Parser
+
+from provisioner.lab.windows_host import SIMULATED_OPERATIONS
+from provisioner.remote import contract, scripts
+from provisioner.remote.contract import (
+    ApplyRequest,
+    ApplyResponse,
+    ApplyStep,
+    Fingerprint,
+    FirewallRuleSpec,
+    FirewallUpsert,
+    GatherRequest,
+    HostFacts,
+    LocationSet,
+    LockRequest,
+    PackageInstall,
+    SealedSecret,
+    ServiceConfigure,
+    TapiClientSet,
+    TsecimpImport,
+    TspInstanceConfigure,
+    TspInstanceCreate,
+)
+
+POWERSHELL = Language(tree_sitter_powershell.language())
+PS1_FILES = sorted(scripts.templates_dir().glob("*.ps1"))
+
+HOSTILE = [
+    "'",
+    "O'Brien",
+    "‘single’ ‚low‛",
+    "$(Remove-Item C:\\ -Recurse)",
+    "`whoami`",
+    "line one\nline two\r\nline three",
+    "'; Remove-Item C:\\ -Recurse; '",
+    '"; Stop-Computer; "',
+    "<>&",
+    f"\n{scripts.SEPARATOR}\n{{}}",
+    "\u2028 \x00 \t ☎ Müller",
+]
+
+
+def parse(source: str) -> Node:
+    return Parser(POWERSHELL).parse(source.encode("utf-8")).root_node
+
+
+def walk(node: Node) -> Iterator[Node]:
+    yield node
+    for child in node.children:
+        yield from walk(child)
+
+
+def syntax_problems(source: str) -> list[str]:
+    return [
+        f"{'ERROR' if node.is_error else 'MISSING'} at line {node.start_point[0] + 1}"
+        for node in walk(parse(source))
+        if node.is_error or node.is_missing
+    ]
+
+
+def text_of(node: Node) -> str:
+    return (node.text or b"").decode("utf-8")
+
+
+def test_the_shipped_scripts_are_all_there() -> None:
+    assert {"apply.ps1", "bootstrap.ps1", "gather.ps1"} <= {path.name for path in PS1_FILES}
+
+
+@pytest.mark.parametrize("path", PS1_FILES, ids=lambda path: path.name)
+def test_every_script_parses_without_error_or_missing_nodes(path) -> None:
+    assert syntax_problems(path.read_text(encoding="utf-8")) == []
+
+
+def test_the_syntax_check_catches_a_broken_script() -> None:
+    assert syntax_problems("function Broken { if ($x -eq 1) { 'a' }\n")
+
+
+@pytest.mark.parametrize("name", ["gather", "apply"])
+def test_each_script_names_its_contract_and_is_identified_by_its_hash(name) -> None:
+    script = scripts.load(name)
+    assert script.text.startswith(f"# provisioner-contract: {name} {contract.CONTRACT_VERSION}\n")
+    assert re.fullmatch(rf"{name}/1:[0-9a-f]{{16}}", script.identity)
+    assert scripts.identity_of(script.text + "# one more line\n") != script.identity
+    assert scripts.identity_of("Write-Output 1\n") is None
+
+
+def invoke_operation_labels(source: str) -> set[str]:
+    for node in walk(parse(source)):
+        if node.type == "function_statement" and any(
+            child.type == "function_name" and text_of(child) == "Invoke-Operation"
+            for child in node.children
+        ):
+            return {
+                text_of(literal)[1:-1]
+                for condition in walk(node)
+                if condition.type == "switch_clause_condition"
+                for literal in condition.children
+                if literal.type == "string_literal"
+            }
+    raise AssertionError("apply.ps1 has no function Invoke-Operation")
+
+
+def test_apply_script_and_simulator_implement_exactly_the_contract_operations() -> None:
+    in_script = invoke_operation_labels(scripts.load("apply").text)
+    assert in_script == contract.OPERATION_NAMES
+    assert set(SIMULATED_OPERATIONS) == contract.OPERATION_NAMES
+
+
+def test_every_operation_model_is_named_in_the_operation_list() -> None:
+    names: set[str] = set()
+    for model in contract.Operation.__origin__.__args__:  # type: ignore[attr-defined]
+        names |= set(model.model_fields["op"].annotation.__args__)
+    assert names == contract.OPERATION_NAMES
+
+
+@pytest.mark.parametrize("name", ["gather", "apply"])
+def test_scripts_never_turn_data_into_code_nor_write_to_the_host_stream(name) -> None:
+    commands = {
+        text_of(node).casefold()
+        for node in walk(parse(scripts.load(name).text))
+        if node.type == "command_name"
+    }
+    assert not commands & {"invoke-expression", "iex", "write-host", "out-host", "exit"}
+    assert "[scriptblock]::create" not in scripts.load(name).text.casefold()
+
+
+def top_level_assignments(source: str) -> dict[str, str]:
+    """``$Name = 'literal'`` lines outside functions: the scripts' named assumptions."""
+    return dict(re.findall(r"(?m)^\$(\w+) = '([^']*)'\s*(?:#.*)?$", source))
+
+
+def test_gather_and_apply_agree_on_every_shared_assumption() -> None:
+    gather = top_level_assignments(scripts.load("gather").text)
+    apply = top_level_assignments(scripts.load("apply").text)
+    shared = gather.keys() & apply.keys()
+    assert {"TelephonyServerKey", "TspKAccountValue", "SealKeyContainer", "StateKey"} <= shared
+    assert {name: gather[name] for name in shared} == {name: apply[name] for name in shared}
+
+
+def test_the_bootstrap_decodes_to_the_template_and_the_command_line_is_short_and_constant() -> None:
+    command, arguments = scripts.command_line()
+    assert command == "powershell.exe"
+    assert arguments[:-1] == [
+        "-NoLogo",
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-EncodedCommand",
+    ]
+    decoded = base64.b64decode(arguments[-1], validate=True).decode("utf-16-le")
+    assert decoded == scripts.read_template("bootstrap.ps1")
+    assert scripts.SEPARATOR in decoded
+    assert len(" ".join([command, *arguments])) < 8191  # cmd.exe's limit, the tightest one
+    assert scripts.is_command_line(command, arguments)
+    assert scripts.is_command_line(command, [" ".join(arguments)])  # WinRS joins the arguments
+    tampered = [*arguments[:-1], arguments[-1][:-4] + "AAA="]
+    assert not scripts.is_command_line(command, tampered)
+
+
+def hostile_requests(value: str) -> list[BaseModel]:
+    sealed = SealedSecret(sealed=value, fingerprint=Fingerprint(salt=value, hmac=value))
+    operations = [
+        PackageInstall(source=value, sha256=value, version=value, properties={value: value}),
+        ServiceConfigure(name=value, account=value, password=sealed),
+        TspInstanceCreate(instance=value, file=value, provider_name=value),
+        TspInstanceConfigure(
+            instance=value,
+            settings_key=value,
+            k_account=value,
+            number_format=value,
+            line_name_format=value,
+            debug_level=0,
+            password=sealed,
+        ),
+        LocationSet(
+            name=value,
+            country_code=49,
+            area_code=value,
+            outside_access=value,
+            long_distance_access=value,
+        ),
+        FirewallUpsert(
+            rule=FirewallRuleSpec(
+                name=value,
+                display_name=value,
+                description=value,
+                group=value,
+                direction=1,
+                action=1,
+                protocol=6,
+                local_ports=value,
+                remote_addresses=value,
+                profiles=7,
+            )
+        ),
+        TsecimpImport(xml=value, backup_name=value),
+        TapiClientSet(servers=[value, value], connection_oriented=True),
+    ]
+    return [
+        GatherRequest(
+            role="server",
+            firewall_group=value,
+            services=[value],
+            package_name=value,
+            tsp_file=value,
+            instance_file_pattern=value,
+            instance_settings_key=value,
+        ),
+        ApplyRequest(
+            lock=LockRequest(owner=value),
+            steps=[ApplyStep(id=value, operation=op) for op in operations],
+        ),
+    ]
+
+
+def check_payload(request: BaseModel) -> None:
+    name = "gather" if isinstance(request, GatherRequest) else "apply"
+    script = scripts.load(name)
+    payload = scripts.stdin_payload(script, request)
+    template = (scripts.templates_dir() / f"{name}.ps1").read_bytes()
+    assert payload[: len(template)] == template  # no value changes a byte of the code
+    assert payload[len(template) :].startswith(f"{scripts.SEPARATOR}\n".encode())
+    text, data = scripts.parse_payload(payload)
+    assert text.encode() == template
+    assert data == json.loads(request.model_dump_json())
+    assert type(request).model_validate(data) == request
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_stay_data(value) -> None:
+    before = scripts.command_line()
+    for request in hostile_requests(value):
+        check_payload(request)
+    assert scripts.command_line() == before
+    assert value not in " ".join(scripts.command_line()[1])
+
+
+@given(st.text())
+def test_any_text_round_trips_through_the_payload(value) -> None:
+    check_payload(GatherRequest(role="client", firewall_group=value, services=[value]))
+
+
+def test_a_request_must_fit_its_script() -> None:
+    with pytest.raises(TypeError):
+        scripts.stdin_payload(
+            scripts.load("apply"), GatherRequest(role="server", firewall_group="")
+        )
+
+
+def test_parse_payload_refuses_stdin_without_separator() -> None:
+    with pytest.raises(scripts.RemoteScriptError, match=r"#==provisioner-json==#"):
+        scripts.parse_payload(b"Write-Output 1\n{}")
+
+
+SEAL_KEY = {"modulus": "AQAB", "exponent": "AQAB"}
+
+
+def test_parse_output_validates_against_the_contract() -> None:
+    document = {"contract": 1, "computer_name": "TAPI01", "role": "server", "seal_key": SEAL_KEY}
+    facts = scripts.parse_output(
+        b"\xef\xbb\xbf" + json.dumps(document).encode() + b"\r\n", HostFacts
+    )
+    assert facts.computer_name == "TAPI01"
+    response = scripts.parse_output(b'{"contract":1,"status":"ok","results":[]}', ApplyResponse)
+    assert response.status == "ok"
+
+
+@pytest.mark.parametrize(
+    ("stdout", "message"),
+    [
+        (b"", "printed nothing"),
+        (b"   \r\n", "printed nothing"),
+        (b"Exception calling Foo", "no JSON document"),
+        (b"[1, 2]", "not an object"),
+        (
+            scripts.failure_document("the registry path is bad", 57),
+            "failed: the registry .* line 57",
+        ),
+        (b'{"contract": 2, "status": "ok"}', "contract version 2"),
+        (b'{"contract": 1, "status": "maybe"}', "not a valid ApplyResponse .*status"),
+        (b'{"contract": 1, "status": "ok", "extra": 1}', "not a valid ApplyResponse .*extra"),
+    ],
+)
+def test_parse_output_says_clearly_what_is_wrong(stdout, message) -> None:
+    with pytest.raises(scripts.RemoteScriptError, match=message) as caught:
+        scripts.parse_output(stdout, ApplyResponse)
+    assert "\n" not in str(caught.value)
+
+
+def test_templates_are_found_in_the_repository() -> None:
+    directory = scripts.templates_dir()
+    assert (directory / "bootstrap.ps1").is_file()
+    assert (directory / "tsecimp.xml.j2").is_file()
