@@ -59,6 +59,166 @@ def schema() -> None:
     click.echo(json.dumps(manifest_schema(), indent=2))
 
 
+inventory_option = click.option(
+    "--inventory",
+    envvar="PROVISIONER_INVENTORY",
+    type=click.Path(dir_okay=False),
+    help="overlay mapping manifest names to endpoints (or $PROVISIONER_INVENTORY)",
+)
+parallelism_option = click.option(
+    "--parallelism",
+    type=click.IntRange(1, 100),
+    default=10,
+    show_default=True,
+    help="hosts worked at once",
+)
+colour_option = click.option("--no-color", "no_colour", is_flag=True, help="plain text output")
+target_option = click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="SEL",
+    help="only changes matching: an address pattern, server=NAME or tenant=NAME (repeatable)",
+)
+
+
+def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = True):  # type: ignore[no-untyped-def]
+    from provisioner.commands import Options
+
+    return Options(
+        inventory=inventory,
+        parallelism=parallelism,
+        colour=not no_colour and sys.stdout.isatty(),
+    )
+
+
+@app.command()
+@paths_argument
+@inventory_option
+@parallelism_option
+@colour_option
+@target_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save the plan")
+@click.option(
+    "--format", "output_format", type=click.Choice(["text", "json", "markdown"]), default="text"
+)
+@click.option("--detailed-exitcode", is_flag=True, help="exit 2 when there are changes")
+def plan(
+    paths: tuple[Path, ...],
+    inventory: str | None,
+    parallelism: int,
+    no_colour: bool,
+    targets: tuple[str, ...],
+    out: Path | None,
+    output_format: str,
+    detailed_exitcode: bool,
+) -> None:
+    """Show what apply would change."""
+    from provisioner.commands import plan_command
+
+    sys.exit(
+        plan_command(
+            paths,
+            _options(inventory, parallelism, no_colour),
+            targets=targets,
+            out=out,
+            output_format=output_format,
+            detailed_exitcode=detailed_exitcode,
+        )
+    )
+
+
+@app.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@inventory_option
+@parallelism_option
+@colour_option
+@target_option
+@click.option(
+    "--plan", "saved", type=click.Path(dir_okay=False, path_type=Path), help="a saved plan"
+)
+@click.option("--auto-approve", is_flag=True, help="do not ask for confirmation")
+def apply(
+    paths: tuple[Path, ...],
+    inventory: str | None,
+    parallelism: int,
+    no_colour: bool,
+    targets: tuple[str, ...],
+    saved: Path | None,
+    auto_approve: bool,
+) -> None:
+    """Apply the manifests (or a saved plan), then verify."""
+    from provisioner.commands import apply_command
+
+    sys.exit(
+        apply_command(
+            list(paths),
+            _options(inventory, parallelism, no_colour),
+            targets=targets,
+            saved_path=saved,
+            auto_approve=auto_approve,
+        )
+    )
+
+
+@app.command()
+@paths_argument
+@inventory_option
+@parallelism_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json", "markdown", "html"]),
+    default="text",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
+def drift(
+    paths: tuple[Path, ...],
+    inventory: str | None,
+    parallelism: int,
+    output_format: str,
+    output: Path | None,
+) -> None:
+    """Report what differs between the manifests and the live estate (exit 2 on drift)."""
+    from provisioner.commands import drift_command
+
+    sys.exit(
+        drift_command(
+            paths, _options(inventory, parallelism), output_format=output_format, output=output
+        )
+    )
+
+
+@app.group()
+def render() -> None:
+    """Render artefacts for review or manual use."""
+
+
+@render.command("tsecimp")
+@paths_argument
+@click.option("--tenant", help="one tenant's users")
+@click.option("--server", help="every tenant on one server")
+def render_tsecimp(paths: tuple[Path, ...], tenant: str | None, server: str | None) -> None:
+    """Print the complete tsecimp XML of the desired line assignments."""
+    from provisioner.commands import render_tsecimp as render_xml
+
+    if (tenant is None) == (server is None):
+        raise click.UsageError("give exactly one of --tenant and --server")
+    click.echo(render_xml(paths, tenant=tenant, server=server), nl=False)
+
+
+@app.command()
+@paths_argument
+@inventory_option
+@click.option("--server", "name", required=True, help="a server name or a client host name")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
+def facts(paths: tuple[Path, ...], inventory: str | None, name: str, output_format: str) -> None:
+    """Print what one host looks like now (one gather)."""
+    from provisioner.commands import facts_command
+
+    sys.exit(facts_command(paths, _options(inventory), name=name, output_format=output_format))
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 

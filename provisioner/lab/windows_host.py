@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from provisioner.platform import default_profile
 from provisioner.remote import scripts
 from provisioner.remote.contract import (
     ApplyRequest,
@@ -84,7 +85,7 @@ PbxLines = Callable[[str], Sequence[tuple[str, str]]]
 """``pbx_lines(k_account) -> [(extension number, display name), ...]``: a tenant's PBX data."""
 
 TELEPHONY_SERVICE = "TapiSrv"
-LAB_CTI_ENGINE_SERVICE = "NFONCtiEngine"  # what the lab packages install (no public name known)
+LAB_CTI_ENGINE_SERVICE = default_profile().cti_engine_service  # what lab packages install
 LAB_TSP_FILE = "NFONTSP.TSP"
 _STATE_DIR = "C:\\ProgramData\\NFON-Provisioner"
 _OAEP_SHA1 = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)

@@ -224,7 +224,11 @@ class WinRMSettings(_Model):
         """This host's settings, with the gaps filled from ``base``."""
         if base is None:
             return self
-        own = self.model_dump(exclude_none=True)
+        own = {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if getattr(self, name) is not None
+        }
         return base.model_copy(update=own)
 
 
@@ -365,7 +369,7 @@ class FirewallRule(_Model):
     protocol: Protocol
     local_ports: list[Port] = Field(default_factory=list)
     remote_ports: list[Port] = Field(default_factory=list)
-    remote_addresses: list[RemoteAddress] = Field(default_factory=lambda: ["any"])
+    remote_addresses: list[RemoteAddress] = Field(default_factory=lambda: ["any"], min_length=1)
     profiles: list[Profile] | Literal["any"] = "any"
     description: str = ""
     enabled: bool = True
@@ -454,6 +458,9 @@ class Tenant(_Model):
     )
     on_missing_user: OnMissingUser | None = None
     assignments: list[Assignment] = Field(default_factory=list)
+    prune: bool = Field(
+        False, description="remove lines of this tenant from users the manifest does not name"
+    )
 
 
 # --- TapiClients --------------------------------------------------------------------------------

@@ -1,0 +1,277 @@
+"""What ``plan``, ``apply``, ``drift``, ``render`` and ``facts`` do, apart from parsing options.
+
+Each function returns an exit code; the command line only parses options and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from provisioner.errors import ProvisionerError
+from provisioner.inventory import load_inventory
+from provisioner.manifest import load_estate
+from provisioner.manifest.validate import Estate
+from provisioner.plan.model import Plan
+from provisioner.planner import Host, PlanInputs, build_plan, context, hosts
+from provisioner.remote.tsecimp import render_xml
+from provisioner.render import drift as drift_render
+from provisioner.render import markdown, text
+from provisioner.render.json_format import plan_to_json
+from provisioner.resources.line_assignment import desired_xml_users
+from provisioner.runner import Journal, Run, friendly_names, verify
+from provisioner.saved_plan import SavedPlan
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+class ManifestProblems(ProvisionerError):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+@dataclass
+class Options:
+    inventory: str | None = None
+    parallelism: int = 10
+    colour: bool = False
+    echo: Callable[[str], None] = click.echo
+
+
+def load(paths: Sequence[Path]) -> Estate:
+    estate, errors = load_estate(paths)
+    if errors:
+        for error in errors:
+            click.echo(str(error), err=True)
+        raise ProvisionerError(
+            f"{len(errors)} problem{'s' if len(errors) != 1 else ''} in the manifests: "
+            "fix them (provisioner validate lists them)"
+        )
+    return estate
+
+
+def make_plan(run: Run, estate: Estate, targets: Sequence[str]):  # type: ignore[no-untyped-def]
+    inputs = run.inputs()
+    return build_plan(estate, inputs, targets=targets)
+
+
+def plan_command(
+    paths: Sequence[Path],
+    options: Options,
+    *,
+    targets: Sequence[str],
+    out: Path | None,
+    output_format: str,
+    detailed_exitcode: bool,
+) -> int:
+    estate = load(paths)
+    inventory = load_inventory(options.inventory)
+    with Run(estate, inventory, parallelism=options.parallelism) as run:
+        plan, _ = make_plan(run, estate, targets)
+    options.echo(render(plan, output_format, options.colour))
+    if out is not None:
+        SavedPlan.of(plan, [str(p) for p in paths], options.inventory).write(out)
+        options.echo(f"Saved the plan to {out}: apply it with 'provisioner apply --plan {out}'.")
+    if plan.problems:
+        return EXIT_ERROR
+    return EXIT_CHANGES if detailed_exitcode and plan.has_changes else EXIT_OK
+
+
+def render(plan: Plan, output_format: str, colour: bool) -> str:
+    if output_format == "json":
+        return json.dumps(plan_to_json(plan), indent=2, ensure_ascii=False)
+    if output_format == "markdown":
+        return markdown.render_plan(plan)
+    return text.render_plan(plan, colour=colour)
+
+
+def apply_command(
+    paths: Sequence[Path],
+    options: Options,
+    *,
+    targets: Sequence[str],
+    saved_path: Path | None,
+    auto_approve: bool,
+) -> int:
+    saved = SavedPlan.read(saved_path) if saved_path else None
+    if saved is not None:
+        if paths:
+            raise ProvisionerError("give either manifest paths or --plan, not both")
+        paths = [Path(p) for p in saved.manifests]
+        targets = saved.targets
+        if options.inventory is None:
+            options.inventory = saved.inventory
+    elif not paths:
+        raise ProvisionerError("give the manifest paths to apply, or --plan FILE")
+    estate = load(paths)
+    inventory = load_inventory(options.inventory)
+    with Run(estate, inventory, parallelism=options.parallelism) as run:
+        plan, host_plans = make_plan(run, estate, targets)
+        if saved is not None:
+            saved.check_fresh(plan)
+        options.echo(text.render_plan(plan, colour=options.colour))
+        if plan.problems:
+            raise ProvisionerError("the plan has problems (listed above): nothing was applied")
+        if not plan.has_changes:
+            return EXIT_OK
+        if not auto_approve:
+            confirm(options)
+        journal = Journal()
+        results = run.apply(host_plans, journal)
+        for result in results:
+            for change in result.changes:
+                mark = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}[change.status]
+                suffix = f": {change.message}" if change.message else ""
+                options.echo(f"  {mark} {change.change.address} {change.status}{suffix}")
+            if result.status != "ok":
+                options.echo(f"{result.host.name}: {result.status}: {result.message}")
+        applied = {r.host.key for r in results}
+        after_facts, after_problems = run.gather([h for h in run.hosts if h.key in applied])
+        inputs = PlanInputs(facts=after_facts, problems=after_problems, resolve=inventory.resolve)
+        after, _ = build_plan(estate, inputs, targets=[])
+    leftovers = verify(after, results)
+    for line in leftovers:
+        options.echo(f"  ! {line}")
+    done = sum(1 for r in results for c in r.changes if c.status == "ok")
+    total = sum(len(r.changes) for r in results)
+    failed_hosts = [r.host.name for r in results if r.status != "ok"]
+    options.echo(
+        f"Apply {'complete' if not failed_hosts and not leftovers else 'incomplete'}: "
+        f"{done} of {total} changes done"
+        + (f"; failed on {', '.join(failed_hosts)}" if failed_hosts else "")
+        + (f"; {len(leftovers)} did not verify" if leftovers else "")
+        + f". Journal: {journal.path}"
+    )
+    return EXIT_ERROR if failed_hosts or leftovers else EXIT_OK
+
+
+def confirm(options: Options) -> None:
+    if not sys.stdin.isatty():
+        raise ProvisionerError(
+            "apply needs confirmation and there is no terminal: add --auto-approve"
+        )
+    answer = click.prompt(
+        "Apply these changes? Only 'yes' is accepted", default="", show_default=False
+    )
+    if answer.strip() != "yes":
+        raise ProvisionerError("apply cancelled: nothing was changed")
+
+
+def drift_command(
+    paths: Sequence[Path], options: Options, *, output_format: str, output: Path | None
+) -> int:
+    estate = load(paths)
+    inventory = load_inventory(options.inventory)
+    with Run(estate, inventory, parallelism=options.parallelism) as run:
+        plan, _ = make_plan(run, estate, [])
+    report = drift_render.drift_report(plan)
+    renderer = {
+        "text": drift_render.render_text,
+        "json": drift_render.render_json,
+        "markdown": drift_render.render_markdown,
+        "html": drift_render.render_html,
+    }[output_format]
+    document = renderer(report)
+    if output is not None:
+        output.write_text(document, encoding="utf-8")
+        options.echo(f"{report.summary()} Report written to {output}.")
+    else:
+        options.echo(document.rstrip("\n"))
+    if plan.problems and not plan.changes:
+        return EXIT_ERROR
+    return EXIT_CHANGES if report.has_drift else EXIT_OK
+
+
+def render_tsecimp(paths: Sequence[Path], *, tenant: str | None, server: str | None) -> str:
+    estate = load(paths)
+    if tenant is not None:
+        if tenant not in estate.tenants:
+            raise ProvisionerError(
+                f"tenant {tenant!r} is not defined (known: {', '.join(sorted(estate.tenants))})"
+            )
+        server = estate.tenants[tenant].server
+    assert server is not None
+    if server not in estate.servers:
+        raise ProvisionerError(
+            f"server {server!r} is not defined (known: {', '.join(sorted(estate.servers))})"
+        )
+    ctx = context(estate, Host(f"server/{server}", server, "server"), PlanInputs(facts={}))
+    if tenant is not None:
+        ctx.tenants = [t for t in ctx.tenants if t.name == tenant]
+    return render_xml(desired_xml_users(ctx, friendly_names(ctx)))
+
+
+def facts_command(paths: Sequence[Path], options: Options, *, name: str, output_format: str) -> int:
+    estate = load(paths)
+    inventory = load_inventory(options.inventory)
+    matching = [h for h in hosts(estate) if h.name == name]
+    if not matching:
+        known = ", ".join(h.name for h in hosts(estate))
+        raise ProvisionerError(f"no server or client host named {name!r} (known: {known})")
+    with Run(estate, inventory, only=[name]) as run:
+        facts, problems = run.gather(matching)
+    if problems:
+        raise ProvisionerError(problems[0].message)
+    found = facts[matching[0].key]
+    if output_format == "json":
+        options.echo(found.model_dump_json(indent=2))
+    else:
+        options.echo(describe_facts(found))
+    return EXIT_OK
+
+
+def describe_facts(facts) -> str:  # type: ignore[no-untyped-def]
+    lines = [f"{facts.computer_name} ({facts.role}), contract {facts.contract}"]
+    if facts.lock:
+        lines.append(f"  locked by {facts.lock.owner} until {facts.lock.expires}")
+    if facts.telephony:
+        t = facts.telephony
+        lines.append(
+            f"  Telephony: {t.service.state}, {t.service.start_mode}, as {t.service.account}, "
+            f"server mode {'on' if t.server_mode else 'off'}, administrators: "
+            f"{', '.join(t.administrators) or '(none)'}"
+        )
+    for package in facts.packages:
+        lines.append(f"  package {package.name} {package.version}")
+    for service in facts.services:
+        lines.append(
+            f"  service {service.name}: {service.state}, {service.start_mode}, as {service.account}"
+        )
+    for provider in facts.providers:
+        lines.append(f"  provider {provider.id}: {provider.name} ({provider.file})")
+    for instance in facts.tsp_instances:
+        settings = instance.settings
+        detail = (
+            f"{settings.k_account}, {settings.number_format}, '{settings.line_name_format}', "
+            f"debug {settings.debug_level}, password {'set' if settings.password else 'not set'}"
+            if settings
+            else "not configured"
+        )
+        lines.append(f"  TSP instance {instance.instance} ({instance.file}): {detail}")
+    for location in facts.locations:
+        mark = " (current)" if location.current else ""
+        lines.append(
+            f"  location {location.name}: +{location.country_code} {location.area_code}{mark}"
+        )
+    lines.append(f"  {len(facts.firewall_rules)} managed firewall rules")
+    for rule in facts.firewall_rules:
+        lines.append(
+            f"    {rule.name}: direction {rule.direction}, protocol {rule.protocol}, "
+            f"local ports {rule.local_ports}, remote {rule.remote_addresses}"
+        )
+    if facts.tapi_client:
+        c = facts.tapi_client
+        lines.append(
+            f"  TAPI client: {'on' if c.enabled else 'off'}, servers "
+            f"{', '.join(c.servers) or '-'}, connection-oriented {c.connection_oriented}"
+        )
+    if facts.tsecimp_listing:
+        lines.append("  tsecimp /d:")
+        lines.extend(f"    {line}" for line in facts.tsecimp_listing.splitlines())
+    return "\n".join(lines)

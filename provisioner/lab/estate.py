@@ -1,0 +1,226 @@
+"""A lab estate: simulated Windows hosts and a simulated CTI API for a set of manifests.
+
+Every TapiServer and every TapiClients host of the manifests gets a simulated Windows host behind
+its own WS-Management listener (HTTPS with a lab CA, NTLM); every tenant's K-account gets a PBX
+in the simulated CTI API whose extensions are the lines the manifests assign, plus a spare. The
+lab writes ``inventory.yaml``, which maps the manifest names to the lab endpoints and carries a
+value for every ``{env: NAME}`` reference the manifests use, so they run against the lab
+unchanged::
+
+    with Lab(Path("lab"), [Path("manifests/examples/client-tapi")]) as lab:
+        lab.inventory_path      # lab/inventory.yaml
+        lab.hosts["tapi01"]     # LabHost(name="tapi01", role="server", ...)
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from provisioner.errors import ProvisionerError
+from provisioner.lab.cti_api import PBX, CTIAPISimulator
+from provisioner.lab.tls import ensure_lab_tls
+from provisioner.lab.windows_host import WindowsHost
+from provisioner.lab.wsman_server import WSManServer
+from provisioner.manifest import load_estate
+from provisioner.manifest.models import SecretRef
+from provisioner.manifest.validate import Estate
+from provisioner.secrets import Secret
+
+LAB_USER = "lab-admin"
+WINRM_PASSWORD_VARIABLE = "PROVISIONER_LAB_WINRM_PASSWORD"
+
+
+@dataclass
+class LabHost:
+    name: str
+    role: str
+    windows: WindowsHost
+    server: WSManServer
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+@dataclass
+class LabPlan:
+    """What the lab must simulate, read from the manifests."""
+
+    servers: list[str] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)
+    pbx_lines: dict[str, set[str]] = field(default_factory=dict)  # K-account → extensions
+    cti_variables: dict[str, str] = field(default_factory=dict)  # env name → K-account
+    other_variables: set[str] = field(default_factory=set)
+
+
+def read_manifests(paths: Iterable[Path]) -> LabPlan:
+    """Each path is loaded as its own estate (the examples are separate estates)."""
+    plan = LabPlan()
+    for path in paths:
+        estate, errors = load_estate([path])
+        if errors:
+            raise ProvisionerError(f"{errors[0]} (lab: the manifests must validate)")
+        _add_estate(plan, estate)
+    return plan
+
+
+def _add_estate(plan: LabPlan, estate: Estate) -> None:
+    for name in estate.servers:
+        if name not in plan.servers:
+            plan.servers.append(name)
+    for clients in estate.clients.values():
+        plan.clients.extend(h for h in clients.hosts if h not in plan.clients)
+    for tenant in estate.tenants.values():
+        lines = plan.pbx_lines.setdefault(tenant.k_account, set())
+        for assignment in tenant.assignments:
+            lines.update(assignment.lines)
+        if tenant.cti_password.env:
+            plan.cti_variables[tenant.cti_password.env] = tenant.k_account
+    for ref in _secret_refs(estate):
+        if ref.env and ref.env not in plan.cti_variables:
+            plan.other_variables.add(ref.env)
+
+
+def _secret_refs(estate: Estate) -> Iterable[SecretRef]:
+    def walk(value: Any) -> Iterable[SecretRef]:
+        if isinstance(value, SecretRef):
+            yield value
+        elif hasattr(value, "model_fields"):
+            for name in type(value).model_fields:
+                yield from walk(getattr(value, name))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                yield from walk(item)
+
+    for registry in (estate.sites, estate.servers, estate.tenants, estate.clients):
+        for document in registry.values():
+            yield from walk(document)
+
+
+class Lab:
+    """Starts and stops the simulated estate; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: Path,
+        manifests: Sequence[Path] = (),
+        *,
+        extra_servers: int = 0,
+        extra_clients: int = 0,
+    ) -> None:
+        self.directory = directory
+        self.plan = read_manifests(manifests)
+        self.plan.servers += [f"lab-srv{n:02d}" for n in range(1, extra_servers + 1)]
+        self.plan.clients += [f"lab-ws{n:02d}" for n in range(1, extra_clients + 1)]
+        self.hosts: dict[str, LabHost] = {}
+        self.cti: CTIAPISimulator | None = None
+        self.winrm_password = Secret(secrets.token_urlsafe(18))
+        self.values: dict[str, str] = {}
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.directory / "inventory.yaml"
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> Lab:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tls = ensure_lab_tls(self.directory / "tls")
+        pbxs = {}
+        for k_account, lines in sorted(self.plan.pbx_lines.items()):
+            numbers = sorted(lines, key=lambda x: (len(x), x))
+            spare = str(int(numbers[-1]) + 1) if numbers else "100"
+            extensions = [{"number": n, "name": f"Extension {n}"} for n in [*numbers, spare]]
+            pbxs[k_account] = PBX(k_account, secrets.token_urlsafe(12), extensions)  # type: ignore[arg-type]
+        self.cti = CTIAPISimulator(pbxs.values(), tls=(tls.cert_file, tls.key_file)).start()
+        cti = self.cti
+
+        def pbx_lines(k_account: str) -> list[tuple[str, str]]:
+            try:
+                pbx = cti.pbx(k_account)
+            except KeyError:
+                return []
+            return [(e["number"], e["name"]) for e in pbx.extensions]
+
+        try:
+            for name, role in [(s, "server") for s in self.plan.servers] + [
+                (c, "client") for c in self.plan.clients
+            ]:
+                windows = WindowsHost.fresh(name.upper()[:15], role, pbx_lines)  # type: ignore[arg-type]
+                server = WSManServer(
+                    windows,
+                    username=LAB_USER,
+                    password=self.winrm_password,
+                    ssl_context=tls.server_context(),
+                )
+                server.start()
+                self.hosts[name] = LabHost(name, role, windows, server)
+        except BaseException:
+            self.stop()
+            raise
+        self.values = {
+            variable: pbxs[k].password for variable, k in self.plan.cti_variables.items()
+        }
+        self.values |= {v: secrets.token_urlsafe(18) for v in sorted(self.plan.other_variables)}
+        self.values[WINRM_PASSWORD_VARIABLE] = self.winrm_password.reveal()
+        self.write_inventory(tls.ca_file)
+        return self
+
+    def stop(self) -> None:
+        for host in self.hosts.values():
+            host.server.stop()
+        self.hosts.clear()
+        if self.cti is not None:
+            self.cti.stop()
+            self.cti = None
+
+    def write_inventory(self, ca_file: Path) -> None:
+        assert self.cti is not None
+        inventory = {
+            "winrm": {
+                "scheme": "https",
+                "auth": "ntlm",
+                "user": LAB_USER,
+                "password": {"env": WINRM_PASSWORD_VARIABLE},
+                "ca_file": str(ca_file.resolve()),
+            },
+            "hosts": {
+                name: {"host": "127.0.0.1", "port": host.port} for name, host in self.hosts.items()
+            },
+            "cti_api": {"base_url": self.cti.base_url, "ca_file": str(ca_file.resolve())},
+            "secrets": dict(sorted(self.values.items())),
+        }
+        yaml = YAML()
+        yaml.default_flow_style = False
+        with self.inventory_path.open("w", encoding="utf-8") as stream:
+            stream.write(
+                "# Written by 'provisioner lab up': maps the manifests' names to the lab, and\n"
+                "# holds lab-only values for their secret references. Not for production.\n"
+            )
+            yaml.dump(inventory, stream)
+        self.inventory_path.chmod(0o600)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "hosts": {
+                name: {
+                    "role": host.role,
+                    "url": host.server.url,
+                    "commands": host.server.counters.commands,
+                    "messages": host.server.counters.total_messages,
+                }
+                for name, host in self.hosts.items()
+            },
+            "cti_api": self.cti.base_url if self.cti else None,
+            "cti_requests": len(self.cti.requests) if self.cti else 0,
+        }

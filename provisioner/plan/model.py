@@ -1,0 +1,125 @@
+"""A plan is just data: ordered changes, each with an address, an action, before and after.
+
+The vocabulary is Terraform's, so that admins read it without a manual::
+
+    Change(address="server/tapi01/firewall_rule/nfon-tapi-in-smb", action=Action.UPDATE,
+           before={"remote_addresses": ["10.0.2.0/24"]},
+           after={"remote_addresses": ["10.0.2.0/24", "10.0.3.0/24"]},
+           reason="remote_addresses differ", host="tapi01", kind="firewall_rule")
+
+``before`` and ``after`` hold only canonical, JSON-able values; a secret is the string
+``(sensitive)`` on both sides, and its name is in ``sensitive_changed`` when it differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Action(StrEnum):
+    NOOP = "no-op"
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    REPLACE = "delete-then-create"
+    RESTART = "restart"  # a handler: a service restarted once, after the changes that need it
+
+    @property
+    def symbol(self) -> str:
+        return {
+            Action.NOOP: " ",
+            Action.CREATE: "+",
+            Action.UPDATE: "~",
+            Action.DELETE: "-",
+            Action.REPLACE: "-/+",
+            Action.RESTART: "↻",
+        }[self]
+
+    @property
+    def terraform_actions(self) -> list[str]:
+        """The ``actions`` list of ``terraform show -json`` for this action."""
+        if self is Action.REPLACE:
+            return ["delete", "create"]
+        return [self.value]
+
+
+@dataclass
+class Change:
+    address: str
+    action: Action
+    kind: str
+    host: str  # the host whose batch carries this change ("" for directory changes)
+    tenant: str | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    reason: str = ""
+    sensitive_changed: list[str] = field(default_factory=list)
+    id: str = ""  # stable within a plan: "c0007"
+
+    @property
+    def changed_attributes(self) -> list[str]:
+        before, after = self.before or {}, self.after or {}
+        keys = sorted(set(before) | set(after))
+        return [k for k in keys if before.get(k) != after.get(k) or k in self.sensitive_changed]
+
+
+@dataclass(frozen=True)
+class Unmanaged:
+    """Something live in the managed scope that no manifest names (deleted only with prune)."""
+
+    address: str
+    kind: str
+    host: str
+    tenant: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """A problem found while planning (a missing user, a line the PBX does not have)."""
+
+    message: str
+    tenant: str | None = None
+    host: str | None = None
+    address: str | None = None
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+    unmanaged: list[Unmanaged] = field(default_factory=list)
+    problems: list[PlanProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # host or source → digest
+    manifest_digest: str = ""
+    targets: list[str] = field(default_factory=list)
+
+    @property
+    def actionable(self) -> list[Change]:
+        return [c for c in self.changes if c.action is not Action.NOOP]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actionable)
+
+    def counts(self) -> dict[str, int]:
+        result = {a.value: 0 for a in Action if a is not Action.NOOP}
+        for change in self.actionable:
+            result[change.action.value] += 1
+        return result
+
+    def summary(self) -> str:
+        counts = self.counts()
+        if not self.has_changes:
+            return "No changes. The estate matches the manifests."
+        parts = [
+            f"{counts['create']} to create",
+            f"{counts['update']} to update",
+            f"{counts['delete-then-create']} to replace",
+            f"{counts['delete']} to delete",
+        ]
+        if counts["restart"]:
+            parts.append(f"{counts['restart']} to restart")
+        return "Plan: " + ", ".join(parts) + "."

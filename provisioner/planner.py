@@ -1,0 +1,287 @@
+"""The pure core of ``plan``: desired resources + gathered facts → an ordered :class:`Plan`.
+
+No I/O happens here. The caller gathers facts (WinRM, LDAP, the CTI API) and passes them in;
+the same inputs always give the same plan, which is what makes saved plans and the
+"second plan after an apply is empty" promise testable.
+
+Order on each host follows dependencies: the package, the firewall, the services, the dialing
+location, the TSP instances, then the handlers (a service restarted once, after the last change
+that needs it), then the line assignments, which need the restarted Telephony service to see
+new lines, and last the remote-TAPI client settings.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from provisioner.errors import ProvisionerError
+from provisioner.manifest.models import SecretRef
+from provisioner.manifest.validate import Estate
+from provisioner.plan.model import Action, Change, Plan, PlanProblem, Unmanaged
+from provisioner.platform import Profile, default_profile
+from provisioner.remote.contract import HostFacts
+from provisioner.resources import (
+    firewall,
+    line_assignment,
+    location,
+    package,
+    services,
+    tapi_client,
+    tsp_instance,
+)
+from provisioner.resources.base import HostContext, Resource, diff, digest, pair_up
+from provisioner.secrets import Secret
+
+# The order of the kinds is the order of the changes on a host.
+KINDS: tuple[ModuleType, ...] = (
+    package,
+    firewall,
+    services,
+    location,
+    tsp_instance,
+    line_assignment,
+    tapi_client,
+)
+MODULE_OF = {
+    "package": package,
+    "firewall_rule": firewall,
+    "telephony": services,
+    "cti_engine": services,
+    "location": location,
+    "tsp_instance": tsp_instance,
+    "line_assignment": line_assignment,
+    "tapi_client": tapi_client,
+}
+_PHASE = {
+    "package": 0,
+    "firewall_rule": 1,
+    "telephony": 2,
+    "cti_engine": 2,
+    "location": 3,
+    "tsp_instance": 4,
+    "restart": 5,
+    "line_assignment": 6,
+    "tapi_client": 7,
+}
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of the estate: ``server/tapi01`` or ``client/ws-0101``."""
+
+    key: str
+    name: str
+    role: str  # server | client
+
+
+def hosts(estate: Estate) -> list[Host]:
+    result = [Host(f"server/{name}", name, "server") for name in sorted(estate.servers)]
+    for clients in sorted(estate.clients.values(), key=lambda c: c.name):
+        result.extend(Host(f"client/{h}", h, "client") for h in clients.hosts)
+    return result
+
+
+def profile_for(estate: Estate, host: Host) -> Profile:
+    profile = default_profile()
+    doc = estate.servers.get(host.name) if host.role == "server" else _clients_of(estate, host)
+    if doc is None:
+        return profile
+    site = estate.site_of(doc)
+    if site is not None and site.platform:
+        profile = profile.overridden(site.platform)
+    if host.role == "server" and estate.servers[host.name].platform:
+        profile = profile.overridden(estate.servers[host.name].platform)
+    return profile
+
+
+def _clients_of(estate: Estate, host: Host):  # type: ignore[no-untyped-def]
+    for clients in estate.clients.values():
+        if host.name in clients.hosts:
+            return clients
+    return None
+
+
+@dataclass
+class PlanInputs:
+    """What the I/O edge gathered: host facts, and per tenant the PBX's extensions."""
+
+    facts: Mapping[str, HostFacts]  # host key → facts
+    extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → extensions
+    directory: object = None
+    resolve: Callable[[SecretRef], Secret] | None = None
+    problems: list[PlanProblem] = field(default_factory=list)  # from gathering (per tenant)
+
+
+def context(estate: Estate, host: Host, inputs: PlanInputs) -> HostContext:
+    ctx = HostContext(
+        name=host.name,
+        role=host.role,
+        estate=estate,
+        profile=profile_for(estate, host),
+        facts=inputs.facts.get(host.key),
+        extensions=inputs.extensions,
+        directory=inputs.directory,
+    )
+    if inputs.resolve is not None:
+        ctx.resolve = inputs.resolve
+    if host.role == "server":
+        ctx.server = estate.servers[host.name]
+        ctx.tenants = sorted(
+            (t for t in estate.tenants.values() if t.server == host.name), key=lambda t: t.name
+        )
+    else:
+        ctx.clients = _clients_of(estate, host)
+    return ctx
+
+
+@dataclass
+class HostPlan:
+    """The changes of one host, and the desired resources they were computed from."""
+
+    host: Host
+    context: HostContext
+    changes: list[Change]
+    desired: dict[str, Resource]
+
+
+def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
+    changes: list[Change] = []
+    desired_by_address: dict[str, Resource] = {}
+    for module in KINDS:
+        try:
+            wanted = module.desired(ctx)
+        except ProvisionerError as exc:
+            plan.problems.append(PlanProblem(str(exc), host=host.name))
+            continue
+        desired_by_address.update((r.address, r) for r in wanted)
+        for want, have in pair_up(wanted, module.live(ctx)):
+            if want is None:
+                assert have is not None
+                if _prunes(module, ctx, have):
+                    changes.append(diff(None, have))
+                else:
+                    plan.unmanaged.append(
+                        Unmanaged(have.address, have.kind, host.name, have.tenant, have.detail)
+                    )
+                continue
+            changes.append(diff(want, have))
+    changes.extend(_handlers(changes, ctx))
+    changes.sort(key=lambda c: _PHASE[c.kind])
+    return HostPlan(host, ctx, changes, desired_by_address)
+
+
+def _prunes(module: ModuleType, ctx: HostContext, resource: Resource) -> bool:
+    if module is firewall:
+        return firewall.prune(ctx)
+    if module is line_assignment and resource.tenant is not None:
+        tenant = ctx.estate.tenants.get(resource.tenant)
+        return bool(tenant and tenant.prune)
+    return False
+
+
+def _handlers(changes: list[Change], ctx: HostContext) -> list[Change]:
+    """Restart each service once, after every change that needs it (Ansible's handlers)."""
+    acting = [c for c in changes if c.action is not Action.NOOP]
+    restarts = []
+    if any(c.kind in ("telephony", "tsp_instance") for c in acting):
+        restarts.append(
+            (ctx.profile.telephony_service, "TAPI providers and server settings load at start")
+        )
+    engine = ctx.server.cti_engine if ctx.server else None
+    running = engine is not None and engine.state.value == "running"
+    if running and any(c.kind == "tsp_instance" for c in acting):
+        assert engine is not None
+        restarts.append(
+            (engine.name or ctx.profile.cti_engine_service, "TSP instance settings changed")
+        )
+    return [
+        Change(
+            address=f"server/{ctx.name}/restart/{service}",
+            action=Action.RESTART,
+            kind="restart",
+            host=ctx.name,
+            after={"service": service},
+            reason=reason,
+        )
+        for service, reason in restarts
+    ]
+
+
+def build_plan(
+    estate: Estate, inputs: PlanInputs, *, targets: Iterable[str] = ()
+) -> tuple[Plan, dict[str, HostPlan]]:
+    """The plan for the whole estate (or the targeted part), and the per-host detail apply needs."""
+    plan = Plan(problems=list(inputs.problems))
+    host_plans: dict[str, HostPlan] = {}
+    for host in hosts(estate):
+        if host.key not in inputs.facts:
+            continue  # not gathered: the gatherer reported why
+        ctx = context(estate, host, inputs)
+        host_plan = plan_host(ctx, host, plan)
+        host_plans[host.key] = host_plan
+        plan.changes.extend(host_plan.changes)
+        plan.fingerprints[host.key] = facts_digest(inputs.facts[host.key])
+    _check_lines_exist(estate, inputs, plan)
+    selectors = list(targets)
+    if selectors:
+        select(plan, host_plans, selectors, estate)
+    for number, change in enumerate(plan.changes):
+        change.id = f"c{number:04d}"
+    return plan, host_plans
+
+
+def facts_digest(facts: HostFacts) -> str:
+    """What a plan read from a host, minus what changes on every read (the lock)."""
+    return digest(facts.model_dump(mode="json", exclude={"lock"}))
+
+
+def _check_lines_exist(estate: Estate, inputs: PlanInputs, plan: Plan) -> None:
+    """Every assigned line must be an extension of the tenant's PBX (when the PBX was read)."""
+    for tenant in estate.tenants.values():
+        extensions = inputs.extensions.get(tenant.name)
+        if extensions is None:
+            continue
+        for assignment in tenant.assignments:
+            for line in assignment.lines:
+                if line not in extensions:
+                    plan.problems.append(
+                        PlanProblem(
+                            f"tenant {tenant.name}: line {line} of {assignment.user} is not an "
+                            f"extension of PBX {tenant.k_account}",
+                            tenant=tenant.name,
+                            address=line_assignment.address(tenant.name, assignment.user),
+                        )
+                    )
+
+
+def select(
+    plan: Plan, host_plans: dict[str, HostPlan], selectors: list[str], estate: Estate
+) -> None:
+    """Keep only the changes the selectors match; a selector that matches nothing is an error."""
+    plan.targets = selectors
+    keep: set[str] = set()
+    for selector in selectors:
+        matched = {c.address for c in plan.changes if _matches(selector, c, estate)}
+        if not matched:
+            raise ProvisionerError(
+                f"--target {selector!r} matches nothing: use an address pattern such as "
+                "'server/tapi01/*', or server=NAME, tenant=NAME"
+            )
+        keep |= matched
+    plan.changes = [c for c in plan.changes if c.address in keep]
+    for host_plan in host_plans.values():
+        host_plan.changes = [c for c in host_plan.changes if c.address in keep]
+
+
+def _matches(selector: str, change: Change, estate: Estate) -> bool:
+    if selector.startswith("server="):
+        name = selector.removeprefix("server=")
+        return change.host == name and name in estate.servers
+    if selector.startswith("tenant="):
+        return change.tenant == selector.removeprefix("tenant=")
+    if selector.startswith("host="):
+        return change.host == selector.removeprefix("host=")
+    return fnmatch.fnmatchcase(change.address.lower(), selector.lower())

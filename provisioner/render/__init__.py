@@ -1,0 +1,1 @@
+"""Renderers: a plan or a drift report as text, JSON, Markdown or HTML. Pure functions of data."""

@@ -1,0 +1,137 @@
+"""What all resource kinds share: the resource record, the host context, the diff."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisioner.errors import ProvisionerError
+from provisioner.manifest.models import SecretRef, TapiClients, TapiServer, Tenant
+from provisioner.manifest.validate import Estate
+from provisioner.plan.model import Action, Change
+from provisioner.platform import Profile
+from provisioner.remote.contract import Fingerprint, HostFacts, Operation, SealedSecret
+from provisioner.secrets import REDACTED, Secret
+from provisioner.secrets import resolve as resolve_secret
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One managed object, in canonical form.
+
+    ``attributes`` are compared with ``==`` after canonicalisation on both sides. A secret is
+    compared through ``secrets`` (desired side) against ``fingerprints`` (live side): the live
+    secret is never read, only the salted digest the host stored when it was set.
+    """
+
+    address: str
+    kind: str
+    host: str
+    attributes: Mapping[str, Any]
+    tenant: str | None = None
+    secrets: Mapping[str, Secret] = field(default_factory=dict)
+    fingerprints: Mapping[str, Fingerprint | None] = field(default_factory=dict)
+    detail: str = ""  # one line for "unmanaged" listings
+
+
+@dataclass
+class HostContext:
+    """Everything the resource modules need to know about one host, without any I/O."""
+
+    name: str  # the manifest name of the host (server name or client host name)
+    role: str  # "server" or "client"
+    estate: Estate
+    profile: Profile
+    facts: HostFacts | None
+    server: TapiServer | None = None
+    clients: TapiClients | None = None
+    tenants: list[Tenant] = field(default_factory=list)
+    extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → PBX lines
+    directory: Any = None  # directory facts, when read
+    skipped_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → users
+    resolve: Callable[[SecretRef], Secret] = field(
+        default=lambda ref: resolve_secret(ref.as_mapping())
+    )
+
+    def seal(self, secret: Secret) -> SealedSecret:
+        """Seal a secret to this host's key (the host returned it in its facts)."""
+        from provisioner.remote.sealing import seal
+
+        if self.facts is None:
+            raise ProvisionerError(f"{self.name}: no facts, so no key to seal a secret to")
+        return seal(secret, self.facts.seal_key)
+
+
+def sensitive_changes(desired: Resource, live: Resource) -> list[str]:
+    changed = []
+    for name, secret in desired.secrets.items():
+        stored = live.fingerprints.get(name)
+        if stored is None or secret.fingerprint(bytes.fromhex(stored.salt)) != stored.hmac:
+            changed.append(name)
+    return changed
+
+
+def diff(desired: Resource | None, live: Resource | None, *, reason_prefix: str = "") -> Change:
+    """Compare one resource; ``None`` on a side means it does not exist there."""
+    base = desired or live
+    assert base is not None
+    change = Change(
+        address=base.address, action=Action.NOOP, kind=base.kind, host=base.host, tenant=base.tenant
+    )
+    if desired is None and live is not None:
+        change.action, change.before = Action.DELETE, dict(live.attributes)
+        change.reason = reason_prefix or "not in the manifests (prune is on)"
+        return change
+    assert desired is not None
+    after = dict(desired.attributes) | {name: REDACTED for name in desired.secrets}
+    change.after = after
+    if live is None:
+        change.action = Action.CREATE
+        change.reason = reason_prefix or "does not exist"
+        change.sensitive_changed = sorted(desired.secrets)
+        return change
+    before = dict(live.attributes) | {name: REDACTED for name in desired.secrets}
+    change.before = before
+    differing = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    secrets = sensitive_changes(desired, live)
+    change.sensitive_changed = secrets
+    if differing or secrets:
+        change.action = Action.UPDATE
+        change.reason = reason_prefix or _reason(differing, secrets)
+    return change
+
+
+def _reason(differing: list[str], secrets: list[str]) -> str:
+    parts = []
+    if differing:
+        parts.append(f"{', '.join(differing)} differ{'s' if len(differing) == 1 else ''}")
+    if secrets:
+        parts.append(f"{', '.join(secrets)} changed (sensitive)")
+    return "; ".join(parts)
+
+
+def pair_up(
+    desired: Iterable[Resource], live: Iterable[Resource]
+) -> list[tuple[Resource | None, Resource | None]]:
+    """Match desired and live resources by address, desired order first, then live extras."""
+    live_by_address = {r.address.lower(): r for r in live}
+    pairs: list[tuple[Resource | None, Resource | None]] = []
+    seen = set()
+    for resource in desired:
+        key = resource.address.lower()
+        seen.add(key)
+        pairs.append((resource, live_by_address.get(key)))
+    pairs.extend((None, r) for key, r in live_by_address.items() if key not in seen)
+    return pairs
+
+
+def digest(value: Any) -> str:
+    """A stable digest of JSON-able data (sorted keys), for fingerprints of what a plan read."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+Operations = list[Operation]

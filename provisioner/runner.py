@@ -1,0 +1,385 @@
+"""The I/O edge of plan, apply and drift: reach every host, gather, apply batches, verify.
+
+Hosts are worked in parallel (bounded by ``parallelism``); each host gets one WinRM shell for the
+whole run, one gather command per read and one apply command per batch.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from provisioner.errors import ProvisionerError
+from provisioner.inventory import Inventory
+from provisioner.manifest.models import TapiClients, TapiServer, WinRMSettings
+from provisioner.manifest.validate import Estate
+from provisioner.plan.model import Action, Change, Plan, PlanProblem
+from provisioner.planner import (
+    MODULE_OF,
+    Host,
+    HostPlan,
+    PlanInputs,
+    hosts,
+    plan_host,
+    profile_for,
+)
+from provisioner.remote.contract import (
+    ApplyRequest,
+    ApplyResponse,
+    ApplyStep,
+    GatherRequest,
+    HostFacts,
+    LockRequest,
+    Operation,
+    ServiceControl,
+)
+from provisioner.remote.host import HostError, RemoteHost
+from provisioner.resources import line_assignment
+from provisioner.transports.winrm import WinRMEndpoint
+
+DEFAULT_PARALLELISM = 10
+
+
+def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpoint:
+    """Manifest WinRM settings (Site defaults, then the host's), overlaid by the inventory."""
+    doc: TapiServer | TapiClients | None
+    if host.role == "server":
+        doc = estate.servers[host.name]
+        own = doc.winrm
+    else:
+        doc = next(c for c in estate.clients.values() if host.name in c.hosts)
+        own = doc.winrm.model_copy(update={"host": None})
+    site = estate.site_of(doc)
+    settings = own.merged_over(site.winrm if site else WinRMSettings())
+    settings = inventory.endpoint_settings(host.name, settings)
+    password = inventory.resolve(settings.password) if settings.password else None
+    scheme = settings.scheme or "https"
+    return WinRMEndpoint(
+        host=settings.host or host.name,
+        port=settings.port or (5986 if scheme == "https" else 5985),
+        scheme=scheme,
+        auth=(settings.auth.value if settings.auth else "ntlm"),  # type: ignore[arg-type]
+        user=settings.user or "",
+        password=password,
+        ca_file=settings.ca_file,
+        allow_insecure=bool(settings.allow_insecure),
+    )
+
+
+def gather_request(estate: Estate, host: Host) -> GatherRequest:
+    profile = profile_for(estate, host)
+    if host.role == "client":
+        return GatherRequest(role="client", firewall_group=profile.firewall_group)
+    server = estate.servers[host.name]
+    services = []
+    if server.cti_engine is not None:
+        services.append(server.cti_engine.name or profile.cti_engine_service)
+    return GatherRequest(
+        role="server",
+        firewall_group=profile.firewall_group,
+        services=services,
+        package_name=profile.package_name,
+        tsp_file=profile.tsp_file,
+        instance_file_pattern=profile.instance_file_pattern,
+        instance_settings_key=profile.instance_settings_key,
+    )
+
+
+@dataclass
+class ChangeResult:
+    change: Change
+    status: str  # ok | failed | not-run | unknown
+    message: str = ""
+
+
+@dataclass
+class HostResult:
+    host: Host
+    status: str  # ok | failed | locked | unreachable
+    message: str = ""
+    changes: list[ChangeResult] = field(default_factory=list)
+
+
+class Run:
+    """One command's connections to the estate's hosts; close it to delete the shells."""
+
+    def __init__(
+        self,
+        estate: Estate,
+        inventory: Inventory,
+        *,
+        parallelism: int = DEFAULT_PARALLELISM,
+        only: Iterable[str] | None = None,
+    ) -> None:
+        self.estate = estate
+        self.inventory = inventory
+        self.parallelism = max(1, parallelism)
+        wanted = set(only) if only is not None else None
+        self.hosts = [h for h in hosts(estate) if wanted is None or h.name in wanted]
+        self._remote: dict[str, RemoteHost] = {}
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for remote in self._remote.values():
+            remote.close()
+        self._remote.clear()
+
+    def remote(self, host: Host) -> RemoteHost:
+        if host.key not in self._remote:
+            endpoint = endpoint_for(self.estate, self.inventory, host)
+            self._remote[host.key] = RemoteHost(host.name, endpoint)
+        return self._remote[host.key]
+
+    def gather(
+        self, hosts_: Iterable[Host] | None = None
+    ) -> tuple[dict[str, HostFacts], list[PlanProblem]]:
+        """Facts of every host that answered; one problem per host that did not."""
+        targets = list(self.hosts if hosts_ is None else hosts_)
+
+        def one(host: Host) -> tuple[Host, HostFacts | None, str]:
+            try:
+                return host, self.remote(host).gather(gather_request(self.estate, host)), ""
+            except ProvisionerError as exc:
+                return host, None, str(exc)
+
+        facts: dict[str, HostFacts] = {}
+        problems: list[PlanProblem] = []
+        for host, found, error in self._parallel(one, targets):
+            if found is not None:
+                facts[host.key] = found
+            else:
+                problems.append(PlanProblem(error, host=host.name))
+        return facts, problems
+
+    def inputs(self) -> PlanInputs:
+        facts, problems = self.gather()
+        return PlanInputs(facts=facts, problems=problems, resolve=self.inventory.resolve)
+
+    def apply(self, host_plans: dict[str, HostPlan], journal: Journal) -> list[HostResult]:
+        """One batch per host, hosts in parallel; each result is journalled as it arrives."""
+        work = [hp for hp in host_plans.values() if _acting_of(hp.changes)]
+        owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+
+        def one(host_plan: HostPlan) -> HostResult:
+            result = self._apply_host(host_plan, owner)
+            journal.record(result)
+            return result
+
+        return list(self._parallel(one, work))
+
+    def _apply_host(self, host_plan: HostPlan, owner: str) -> HostResult:
+        """One batch; a second one only for lines of TSP instances the first batch created.
+
+        A new instance's lines appear only after the Telephony service restarts, so their
+        PermanentIDs are unknown when the plan is made, and addresses (extensions) are not
+        unique across tenants. The second batch is planned from a fresh gather.
+        """
+        remote = self.remote(host_plan.host)
+        deferred = unresolved_line_changes(host_plan)
+        first = [c for c in host_plan.changes if c not in deferred]
+        results: list[ChangeResult] = []
+        for phase, planned in enumerate((first, deferred)):
+            changes = planned
+            if not _acting_of(changes):
+                continue
+            if phase == 1:
+                facts = remote.gather(gather_request(self.estate, host_plan.host))
+                host_plan = replan_lines(host_plan, facts, deferred)
+                changes = host_plan.changes
+            steps, step_changes = build_steps(host_plan, changes)
+            request = ApplyRequest(lock=LockRequest(owner=owner), steps=steps)
+            try:
+                response = remote.apply(request)
+            except HostError as exc:
+                results += [ChangeResult(c, "unknown") for c in _acting_of(changes)]
+                return HostResult(
+                    host_plan.host,
+                    "unreachable",
+                    f"{exc}; what the host did is unknown: run plan to see what remains",
+                    results,
+                )
+            result = host_result(changes, response, step_changes, host_plan.host)
+            results += result.changes
+            if result.status != "ok":
+                if phase == 0:
+                    results += [ChangeResult(c, "not-run") for c in _acting_of(deferred)]
+                return HostResult(host_plan.host, result.status, result.message, results)
+        return HostResult(host_plan.host, "ok", "", results)
+
+    def _parallel(self, function, items):  # type: ignore[no-untyped-def]
+        if len(items) <= 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.parallelism, len(items))) as pool:
+            return list(pool.map(function, items))
+
+
+def _acting_of(changes: Iterable[Change]) -> list[Change]:
+    return [c for c in changes if c.action is not Action.NOOP]
+
+
+def unresolved_line_changes(host_plan: HostPlan) -> list[Change]:
+    """Line changes that name a line the host does not list yet (a new TSP instance's).
+
+    When there is one, all the host's line changes wait for the second batch: one import.
+    """
+    ctx = host_plan.context
+    tenants = {t.name: t for t in ctx.tenants}
+    for change in _acting_of(host_plan.changes):
+        if change.kind != line_assignment.KIND or change.tenant not in tenants:
+            continue
+        known = line_assignment.provider_lines(ctx, tenants[change.tenant].k_account)
+        if any(line not in known for line in (change.after or {}).get("lines", [])):
+            return [c for c in host_plan.changes if c.kind == line_assignment.KIND]
+    return []
+
+
+def replan_lines(host_plan: HostPlan, facts: HostFacts, deferred: list[Change]) -> HostPlan:
+    """The host's deferred line changes again, from facts gathered after the first batch."""
+    ctx = replace(host_plan.context, facts=facts)
+    fresh = plan_host(ctx, host_plan.host, Plan())
+    ids = {c.address: c.id for c in deferred}
+    changes = [c for c in fresh.changes if c.kind == line_assignment.KIND and c.address in ids]
+    for change in changes:
+        change.id = ids[change.address]
+    return HostPlan(host_plan.host, ctx, changes, fresh.desired)
+
+
+def build_steps(
+    host_plan: HostPlan, changes: list[Change]
+) -> tuple[list[ApplyStep], dict[str, list[Change]]]:
+    """These changes as contract steps; all line changes become one tsecimp import."""
+    ctx = host_plan.context
+    steps: list[ApplyStep] = []
+    step_changes: dict[str, list[Change]] = {}
+    acting = _acting_of(changes)
+    line_changes = [c for c in acting if c.kind == line_assignment.KIND]
+    for change in acting:
+        operations: list[Operation]
+        if change.kind == line_assignment.KIND:
+            if change is not line_changes[0]:
+                continue
+            operations = line_assignment.batch_operations(line_changes, ctx, friendly_names(ctx))
+            owners = line_changes
+        elif change.kind == "restart":
+            operations = [
+                ServiceControl(op="service.restart", name=str((change.after or {})["service"]))
+            ]
+            owners = [change]
+        else:
+            module = MODULE_OF[change.kind]
+            operations = module.operations(change, host_plan.desired.get(change.address), ctx)
+            owners = [change]
+        for number, operation in enumerate(operations):
+            step_id = f"{owners[0].id}.{number}"
+            steps.append(ApplyStep(id=step_id, operation=operation))
+            step_changes[step_id] = owners
+    return steps, step_changes
+
+
+def friendly_names(ctx) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    from provisioner.manifest.models import domain_user_key
+
+    names: dict[str, str | None] = {}
+    for tenant in ctx.tenants:
+        for assignment in tenant.assignments:
+            names[domain_user_key(assignment.user)] = assignment.friendly_name
+    return names
+
+
+def host_result(
+    changes: list[Change],
+    response: ApplyResponse,
+    step_changes: dict[str, list[Change]],
+    host: Host,
+) -> HostResult:
+    if response.status == "locked":
+        holder = response.lock
+        who = (
+            f"{holder.owner} since {holder.acquired} (expires {holder.expires})" if holder else "?"
+        )
+        return HostResult(
+            host,
+            "locked",
+            f"{host.name} is locked by another apply: {who}",
+            [ChangeResult(c, "not-run") for c in _acting_of(changes)],
+        )
+    status_of: dict[str, tuple[str, str]] = {}
+    for step in response.results:
+        for change in step_changes.get(step.id, []):
+            current = status_of.get(change.address)
+            if current is None or current[0] == "ok":
+                status_of[change.address] = (step.status, step.message)
+    results = []
+    for change in _acting_of(changes):
+        status, message = status_of.get(change.address, ("ok", ""))
+        results.append(ChangeResult(change, status, message))
+    failed = next((r for r in results if r.status == "failed"), None)
+    return HostResult(
+        host,
+        "failed" if failed else "ok",
+        f"{failed.change.address}: {failed.message}" if failed else "",
+        results,
+    )
+
+
+class Journal:
+    """Each host's results, written as they arrive, so a failed apply can be read and resumed."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        base = directory or Path(os.environ.get("PROVISIONER_STATE_DIR", ".provisioner"))
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.path = base / "journal" / f"apply-{stamp}.jsonl"
+
+    def record(self, result: HostResult) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "time": datetime.now(UTC).isoformat(),
+            "host": result.host.name,
+            "status": result.status,
+            "message": result.message,
+            "changes": [
+                {
+                    "address": r.change.address,
+                    "action": r.change.action.value,
+                    "status": r.status,
+                    "message": r.message,
+                }
+                for r in result.changes
+            ],
+        }
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(entry) + "\n")
+
+
+def verify(plan_after: Plan, applied: Iterable[HostResult]) -> list[str]:
+    """What an apply said it did but the hosts do not show: one line per leftover."""
+    done = {r.change.address for h in applied for r in h.changes if r.status == "ok"}
+    problems = []
+    for change in plan_after.actionable:
+        if change.address not in done:
+            continue
+        if change.kind == line_assignment.KIND:
+            wanted = set((change.after or {}).get("lines", []))
+            have = set((change.before or {}).get("lines", []))
+            for line in sorted(wanted - have):
+                problems.append(
+                    f"{change.address}: line {line} did not take (tsecimp reports no error for "
+                    "lines the TSP does not offer: is the extension in the PBX?)"
+                )
+            for line in sorted(have - wanted):
+                problems.append(f"{change.address}: line {line} is still assigned")
+        else:
+            problems.append(f"{change.address}: still differs after apply ({change.reason})")
+    return problems
