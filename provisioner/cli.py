@@ -219,6 +219,82 @@ def facts(paths: tuple[Path, ...], inventory: str | None, name: str, output_form
     sys.exit(facts_command(paths, _options(inventory), name=name, output_format=output_format))
 
 
+@app.group()
+def lab() -> None:
+    """A local lab of simulated Windows hosts and a simulated CTI API."""
+
+
+lab_dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("lab"),
+    show_default=True,
+    help="where the lab keeps its inventory, certificates and log",
+)
+
+
+@lab.command("up")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@lab_dir_option
+@click.option("--servers", type=click.IntRange(0, 500), default=0, help="extra generic servers")
+@click.option("--clients", type=click.IntRange(0, 500), default=0, help="extra generic clients")
+def lab_up(paths: tuple[Path, ...], directory: Path, servers: int, clients: int) -> None:
+    """Start a lab for the manifests under PATHS (default: each manifests/examples/ folder)."""
+    from provisioner.lab import daemon
+
+    manifests = list(paths) or sorted(p for p in Path("manifests/examples").glob("*") if p.is_dir())
+    state = daemon.up(directory, manifests, servers=servers, clients=clients)
+    _print_lab(state)
+    click.echo(f"inventory: {state['inventory']}")
+    click.echo(f"use it:    export PROVISIONER_INVENTORY={state['inventory']}")
+
+
+@lab.command("status")
+@lab_dir_option
+def lab_status(directory: Path) -> None:
+    """Show the lab's endpoints and per-host message counters."""
+    from provisioner.lab import daemon
+
+    _print_lab(daemon.control(directory, "GET", "/status"))
+
+
+@lab.command("down")
+@lab_dir_option
+def lab_down(directory: Path) -> None:
+    """Stop the lab; no process is left behind."""
+    from provisioner.lab import daemon
+
+    stopped = daemon.down(directory)
+    click.echo("lab stopped" if stopped else f"no lab runs in {directory}")
+
+
+@lab.command("tamper")
+@click.argument("host")
+@click.argument("action")
+@click.argument("argument")
+@lab_dir_option
+def lab_tamper(host: str, action: str, argument: str, directory: Path) -> None:
+    """Change the lab behind the provisioner's back (ACTION: remove-firewall-rule, stop-service,
+    unassign-user, remove-extension)."""
+    from provisioner.lab import daemon
+
+    answer = daemon.control(
+        directory, "POST", "/tamper", {"host": host, "action": action, "argument": argument}
+    )
+    click.echo(answer["message"])
+
+
+def _print_lab(state: dict) -> None:  # type: ignore[type-arg]
+    click.echo(f"{'host':<16} {'role':<7} {'endpoint':<32} {'commands':>8} {'messages':>8}")
+    for name, host in state["hosts"].items():
+        click.echo(
+            f"{name:<16} {host['role']:<7} {host['url']:<32} {host['commands']:>8} "
+            f"{host['messages']:>8}"
+        )
+    click.echo(f"CTI API: {state['cti_api']} ({state['cti_requests']} requests)")
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 

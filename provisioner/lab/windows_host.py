@@ -426,7 +426,7 @@ class WindowsHost:
         self._pbx_lines = pbx_lines
         self._packages = {package.sha256: package for package in packages}
         self._clock = clock
-        self._mutex = threading.RLock()  # WinRS may run two commands at once; the state is one
+        self.lock = threading.RLock()  # WinRS may run two commands at once; the state is one
         self._seal_key = serialization.load_pem_private_key(state.seal_key_pem.encode(), None)
         assert isinstance(self._seal_key, rsa.RSAPrivateKey)
         self._scripts: dict[str, Callable[[dict[str, object]], BaseModel]] = {
@@ -451,7 +451,7 @@ class WindowsHost:
     # --- the command handler ------------------------------------------------------------------
 
     def __call__(self, command: str, arguments: list[str], stdin: bytes) -> CommandResult:
-        with self._mutex:
+        with self.lock:
             self.record.append(RecordedCommand(command, list(arguments), bytes(stdin)))
             if not scripts.is_command_line(command, arguments):
                 return CommandResult(
