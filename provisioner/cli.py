@@ -293,6 +293,7 @@ def _print_lab(state: dict) -> None:  # type: ignore[type-arg]
             f"{host['messages']:>8}"
         )
     click.echo(f"CTI API: {state['cti_api']} ({state['cti_requests']} requests)")
+    click.echo(f"Active Directory: {state['active_directory']}")
 
 
 def _count(n: int, noun: str) -> str:

@@ -17,14 +17,17 @@ from provisioner.errors import ProvisionerError
 from provisioner.inventory import load_inventory
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
-from provisioner.plan.model import Plan
-from provisioner.planner import Host, PlanInputs, build_plan, context, hosts
+from provisioner.pbx import PbxFacts
+from provisioner.plan.model import Action, Change, Plan
+from provisioner.planner import Host, HostPlan, PlanInputs, build_plan, context, hosts
+from provisioner.platform import default_profile
+from provisioner.remote.contract import HostFacts
 from provisioner.remote.tsecimp import render_xml
 from provisioner.render import drift as drift_render
 from provisioner.render import markdown, text
 from provisioner.render.json_format import plan_to_json
 from provisioner.resources.line_assignment import desired_xml_users
-from provisioner.runner import Journal, Run, friendly_names, verify
+from provisioner.runner import HostResult, Journal, Run, friendly_names, verify
 from provisioner.saved_plan import SavedPlan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -116,14 +119,28 @@ def apply_command(
         if saved is not None:
             saved.check_fresh(plan)
         options.echo(text.render_plan(plan, colour=options.colour))
-        if plan.problems:
-            raise ProvisionerError("the plan has problems (listed above): nothing was applied")
-        if not plan.has_changes:
-            return EXIT_OK
+        blocked = hold_back(plan, host_plans)
+        blocked += [
+            f"{c.address} (a problem above concerns it)"
+            for c in plan.actionable
+            if c.kind == "users_group" and held_back(plan, c)
+        ]
+        for line in blocked:
+            options.echo(f"  held back: {line}")
+        pending = [c for hp in host_plans.values() for c in hp.changes]
+        pending += [c for c in plan.changes if c.kind == "users_group" and not held_back(plan, c)]
+        if not any(c.action is not Action.NOOP for c in pending):
+            return EXIT_ERROR if plan.problems else EXIT_OK
         if not auto_approve:
             confirm(options)
         journal = Journal()
-        results = run.apply(host_plans, journal)
+        results = []
+        group_changes = [c for c in plan.actionable if c.kind == "users_group"]
+        group_changes = [c for c in group_changes if not held_back(plan, c)]
+        if group_changes:
+            results.append(run.apply_directory(group_changes))
+            journal.record(results[-1])
+        results += run.apply(host_plans, journal)
         for result in results:
             for change in result.changes:
                 mark = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}[change.status]
@@ -138,6 +155,8 @@ def apply_command(
     leftovers = verify(after, results)
     for line in leftovers:
         options.echo(f"  ! {line}")
+    for line in health(estate, after_facts, run.pbx, results):
+        options.echo(f"  health: {line}")
     done = sum(1 for r in results for c in r.changes if c.status == "ok")
     total = sum(len(r.changes) for r in results)
     failed_hosts = [r.host.name for r in results if r.status != "ok"]
@@ -148,7 +167,56 @@ def apply_command(
         + (f"; {len(leftovers)} did not verify" if leftovers else "")
         + f". Journal: {journal.path}"
     )
-    return EXIT_ERROR if failed_hosts or leftovers else EXIT_OK
+    return EXIT_ERROR if failed_hosts or leftovers or plan.problems else EXIT_OK
+
+
+def hold_back(plan: Plan, host_plans: dict[str, HostPlan]) -> list[str]:
+    """Drop the changes a problem touches: a tenant's problem holds back that tenant alone.
+
+    A problem that names no tenant (a directory that cannot be read, say) holds back everything.
+    """
+    held = []
+    for host_plan in host_plans.values():
+        kept = []
+        for change in host_plan.changes:
+            if held_back(plan, change):
+                held.append(f"{change.address} (a problem above concerns it)")
+            else:
+                kept.append(change)
+        host_plan.changes = kept
+    return held
+
+
+def held_back(plan: Plan, change: Change) -> bool:
+    if change.action is Action.NOOP:
+        return False
+    tenants = {p.tenant for p in plan.problems if p.tenant}
+    everything = any(not p.tenant and not p.host for p in plan.problems)
+    return everything or change.tenant in tenants
+
+
+def health(
+    estate: Estate, facts: dict[str, HostFacts], pbx: PbxFacts, results: list[HostResult]
+) -> list[str]:
+    """Per tenant on an applied server: does the CTI engine run, does the CTI login work?"""
+    lines = []
+    applied = {r.host.name for r in results if r.host.role == "server"}
+    for tenant in sorted(estate.tenants.values(), key=lambda t: t.name):
+        if tenant.server not in applied:
+            continue
+        server = estate.servers[tenant.server]
+        host_facts = facts.get(f"server/{tenant.server}")
+        engine_state = "not managed"
+        if server.cti_engine is not None and host_facts is not None:
+            wanted = (server.cti_engine.name or default_profile().cti_engine_service).lower()
+            found = next((s for s in host_facts.services if s.name.lower() == wanted), None)
+            engine_state = found.state if found else "missing"
+        login = "ok" if tenant.name in pbx.extensions else "FAILED"
+        lines.append(
+            f"tenant {tenant.name} on {tenant.server}: CTI engine {engine_state}, "
+            f"CTI API login {login}"
+        )
+    return lines
 
 
 def confirm(options: Options) -> None:

@@ -35,6 +35,7 @@ ENVIRONMENT_VARIABLE = "PROVISIONER_INVENTORY"
 class DirectoryOverlay(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    enabled: bool = True  # false: do not read AD (a lab without a domain controller)
     ldap_url: str | None = None
     start_tls: bool | None = None
     ca_file: str | None = None

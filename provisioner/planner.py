@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 
+from provisioner.directory.reader import DirectoryFacts, group_key
 from provisioner.errors import ProvisionerError
-from provisioner.manifest.models import SecretRef
+from provisioner.manifest.models import OnMissingUser, SecretRef, domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Action, Change, Plan, PlanProblem, Unmanaged
 from provisioner.platform import Profile, default_profile
@@ -31,9 +32,11 @@ from provisioner.resources import (
     services,
     tapi_client,
     tsp_instance,
+    users_group,
 )
 from provisioner.resources.base import HostContext, Resource, diff, digest, pair_up
 from provisioner.secrets import Secret
+from provisioner.transports.ldap import dn_key
 
 # The order of the kinds is the order of the changes on a host.
 KINDS: tuple[ModuleType, ...] = (
@@ -113,6 +116,7 @@ class PlanInputs:
     directory: object = None
     resolve: Callable[[SecretRef], Secret] | None = None
     problems: list[PlanProblem] = field(default_factory=list)  # from gathering (per tenant)
+    notes: list[str] = field(default_factory=list)  # information for the reader
 
 
 def context(estate: Estate, host: Host, inputs: PlanInputs) -> HostContext:
@@ -178,6 +182,9 @@ def _prunes(module: ModuleType, ctx: HostContext, resource: Resource) -> bool:
         return firewall.prune(ctx)
     if module is line_assignment and resource.tenant is not None:
         tenant = ctx.estate.tenants.get(resource.tenant)
+        user = resource.address.split("/", 3)[3]
+        if user in ctx.removed_users.get(resource.tenant, frozenset()):
+            return True  # on_missing_user: remove_lines
         return bool(tenant and tenant.prune)
     return False
 
@@ -214,23 +221,111 @@ def build_plan(
     estate: Estate, inputs: PlanInputs, *, targets: Iterable[str] = ()
 ) -> tuple[Plan, dict[str, HostPlan]]:
     """The plan for the whole estate (or the targeted part), and the per-host detail apply needs."""
-    plan = Plan(problems=list(inputs.problems))
+    plan = Plan(problems=list(inputs.problems), notes=list(inputs.notes))
     host_plans: dict[str, HostPlan] = {}
+    skipped, removed = user_policies(estate, inputs, plan)
     for host in hosts(estate):
         if host.key not in inputs.facts:
             continue  # not gathered: the gatherer reported why
         ctx = context(estate, host, inputs)
+        ctx.skipped_users = {
+            t: skipped.get(t, frozenset()) | removed.get(t, frozenset()) for t in estate.tenants
+        }
+        ctx.removed_users = removed
         host_plan = plan_host(ctx, host, plan)
         host_plans[host.key] = host_plan
         plan.changes.extend(host_plan.changes)
         plan.fingerprints[host.key] = facts_digest(inputs.facts[host.key])
     _check_lines_exist(estate, inputs, plan)
+    if isinstance(inputs.directory, DirectoryFacts):
+        _check_group_isolation(estate, inputs.directory, plan)
+        directory_changes = [
+            diff(want, have) for want, have in users_group.pairs(estate, inputs.directory, removed)
+        ]
+        plan.changes[:0] = directory_changes  # group membership first: it needs no host
     selectors = list(targets)
     if selectors:
         select(plan, host_plans, selectors, estate)
     for number, change in enumerate(plan.changes):
         change.id = f"c{number:04d}"
     return plan, host_plans
+
+
+def user_policies(
+    estate: Estate, inputs: PlanInputs, plan: Plan
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """Missing or disabled AD users, handled per tenant's ``on_missing_user`` (else the Site's).
+
+    Returns the users whose assignments are skipped and those whose lines are removed, per
+    tenant; ``error`` becomes a plan problem that names the AD reason.
+    """
+    directory = inputs.directory
+    skipped: dict[str, frozenset[str]] = {}
+    removed: dict[str, frozenset[str]] = {}
+    if not isinstance(directory, DirectoryFacts):
+        return skipped, removed
+    for tenant in sorted(estate.tenants.values(), key=lambda t: t.name):
+        server = estate.servers.get(tenant.server)
+        site = estate.site_of(server) if server else None
+        if site is None or site.name not in directory.read_sites:
+            continue
+        policy = tenant.on_missing_user or site.directory.on_missing_user
+        skip, remove = set(), set()
+        for assignment in tenant.assignments:
+            key = domain_user_key(assignment.user)
+            if key not in directory.users:
+                continue  # another domain: not checked (the reader noted it)
+            user = directory.users[key]
+            if user is not None and not user.disabled:
+                continue
+            reason = "does not exist in AD" if user is None else "is disabled in AD"
+            if policy is OnMissingUser.error:
+                plan.problems.append(
+                    PlanProblem(
+                        f"tenant {tenant.name}: {assignment.user} {reason} (on_missing_user: "
+                        "error; use skip or remove_lines to go on without the user)",
+                        tenant=tenant.name,
+                        address=line_assignment.address(tenant.name, assignment.user),
+                    )
+                )
+            elif policy is OnMissingUser.skip:
+                skip.add(key)
+                plan.notes.append(f"tenant {tenant.name}: {assignment.user} {reason}: skipped")
+            else:
+                remove.add(key)
+                plan.notes.append(
+                    f"tenant {tenant.name}: {assignment.user} {reason}: its lines are removed"
+                )
+        skipped[tenant.name], removed[tenant.name] = frozenset(skip), frozenset(remove)
+    return skipped, removed
+
+
+def _check_group_isolation(estate: Estate, directory: DirectoryFacts, plan: Plan) -> None:
+    """A user of tenant A must not be a member of tenant B's users group (live membership)."""
+    for tenant in sorted(estate.tenants.values(), key=lambda t: t.name):
+        server = estate.servers.get(tenant.server)
+        site = estate.site_of(server) if server else None
+        allowed = {domain_user_key(u) for u in site.directory.cross_tenant_users} if site else set()
+        for other in estate.tenants.values():
+            if other is tenant or not other.users_group:
+                continue
+            group = directory.groups.get(group_key(other.users_group))
+            if group is None:
+                continue
+            members = {dn_key(m) for m in group.members}
+            for assignment in tenant.assignments:
+                key = domain_user_key(assignment.user)
+                user = directory.users.get(key)
+                if user is None or key in allowed or dn_key(user.dn) not in members:
+                    continue
+                plan.problems.append(
+                    PlanProblem(
+                        f"tenant {tenant.name}: {assignment.user} is a member of tenant "
+                        f"{other.name}'s users group {other.users_group}: tenants are isolated",
+                        tenant=tenant.name,
+                        address=users_group.address(other.name),
+                    )
+                )
 
 
 def facts_digest(facts: HostFacts) -> str:

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from provisioner.directory.operations import add_group_members, remove_group_members
+from provisioner.directory.reader import DirectoryFacts, group_key, read_directory, settings_for
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
-from provisioner.manifest.models import TapiClients, TapiServer, WinRMSettings
+from provisioner.manifest.models import TapiClients, TapiServer, WinRMSettings, domain_user_key
 from provisioner.manifest.validate import Estate
+from provisioner.pbx import PbxFacts, read_pbx, unassigned_extensions
 from provisioner.plan.model import Action, Change, Plan, PlanProblem
 from provisioner.planner import (
     MODULE_OF,
@@ -42,6 +45,9 @@ from provisioner.remote.contract import (
 )
 from provisioner.remote.host import HostError, RemoteHost
 from provisioner.resources import line_assignment
+from provisioner.resources.base import HostContext
+from provisioner.resources.users_group import member_dns
+from provisioner.transports.ldap import LDAPConnection
 from provisioner.transports.winrm import WinRMEndpoint
 
 DEFAULT_PARALLELISM = 10
@@ -124,6 +130,8 @@ class Run:
         wanted = set(only) if only is not None else None
         self.hosts = [h for h in hosts(estate) if wanted is None or h.name in wanted]
         self._remote: dict[str, RemoteHost] = {}
+        self.pbx = PbxFacts()
+        self.directory = DirectoryFacts()
 
     def __enter__(self) -> Run:
         return self
@@ -164,8 +172,46 @@ class Run:
         return facts, problems
 
     def inputs(self) -> PlanInputs:
+        """Everything a plan reads: every host's facts, every tenant's PBX."""
         facts, problems = self.gather()
-        return PlanInputs(facts=facts, problems=problems, resolve=self.inventory.resolve)
+        self.pbx = read_pbx(
+            self.estate, self.inventory, self.estate.tenants, parallelism=self.parallelism
+        )
+        self.directory = read_directory(self.estate, self.inventory)
+        return PlanInputs(
+            facts=facts,
+            problems=problems + self.pbx.problems + self.directory.problems,
+            resolve=self.inventory.resolve,
+            extensions=self.pbx.extensions,
+            directory=self.directory,
+            notes=self.directory.notes + unassigned_extensions(self.estate, self.pbx),
+        )
+
+    def apply_directory(self, changes: list[Change]) -> HostResult:
+        """Group membership changes over LDAP, one connection per Site; idempotent."""
+        host = Host("directory", "directory", "directory")
+        results: list[ChangeResult] = []
+        for change in changes:
+            tenant = self.estate.tenants[change.tenant or ""]
+            site = self.estate.site_of(self.estate.servers[tenant.server])
+            assert site is not None
+            before = set((change.before or {}).get("members", []))
+            after = set((change.after or {}).get("members", []))
+            group = self.directory.groups[group_key(tenant.users_group or "")]
+            try:
+                with LDAPConnection.open(settings_for(site, self.inventory)) as conn:
+                    add = member_dns(self.directory, sorted(after - before))
+                    drop = member_dns(self.directory, sorted(before - after))
+                    if add:
+                        add_group_members(conn, group.dn, add)
+                    if drop:
+                        remove_group_members(conn, group.dn, drop)
+            except ProvisionerError as exc:
+                results.append(ChangeResult(change, "failed", str(exc)))
+                results += [ChangeResult(c, "not-run") for c in changes[len(results) :]]
+                return HostResult(host, "failed", f"{change.address}: {exc}", results)
+            results.append(ChangeResult(change, "ok"))
+        return HostResult(host, "ok", "", results)
 
     def apply(self, host_plans: dict[str, HostPlan], journal: Journal) -> list[HostResult]:
         """One batch per host, hosts in parallel; each result is journalled as it arrives."""
@@ -288,13 +334,15 @@ def build_steps(
     return steps, step_changes
 
 
-def friendly_names(ctx) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
-    from provisioner.manifest.models import domain_user_key
-
+def friendly_names(ctx: HostContext) -> dict[str, str | None]:
+    """Each user's friendly name: the manifest's, else AD's displayName, else none."""
     names: dict[str, str | None] = {}
+    directory = ctx.directory if isinstance(ctx.directory, DirectoryFacts) else DirectoryFacts()
     for tenant in ctx.tenants:
         for assignment in tenant.assignments:
-            names[domain_user_key(assignment.user)] = assignment.friendly_name
+            key = domain_user_key(assignment.user)
+            user = directory.users.get(key)
+            names[key] = assignment.friendly_name or (user.display_name if user else None)
     return names
 
 

@@ -128,7 +128,9 @@ def control(directory: Path, method: str, path: str, body: dict[str, str] | None
 
 
 def serve(directory: Path, manifests: list[Path], servers: int, clients: int) -> None:
-    lab = Lab(directory, manifests, extra_servers=servers, extra_clients=clients).start()
+    lab = Lab(
+        directory, manifests, extra_servers=servers, extra_clients=clients, active_directory=True
+    ).start()
     stop = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):

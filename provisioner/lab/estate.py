@@ -34,6 +34,7 @@ from provisioner.secrets import Secret
 
 LAB_USER = "lab-admin"
 WINRM_PASSWORD_VARIABLE = "PROVISIONER_LAB_WINRM_PASSWORD"
+DIRECTORY_PASSWORD_VARIABLE = "PROVISIONER_LAB_AD_PASSWORD"
 
 
 @dataclass
@@ -57,6 +58,8 @@ class LabPlan:
     pbx_lines: dict[str, set[str]] = field(default_factory=dict)  # K-account → extensions
     cti_variables: dict[str, str] = field(default_factory=dict)  # env name → K-account
     other_variables: set[str] = field(default_factory=set)
+    users: dict[str, str] = field(default_factory=dict)  # DOMAIN\SAM → display name
+    groups: set[str] = field(default_factory=set)  # DOMAIN\GROUP
 
 
 def read_manifests(paths: Iterable[Path]) -> LabPlan:
@@ -80,6 +83,11 @@ def _add_estate(plan: LabPlan, estate: Estate) -> None:
         lines = plan.pbx_lines.setdefault(tenant.k_account, set())
         for assignment in tenant.assignments:
             lines.update(assignment.lines)
+            plan.users.setdefault(
+                assignment.user, assignment.friendly_name or assignment.user.split("\\")[1]
+            )
+        if tenant.users_group:
+            plan.groups.add(tenant.users_group)
         if tenant.cti_password.env:
             plan.cti_variables[tenant.cti_password.env] = tenant.k_account
     for ref in _secret_refs(estate):
@@ -113,6 +121,7 @@ class Lab:
         *,
         extra_servers: int = 0,
         extra_clients: int = 0,
+        active_directory: bool = False,
     ) -> None:
         self.directory = directory
         self.plan = read_manifests(manifests)
@@ -122,6 +131,9 @@ class Lab:
         self.cti: CTIAPISimulator | None = None
         self.winrm_password = Secret(secrets.token_urlsafe(18))
         self.values: dict[str, str] = {}
+        self.want_directory = active_directory
+        self.ad: Any = None  # the Samba AD DC, when the lab runs one
+        self.directory_note = ""
 
     @property
     def inventory_path(self) -> Path:
@@ -173,6 +185,8 @@ class Lab:
         }
         self.values |= {v: secrets.token_urlsafe(18) for v in sorted(self.plan.other_variables)}
         self.values[WINRM_PASSWORD_VARIABLE] = self.winrm_password.reveal()
+        if self.want_directory:
+            self._start_directory()
         self.write_inventory(tls.ca_file)
         return self
 
@@ -183,6 +197,9 @@ class Lab:
         if self.cti is not None:
             self.cti.stop()
             self.cti = None
+        if self.ad is not None:
+            self.ad.stop()
+            self.ad = None
 
     def write_inventory(self, ca_file: Path) -> None:
         assert self.cti is not None
@@ -198,6 +215,7 @@ class Lab:
                 name: {"host": "127.0.0.1", "port": host.port} for name, host in self.hosts.items()
             },
             "cti_api": {"base_url": self.cti.base_url, "ca_file": str(ca_file.resolve())},
+            "directory": self._directory_overlay(),
             "secrets": dict(sorted(self.values.items())),
         }
         yaml = YAML()
@@ -209,6 +227,26 @@ class Lab:
             )
             yaml.dump(inventory, stream)
         self.inventory_path.chmod(0o600)
+
+    def _directory_overlay(self) -> dict[str, Any]:
+        if self.ad is None:
+            return {"enabled": False}
+        return {
+            "ldap_url": self.ad.ldaps_url,
+            "ca_file": str(Path(self.ad.ca_file).resolve()),
+            "bind_user": self.ad.bind_user,
+            "bind_password": {"env": DIRECTORY_PASSWORD_VARIABLE},
+        }
+
+    def _start_directory(self) -> None:
+        from provisioner.lab.directory import start_lab_directory
+
+        try:
+            self.ad = start_lab_directory(self.directory / "ad", self.plan)
+        except ProvisionerError as exc:
+            self.directory_note = f"no Active Directory in this lab: {exc}"
+            return
+        self.values[DIRECTORY_PASSWORD_VARIABLE] = self.ad.bind_password.reveal()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -223,4 +261,5 @@ class Lab:
             },
             "cti_api": self.cti.base_url if self.cti else None,
             "cti_requests": len(self.cti.requests) if self.cti else 0,
+            "active_directory": self.ad.ldaps_url if self.ad else self.directory_note or "off",
         }

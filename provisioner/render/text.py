@@ -34,8 +34,8 @@ def render_plan(plan: Plan, *, colour: bool = False, title: str = "") -> str:
     lines: list[str] = []
     if title:
         lines += [title, ""]
-    for host, changes in groupby(plan.actionable, key=lambda c: c.host):
-        lines.append(style(f"{_scope(changes_list := list(changes))} {host}", bold=True))
+    for _, changes in groupby(plan.actionable, key=lambda c: c.host):
+        lines.append(style(_heading(changes_list := list(changes)), bold=True))
         for change in changes_list:
             colour_name = _COLOURS[change.action]
             symbol = change.action.symbol.rjust(3)
@@ -57,8 +57,12 @@ def render_plan(plan: Plan, *, colour: bool = False, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _scope(changes: list[Change]) -> str:
-    return "server" if changes and changes[0].address.startswith(("server/", "tenant/")) else "host"
+def _heading(changes: list[Change]) -> str:
+    first = changes[0]
+    if first.host == "directory":
+        return "Active Directory"
+    scope = "server" if first.address.startswith(("server/", "tenant/")) else "host"
+    return f"{scope} {first.host}"
 
 
 def attribute_lines(change: Change) -> list[str]:

@@ -52,6 +52,7 @@ class HostContext:
     extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → PBX lines
     directory: Any = None  # directory facts, when read
     skipped_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → users
+    removed_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # lines to drop
     resolve: Callable[[SecretRef], Secret] = field(
         default=lambda ref: resolve_secret(ref.as_mapping())
     )
