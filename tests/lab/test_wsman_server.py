@@ -30,7 +30,6 @@ from provisioner.lab.wsman_server import (
 from tests.support.wsman import LAB_PASSWORD, LAB_USER, StartWSMan
 
 
-
 def client(server: WSManServer, lab_tls: LabTLS, **kwargs: Any) -> Protocol:
     kwargs.setdefault("transport", "basic")
     kwargs.setdefault("username", LAB_USER)

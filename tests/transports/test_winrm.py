@@ -32,7 +32,6 @@ from provisioner.transports.winrm import (
 )
 from tests.support.wsman import LAB_PASSWORD, StartWSMan, endpoint_for
 
-
 TRANSPORTS = ["http-basic", "https-basic", "http-ntlm"]
 
 
