@@ -8,6 +8,8 @@ Each rule reports at the value that breaks it, e.g. the second tenant that names
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from provisioner.manifest.expand import ExpandedRule, client_rules, preset_peer_needs, server_rules
 from provisioner.manifest.loader import Document
 from provisioner.manifest.models import (
@@ -20,6 +22,7 @@ from provisioner.manifest.models import (
     domain_user_key,
 )
 from provisioner.manifest.validate import Estate, Problems
+from provisioner.platform import Profile
 
 _PORTED = (Protocol.tcp, Protocol.udp)
 
@@ -32,6 +35,7 @@ def check_estate(estate: Estate, problems: Problems) -> None:
     _check_firewalls(estate, problems)
     _check_winrm(estate, problems)
     _check_hosts(estate, problems)
+    _check_platform(estate, problems)
 
 
 def _check_sites(estate: Estate, problems: Problems) -> None:
@@ -291,6 +295,21 @@ def _check_hosts(estate: Estate, problems: Problems) -> None:
                     f"host {host!r} is already in TapiClients {seen[key]!r}",
                 )
             seen.setdefault(key, clients.name)
+
+
+def _check_platform(estate: Estate, problems: Problems) -> None:
+    """``platform:`` overrides may only name keys of the platform profile."""
+    known = {f.name for f in fields(Profile)}
+    for kind, registry in (("Site", estate.sites), ("TapiServer", estate.servers)):
+        for name, document in registry.items():
+            for key in document.platform:
+                if key not in known:
+                    problems.add(
+                        estate.origin[(kind, name)],
+                        ("platform", key),
+                        f"platform: unknown key {key!r} (known: {', '.join(sorted(known))})",
+                        key=True,
+                    )
 
 
 def _known(registry: dict[str, object]) -> str:

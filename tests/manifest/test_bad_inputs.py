@@ -417,6 +417,12 @@ CASES = [
         "address 10.0.1.20 is already the address of server 'tapi01'",
     ),
     case(
+        "platform-key",
+        {"tapi01.yaml": SERVER + "platform: {cti_engine: X}\n"},
+        "tapi01.yaml:7:12",
+        "platform: unknown key 'cti_engine' (known: ",
+    ),
+    case(
         "host-twice",
         {"more.yaml": CLIENTS.replace("office", "lab2").replace("ws1, ws2", "WS2")},
         "more.yaml:3:9",
