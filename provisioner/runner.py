@@ -293,7 +293,7 @@ def unresolved_line_changes(host_plan: HostPlan) -> list[Change]:
 
 def replan_lines(host_plan: HostPlan, facts: HostFacts, deferred: list[Change]) -> HostPlan:
     """The host's deferred line changes again, from facts gathered after the first batch."""
-    ctx = replace(host_plan.context, facts=facts)
+    ctx = replace(host_plan.context, facts=facts, cache={})
     fresh = plan_host(ctx, host_plan.host, Plan())
     ids = {c.address: c.id for c in deferred}
     changes = [c for c in fresh.changes if c.kind == line_assignment.KIND and c.address in ids]

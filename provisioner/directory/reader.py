@@ -30,14 +30,13 @@ class DirectoryFacts:
     notes: list[str] = field(default_factory=list)
     operations: int = 0
     read_sites: set[str] = field(default_factory=set)
+    _by_dn: dict[str, str] = field(default_factory=dict, repr=False)
 
     def sam_of(self, dn: str) -> str:
         """How a member DN is shown: DOMAIN\\SAM for users we know, else the DN itself."""
-        key = dn_key(dn)
-        for name, user in self.users.items():
-            if user is not None and dn_key(user.dn) == key:
-                return name
-        return dn
+        if len(self._by_dn) != len(self.users):
+            self._by_dn = {dn_key(u.dn) if u else f"(absent){n}": n for n, u in self.users.items()}
+        return self._by_dn.get(dn_key(dn), dn)
 
 
 def group_key(name: str) -> str:

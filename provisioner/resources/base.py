@@ -53,6 +53,7 @@ class HostContext:
     directory: Any = None  # directory facts, when read
     skipped_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → users
     removed_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # lines to drop
+    cache: dict[str, Any] = field(default_factory=dict)  # derived from facts, computed once
     resolve: Callable[[SecretRef], Secret] = field(
         default=lambda ref: resolve_secret(ref.as_mapping())
     )

@@ -33,20 +33,32 @@ def address(tenant: str, user: str) -> str:
 
 
 def listing(ctx: HostContext) -> list[ListedProvider]:
+    """The parsed ``tsecimp /d`` listing (parsed once per host and facts)."""
     if ctx.facts is None or not ctx.facts.tsecimp_listing:
         return []
-    return parse_listing(ctx.facts.tsecimp_listing)
+    key = f"{KIND}:listing:{id(ctx.facts)}"
+    if key not in ctx.cache:
+        ctx.cache[key] = parse_listing(ctx.facts.tsecimp_listing)
+    found: list[ListedProvider] = ctx.cache[key]
+    return found
 
 
 def provider_lines(ctx: HostContext, k_account: str) -> dict[str, str | None]:
     """The lines the tenant's provider exposes now: extension → permanent id."""
-    name = ctx.profile.provider_name(k_account).lower()
-    for provider in listing(ctx):
-        if provider.name.strip().lower() == name:
-            return {
-                line.addresses[0]: line.permanent_id for line in provider.lines if line.addresses
-            }
-    return {}
+    key = f"{KIND}:lines:{id(ctx.facts)}:{k_account.upper()}"
+    if key not in ctx.cache:
+        name = ctx.profile.provider_name(k_account).lower()
+        ctx.cache[key] = {}
+        for provider in listing(ctx):
+            if provider.name.strip().lower() == name:
+                ctx.cache[key] = {
+                    line.addresses[0]: line.permanent_id
+                    for line in provider.lines
+                    if line.addresses
+                }
+                break
+    lines: dict[str, str | None] = ctx.cache[key]
+    return lines
 
 
 def desired(ctx: HostContext) -> list[Resource]:
@@ -170,11 +182,16 @@ def _user_of(change: Change) -> str:
 
 
 def _lines_per_user(ctx: HostContext) -> dict[str, int]:
+    key = f"{KIND}:per-user:{id(ctx.facts)}"
+    if key in ctx.cache:
+        cached: dict[str, int] = ctx.cache[key]
+        return cached
     counts: dict[str, int] = defaultdict(int)
     for provider in listing(ctx):
         for line in provider.lines:
             for user in line.users:
                 counts[domain_user_key(user)] += 1
+    ctx.cache[key] = counts
     return counts
 
 
