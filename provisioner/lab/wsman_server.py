@@ -69,6 +69,7 @@ _WSMAN = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
 _SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 _TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
 _FAULT_NS = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
+_WMI_ERROR_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/MSFT_WmiError"
 _SHELL_URI = f"{_SHELL}/cmd"
 _ANONYMOUS = f"{_ADDRESSING}/role/anonymous"
 _COMMAND_DONE = f"{_SHELL}/CommandState/Done"
@@ -135,6 +136,9 @@ class Faults:
     fault_on_message: int | None = None  # answer message N with fault_code (fires once)
     fault_on_action: str | None = None  # answer this action ("Command", "Receive", ...)
     fault_times: int | None = None
+    # Send injected faults as MSFT_WmiError (error_Code) instead of a WSManFault element: how
+    # Windows often reports the MaxConcurrentOperationsPerUser quota.
+    fault_as_wmi_error: bool = False
     reject_credentials: bool = False  # every request gets HTTP 401
     handler_delay_s: float = 0.0  # hold each command's result back this long
 
@@ -416,7 +420,8 @@ class WSManServer:
         if injected is None and len(body) > self.max_envelope_bytes:
             injected = ENVELOPE_TOO_LARGE
         if injected is not None:
-            status, reply = 500, _fault(message, injected, self._fault_reason(injected, message))
+            reason = self._fault_reason(injected, message)
+            status, reply = 500, _fault(message, injected, reason, wmi=faults.fault_as_wmi_error)
         else:
             try:
                 status, reply = 200, self._dispatch(message)
@@ -794,15 +799,29 @@ _SUBCODES = {
 }
 
 
-def _fault(request: _Message, code: int, reason: str, subcode: str | None = None) -> bytes:
+def _fault(
+    request: _Message, code: int, reason: str, subcode: str | None = None, *, wmi: bool = False
+) -> bytes:
     subcode = subcode or _SUBCODES.get(code, "w:InternalError")
+    if wmi:
+        detail = (
+            f'<p:MSFT_WmiError xmlns:p="{_WMI_ERROR_NS}"><p:CIMStatusCode>27</p:CIMStatusCode>'
+            f"<p:Message>{escape(reason)}</p:Message>"
+            f"<p:MessageID>HRESULT 0x{code:08x}</p:MessageID>"
+            f"<p:error_Code>{code}</p:error_Code><p:error_Type>HRESULT</p:error_Type>"
+            "</p:MSFT_WmiError>"
+        )
+    else:
+        detail = (
+            f'<f:WSManFault Code={quoteattr(str(code))} Machine="127.0.0.1">'
+            f"<f:Message>{escape(reason)}</f:Message></f:WSManFault>"
+        )
     return _envelope(
         _FAULT_ACTION,
         request,
         f"<s:Fault><s:Code><s:Value>s:Receiver</s:Value><s:Subcode><s:Value>{subcode}</s:Value>"
         f'</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">{escape(reason)}</s:Text>'
-        f'</s:Reason><s:Detail><f:WSManFault Code={quoteattr(str(code))} Machine="127.0.0.1">'
-        f"<f:Message>{escape(reason)}</f:Message></f:WSManFault></s:Detail></s:Fault>",
+        f"</s:Reason><s:Detail>{detail}</s:Detail></s:Fault>",
     )
 
 

@@ -267,6 +267,7 @@ class WinRMSession:
     # -- inside ------------------------------------------------------------------------------
 
     def _finish(self, shell_id: str, command_id: str, stdin: bytes) -> CommandResult:
+        host_unreachable = False
         try:
             if stdin:
                 chunks = [
@@ -277,13 +278,19 @@ class WinRMSession:
                     end = index == len(chunks) - 1
                     self._call(Protocol.send_command_input, shell_id, command_id, chunk, end)
             return self._receive_all(shell_id, command_id)
+        except WinRMConnectionError:
+            host_unreachable = True
+            raise
         finally:
-            # Signal even after a failure: on Windows an unsignalled command keeps holding one
-            # of the user's MaxConcurrentOperationsPerUser slots while the shell lives.
-            try:
-                self._call(Protocol.cleanup_command, shell_id, command_id)
-            except WinRMError:
-                log.debug("WinRM %s: Signal failed", self.endpoint.address, exc_info=True)
+            # Signal even after a WSMan fault: on Windows an unsignalled command keeps holding
+            # one of the user's MaxConcurrentOperationsPerUser slots while the shell lives. Not
+            # after a lost connection: a hung host would make the Signal wait read_timeout_s
+            # again, and deleting the shell at close releases the command anyway.
+            if not host_unreachable:
+                try:
+                    self._call(Protocol.cleanup_command, shell_id, command_id)
+                except WinRMError:
+                    log.debug("WinRM %s: Signal failed", self.endpoint.address, exc_info=True)
 
     def _receive_all(self, shell_id: str, command_id: str) -> CommandResult:
         """pywinrm's ``get_command_output`` loop: Receive until Done, each reply ~100 KB."""
@@ -350,8 +357,15 @@ class WinRMSession:
     ) -> _T:
         """``operation(protocol, *args, **kwargs)``, its failures translated."""
         assert self._protocol is not None
-        with _translated_errors(self.endpoint, operation_timeout_is_fault):
-            return operation(self._protocol, *args, **kwargs)
+        try:
+            with _translated_errors(self.endpoint, operation_timeout_is_fault):
+                return operation(self._protocol, *args, **kwargs)
+        except WinRMConnectionError:
+            # NTLM authenticates a connection and keys its message encryption to it: after a
+            # lost connection the next message needs a new HTTP session, which authenticates
+            # and sets up encryption again (pywinrm would resend under the old keys).
+            self._protocol.transport.close_session()
+            raise
 
 
 _T = TypeVar("_T")
@@ -429,6 +443,19 @@ def _translated_errors(endpoint: WinRMEndpoint, operation_timeout_is_fault: bool
             f"(HTTP 401, auth {endpoint.auth}): check user and password, and that auth "
             f"{endpoint.auth} is enabled on the host (winrm get winrm/config/service/auth)"
         ) from None
+    except PermissionError as exc:
+        if "NTLM challenge" not in str(exc):  # not requests_ntlm: e.g. an unreadable key file
+            raise WinRMError(
+                f"{where}: a file the connection needs cannot be read ({exc}): check its "
+                "permissions"
+            ) from None
+        # requests_ntlm's word for a 401 that carries no NTLM challenge: the host refused the
+        # account outright, or does not offer Negotiate at all.
+        raise WinRMAuthError(
+            f"{where} rejected the credentials of {endpoint.user} (HTTP 401 without an NTLM "
+            "challenge, auth ntlm): check user and password, and that Negotiate auth is enabled "
+            "on the host (winrm get winrm/config/service/auth)"
+        ) from None
     except pywinrm.WinRMOperationTimeoutError:
         if not operation_timeout_is_fault:
             raise
@@ -466,6 +493,12 @@ def _translated_errors(endpoint: WinRMEndpoint, operation_timeout_is_fault: bool
         raise WinRMConnectionError(
             f"{where} did not answer within read_timeout_s={endpoint.read_timeout_s} "
             f"({_reason(exc)}): check the host, or raise read_timeout_s"
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        # e.g. ChunkedEncodingError: the connection broke in the middle of a reply
+        raise WinRMConnectionError(
+            f"{where}: the HTTP exchange failed ({_reason(exc)}): check the host name and that "
+            f"WinRM listens on port {endpoint.port} ({endpoint.scheme})"
         ) from None
     except (ET.ParseError, StopIteration, AssertionError, ValueError, KeyError) as exc:
         # pywinrm asserts on RelatesTo and uses next() to find ShellId and CommandId.

@@ -240,6 +240,22 @@ def test_injected_fault_on_action_and_on_message_number(
     protocol.run_command(shell, "echo")
 
 
+def test_injected_fault_as_wmi_error(start_wsman: StartWSMan, lab_tls: LabTLS) -> None:
+    server = start_wsman()
+    server.faults.fault_code = MAX_OPERATIONS_EXCEEDED
+    server.faults.fault_on_action = "Command"
+    server.faults.fault_as_wmi_error = True
+    protocol = client(server, lab_tls)
+    shell = protocol.open_shell()
+    with pytest.raises(PyWinRMFault) as caught:
+        protocol.run_command(shell, "echo")
+    assert (caught.value.wsman_fault_code, caught.value.wmierror_code) == (
+        None,
+        MAX_OPERATIONS_EXCEEDED,
+    )
+    assert "concurrent operations" in caught.value.reason
+
+
 def test_drop_after_n_messages_closes_the_connection(
     start_wsman: StartWSMan, lab_tls: LabTLS
 ) -> None:

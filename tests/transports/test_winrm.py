@@ -139,8 +139,10 @@ def test_slow_command_completes_through_operation_timeouts(
     assert session.counters.messages == server.counters.total_messages
 
 
-def test_bad_credentials(start_wsman: StartWSMan, lab_tls: LabTLS) -> None:
-    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+@pytest.mark.parametrize("transport", ["https-basic", "http-ntlm"])
+def test_bad_credentials(start_wsman: StartWSMan, lab_tls: LabTLS, transport: str) -> None:
+    # for NTLM this is a 401 without a challenge, which requests_ntlm raises as PermissionError
+    server, endpoint = serve(start_wsman, lab_tls, transport)
     server.faults.reject_credentials = True
     with pytest.raises(WinRMAuthError) as caught, WinRMSession(endpoint) as session:
         session.run("echo")
@@ -204,17 +206,24 @@ def test_dropped_connection_is_not_retried_for_a_changing_command(
         session.run("upper", stdin=b"change something")
     assert "unreachable" in str(caught.value)
     assert server.counters.commands == 1
+    # no Signal after a lost connection (a hung host would make it wait read_timeout_s again);
+    # the Delete at close releases the command
+    assert "Signal" not in server.counters.messages
+    assert server.counters.messages["Delete"] == 1
 
 
+@pytest.mark.parametrize("transport", ["https-basic", "http-ntlm"])
 def test_dropped_connection_is_retried_for_a_read_only_command(
-    start_wsman: StartWSMan, lab_tls: LabTLS
+    start_wsman: StartWSMan, lab_tls: LabTLS, transport: str
 ) -> None:
-    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+    server, endpoint = serve(start_wsman, lab_tls, transport)
     server.faults.drop_after_messages = 3
     server.faults.drop_times = 1
     with WinRMSession(endpoint) as session:
+        # NTLM: the new connection authenticates again and gets new encryption keys
         assert session.run("upper", stdin=b"read", retry=True).stdout == b"READ"
-    assert server.counters.commands == 2
+        assert session.run("upper", stdin=b"more").stdout == b"MORE"
+    assert server.counters.commands == 3
     assert server.counters.messages["Create"] == 1  # the shell survived the lost connection
 
 
@@ -313,6 +322,20 @@ def test_operations_quota_before_a_command_starts_gets_a_fresh_shell(
     assert server.counters.commands == 1
 
 
+def test_operations_quota_reported_as_wmi_error_maps_too(
+    start_wsman: StartWSMan, lab_tls: LabTLS
+) -> None:
+    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+    server.faults.fault_on_action = "Command"
+    server.faults.fault_code = MAX_OPERATIONS_EXCEEDED
+    server.faults.fault_as_wmi_error = True  # MSFT_WmiError error_Code, no WSManFault element
+    with pytest.raises(WinRMFaultError) as caught, WinRMSession(endpoint) as session:
+        session.run("echo")
+    assert caught.value.code == MAX_OPERATIONS_EXCEEDED
+    assert "MaxConcurrentOperationsPerUser" in str(caught.value)
+    assert server.counters.messages["Command"] == 2  # once more in a fresh shell
+
+
 def test_real_quota_on_the_server_maps_too(start_wsman: StartWSMan, lab_tls: LabTLS) -> None:
     server = start_wsman(tls=True, max_shells=1)
     endpoint = endpoint_for(server, ca_file=lab_tls.ca_file)
@@ -330,6 +353,15 @@ def test_encryption_mismatch_is_explained(start_wsman: StartWSMan) -> None:
     ):
         session.run("echo")
     assert "use scheme https, or auth ntlm" in str(caught.value)
+    assert_no_secret(caught.value)
+
+
+@pytest.mark.parametrize("host", ["", "bad host"])
+def test_malformed_host_name_is_a_transport_error(host: str) -> None:
+    endpoint = WinRMEndpoint(host, auth="basic", user="u", password=Secret(LAB_PASSWORD))
+    with pytest.raises(WinRMConnectionError, match="check the host name") as caught:
+        WinRMSession(endpoint).run("echo")
+    assert f"{host}:5986" in str(caught.value)
     assert_no_secret(caught.value)
 
 
