@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from provisioner.directory.reader import read_directory
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import load_inventory
 from provisioner.manifest import load_estate
@@ -150,7 +151,15 @@ def apply_command(
                 options.echo(f"{result.host.name}: {result.status}: {result.message}")
         applied = {r.host.key for r in results}
         after_facts, after_problems = run.gather([h for h in run.hosts if h.key in applied])
-        inputs = PlanInputs(facts=after_facts, problems=after_problems, resolve=inventory.resolve)
+        inputs = PlanInputs(
+            facts=after_facts,
+            problems=after_problems,
+            resolve=inventory.resolve,
+            extensions=run.pbx.extensions,
+            # the plan's user policies hold for the check too (removed lines stay removed);
+            # AD is read again so that group changes are checked against AD as it is now
+            directory=read_directory(estate, inventory) if run.directory.read_sites else None,
+        )
         after, _ = build_plan(estate, inputs, targets=[])
     leftovers = verify(after, results)
     for line in leftovers:

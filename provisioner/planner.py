@@ -165,7 +165,7 @@ def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
             if want is None:
                 assert have is not None
                 if _prunes(module, ctx, have):
-                    changes.append(diff(None, have))
+                    changes.append(diff(None, have, reason_prefix=_removal_reason(ctx, have)))
                 else:
                     plan.unmanaged.append(
                         Unmanaged(have.address, have.kind, host.name, have.tenant, have.detail)
@@ -187,6 +187,14 @@ def _prunes(module: ModuleType, ctx: HostContext, resource: Resource) -> bool:
             return True  # on_missing_user: remove_lines
         return bool(tenant and tenant.prune)
     return False
+
+
+def _removal_reason(ctx: HostContext, resource: Resource) -> str:
+    """Why a live resource goes: "" (prune) unless the AD policy removes a user's lines."""
+    user = resource.address.split("/", 3)[-1]
+    if resource.tenant and user in ctx.removed_users.get(resource.tenant, frozenset()):
+        return "the user is missing or disabled in AD (on_missing_user: remove_lines)"
+    return ""
 
 
 def _handlers(changes: list[Change], ctx: HostContext) -> list[Change]:

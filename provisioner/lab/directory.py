@@ -37,6 +37,7 @@ BIND_ACCOUNT = "svc-provisioner"
 class LabDirectory:
     dc: SambaDC
     bind_password: Secret = field(repr=False)
+    bind_account: str = BIND_ACCOUNT
 
     @property
     def ldaps_url(self) -> str:
@@ -48,7 +49,7 @@ class LabDirectory:
 
     @property
     def bind_user(self) -> str:
-        return f"{BIND_ACCOUNT}@{self.dc.realm.lower()}"
+        return f"{self.bind_account}@{self.dc.realm.lower()}"
 
     def stop(self) -> None:
         self.dc.stop()
@@ -59,6 +60,9 @@ def start_lab_directory(workdir: Path, plan: LabPlan) -> LabDirectory:
     dc = SambaDC.start(workdir, shared=True)
     try:
         password = Secret(secrets.token_urlsafe(18) + "aA1!")
+        # a bind account of this lab's own: labs of parallel test workers share one DC, and
+        # resetting a shared account's password would lock the other labs out
+        account = f"{BIND_ACCOUNT[:11]}-{secrets.token_hex(4)}"
         prefix = f"{DEFAULT_NETBIOS}\\".upper()
         with dc.admin_connection() as conn:
             container = ensure_ou(conn, f"OU=Lab Users,{dc.domain_dn}")
@@ -68,8 +72,8 @@ def start_lab_directory(workdir: Path, plan: LabPlan) -> LabDirectory:
                     _tolerate_existing(
                         lambda u=user: create_users(conn, container, [u], realm=dc.realm)
                     )
-            bind_dn = f"CN={BIND_ACCOUNT},{container}"
-            bind = LabUser(sam=BIND_ACCOUNT, display_name="Provisioner", password=password)
+            bind_dn = f"CN={account},{container}"
+            bind = LabUser(sam=account, display_name="Provisioner", password=password)
             if not _tolerate_existing(
                 lambda: create_users(conn, container, [bind], realm=dc.realm)
             ):
@@ -88,7 +92,7 @@ def start_lab_directory(workdir: Path, plan: LabPlan) -> LabDirectory:
     except BaseException:
         dc.stop()
         raise
-    return LabDirectory(dc, password)
+    return LabDirectory(dc, password, account)
 
 
 def _tolerate_existing(create: Callable[[], object]) -> bool:

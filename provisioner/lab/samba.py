@@ -581,7 +581,10 @@ class SambaDC:
         with _locked("dc"):
             registry = _Registry.load()
             if registry is not None and registry.pid == self.pid:
-                others = [owner for owner in registry.live_owners() if owner != _me()]
+                others = registry.live_owners()
+                # one entry per handle: a process may hold several (a lab inside a test run)
+                if _me() in others:
+                    others.remove(_me())
                 if others:
                     registry.owners = others
                     registry.save()
