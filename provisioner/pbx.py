@@ -9,13 +9,16 @@ login or listing fails gets a problem of its own; the other tenants plan on::
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import httpx
+
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
-from provisioner.manifest.models import Tenant
+from provisioner.manifest.models import CtiApiSettings, Tenant
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import PlanProblem
 from provisioner.transports.cti_api import CTIClient
@@ -29,20 +32,54 @@ class PbxFacts:
     calls: int = 0
 
 
-def client_for(estate: Estate, inventory: Inventory, tenant: Tenant) -> CTIClient:
-    server = estate.servers[tenant.server]
-    site = estate.site_of(server)
-    settings = inventory.cti_api or (site.cti_api if site else None)
-    base_url = settings.base_url if settings else None
-    ca_file = settings.ca_file if settings else None
+def endpoint_for(estate: Estate, inventory: Inventory, tenant: Tenant) -> tuple[str, str | None]:
+    """(base URL, CA file) of the CTI API for a tenant: the inventory's, else its Site's."""
+    site = estate.site_of(estate.servers[tenant.server])
+    settings = inventory.cti_api or (site.cti_api if site else None) or CtiApiSettings()
+    ca_file = settings.ca_file
     if inventory.cti_api is not None and inventory.cti_api.ca_file:
         ca_file = inventory.path(inventory.cti_api.ca_file)
-    kwargs = {"base_url": base_url} if base_url else {}
+    return settings.base_url, ca_file
+
+
+class Transports:
+    """One connection pool per CTI API endpoint, shared by every tenant's client.
+
+    A thousand tenants would otherwise cost a thousand TLS handshakes and CA loads.
+    """
+
+    def __init__(self, parallelism: int) -> None:
+        self._limits = httpx.Limits(
+            max_connections=parallelism, max_keepalive_connections=parallelism
+        )
+        self._pools: dict[str | None, httpx.HTTPTransport] = {}
+
+    def get(self, ca_file: str | None) -> httpx.HTTPTransport:
+        if ca_file not in self._pools:
+            try:
+                verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+            except (OSError, ssl.SSLError) as exc:
+                raise ProvisionerError(
+                    f"the CA file {ca_file} for the NFON CTI API cannot be loaded ({exc}): "
+                    "set cti_api.ca_file to a readable PEM file"
+                ) from None
+            self._pools[ca_file] = httpx.HTTPTransport(verify=verify, limits=self._limits)
+        return self._pools[ca_file]
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+
+
+def client_for(
+    estate: Estate, inventory: Inventory, tenant: Tenant, transports: Transports
+) -> CTIClient:
+    base_url, ca_file = endpoint_for(estate, inventory, tenant)
     return CTIClient(
         tenant.k_account,
         inventory.resolve(tenant.cti_password),
-        verify=ca_file or True,
-        **kwargs,  # type: ignore[arg-type]
+        base_url=base_url,
+        transport=transports.get(ca_file),  # brings the TLS settings
     )
 
 
@@ -51,22 +88,28 @@ def read_pbx(
 ) -> PbxFacts:
     facts = PbxFacts()
 
+    transports = Transports(parallelism)
+
     def one(name: str) -> tuple[str, dict[str, str] | None, str, int]:
         tenant = estate.tenants[name]
         try:
-            with client_for(estate, inventory, tenant) as client:
-                try:
-                    extensions = client.extensions()
-                    return name, {e.number: e.name for e in extensions}, "", client.calls
-                except ProvisionerError as exc:
-                    return name, None, str(exc), client.calls
+            # not closed one by one: closing a client would close the shared pool
+            client = client_for(estate, inventory, tenant, transports)
         except ProvisionerError as exc:
             return name, None, str(exc), 0
+        try:
+            extensions = client.extensions()
+            return name, {e.number: e.name for e in extensions}, "", client.calls
+        except ProvisionerError as exc:
+            return name, None, str(exc), client.calls
 
     names = sorted(tenants)
     workers = max(1, min(parallelism, len(names)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, names))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(one, names))
+    finally:
+        transports.close()
     for name, numbers, error, calls in results:
         facts.calls += calls
         if numbers is None:

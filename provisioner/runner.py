@@ -234,7 +234,8 @@ class Run:
         """
         remote = self.remote(host_plan.host)
         deferred = unresolved_line_changes(host_plan)
-        first = [c for c in host_plan.changes if c not in deferred]
+        waiting = {id(c) for c in deferred}
+        first = [c for c in host_plan.changes if id(c) not in waiting]
         results: list[ChangeResult] = []
         for phase, planned in enumerate((first, deferred)):
             changes = planned

@@ -99,7 +99,7 @@ def _secret_refs(estate: Estate) -> Iterable[SecretRef]:
     def walk(value: Any) -> Iterable[SecretRef]:
         if isinstance(value, SecretRef):
             yield value
-        elif hasattr(value, "model_fields"):
+        elif hasattr(type(value), "model_fields"):
             for name in type(value).model_fields:
                 yield from walk(getattr(value, name))
         elif isinstance(value, list | tuple):

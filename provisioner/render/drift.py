@@ -2,29 +2,44 @@
 
 Three categories, nothing else (no noise): **changed** outside the tool, **missing** (in the
 manifests, not on the host), **unmanaged** extras in the managed scope. A one-line summary first,
-then grouped by server and tenant.
+then grouped by host and tenant. An item reads::
+
+    DriftItem(category="changed", address="server/tapi01/firewall_rule/nfon-tapi-in-smb",
+              kind="firewall_rule", host="tapi01", tenant=None, detail="local_ports differs",
+              lines=['local_ports: host has ["9999"], manifests want ["445"]'])
+
+Problems (a host that did not answer, a line the PBX lacks) and notes (information, such as
+extensions no one is assigned) travel with the report, so "no drift" is never claimed for what
+could not be checked.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
 
-from provisioner.plan.model import Action, Plan
+from provisioner.plan.model import Action, Change, Plan
 from provisioner.remote.scripts import templates_dir
-from provisioner.render.text import attribute_lines
+from provisioner.secrets import REDACTED
 
+CATEGORIES = ("changed", "missing", "unmanaged")
 CATEGORY = {
     Action.UPDATE: "changed",
     Action.REPLACE: "changed",
     Action.CREATE: "missing",
     Action.DELETE: "unmanaged",
 }
+MEANING = {
+    "changed": "on the host, but different from the manifests",
+    "missing": "in the manifests, not on the host",
+    "unmanaged": "on the host, in the managed scope, not in the manifests",
+}
+NO_TENANT = "(host settings)"  # the tenant column of items that belong to no tenant
 
 
 @dataclass
@@ -39,10 +54,21 @@ class DriftItem:
 
 
 @dataclass
+class DriftSection:
+    """The items of one host's own settings, or of one tenant on that host (one HTML table)."""
+
+    title: str
+    host: str
+    tenant: str | None
+    items: list[DriftItem]
+
+
+@dataclass
 class DriftReport:
     items: list[DriftItem]
     problems: list[str]
     generated: str
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_drift(self) -> bool:
@@ -50,26 +76,46 @@ class DriftReport:
 
     def counts(self) -> dict[str, int]:
         counter = Counter(i.category for i in self.items)
-        return {k: counter.get(k, 0) for k in ("changed", "missing", "unmanaged")}
+        return {k: counter.get(k, 0) for k in CATEGORIES}
 
     def summary(self) -> str:
+        problems = _count(len(self.problems), "problem")
         if not self.items:
+            if self.problems:
+                return f"No drift found in what could be checked; {problems} listed below."
             return "No drift: the estate matches the manifests."
         counts = self.counts()
-        servers = len({i.host for i in self.items})
+        hosts = len({i.host for i in self.items})
         tenants = len({i.tenant for i in self.items if i.tenant})
-        return (
+        text = (
             f"Drift: {counts['changed']} changed, {counts['missing']} missing, "
-            f"{counts['unmanaged']} unmanaged, on {servers} host{'s' if servers != 1 else ''} "
-            f"and {tenants} tenant{'s' if tenants != 1 else ''}."
+            f"{counts['unmanaged']} unmanaged, on {_count(hosts, 'host')} "
+            f"and {_count(tenants, 'tenant')}."
         )
+        return f"{text} Also {problems}, listed below." if self.problems else text
 
     def by(self, attribute: str) -> dict[str, Counter[str]]:
+        """Counts per category for each value of ``host``, ``tenant`` or ``kind``."""
         groups: dict[str, Counter[str]] = {}
         for item in self.items:
-            key = getattr(item, attribute) or "(none)"
+            key = getattr(item, attribute) or NO_TENANT
             groups.setdefault(key, Counter())[item.category] += 1
         return dict(sorted(groups.items()))
+
+    def sections(self) -> list[DriftSection]:
+        """Host by host: the host's own settings first, then each of its tenants."""
+        sections: dict[tuple[str, str], DriftSection] = {}
+        for item in self.items:
+            key = (item.host, item.tenant or "")
+            if key not in sections:
+                title = (
+                    f"Tenant {item.tenant} on {item.host}"
+                    if item.tenant
+                    else f"Host {item.host}: host settings"
+                )
+                sections[key] = DriftSection(title, item.host, item.tenant, [])
+            sections[key].items.append(item)
+        return [sections[key] for key in sorted(sections)]
 
 
 def drift_report(plan: Plan) -> DriftReport:
@@ -85,7 +131,7 @@ def drift_report(plan: Plan) -> DriftReport:
                 change.host,
                 change.tenant,
                 change.reason,
-                attribute_lines(change),
+                drift_lines(change),
             )
         )
     for extra in plan.unmanaged:
@@ -96,61 +142,125 @@ def drift_report(plan: Plan) -> DriftReport:
         )
     items.sort(key=lambda i: (i.host, i.tenant or "", i.address))
     return DriftReport(
-        items, [p.message for p in plan.problems], datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        items,
+        [p.message for p in plan.problems],
+        datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        list(plan.notes),
     )
+
+
+def drift_lines(change: Change) -> list[str]:
+    """What differs, said from the host's side: ``key: host has X, manifests want Y``.
+
+    (A plan's ``X → Y`` reads, in a drift report, as if the host had moved from X to Y.)
+    """
+    if change.action is Action.DELETE:
+        return []
+    before, after = change.before or {}, change.after or {}
+    lines = []
+    for key in change.changed_attributes:
+        wanted = _value(after.get(key))
+        if key in change.sensitive_changed:
+            lines.append(
+                f"{key}: {REDACTED}" + ("" if change.action is Action.CREATE else " differs")
+            )
+        elif change.action is Action.CREATE:
+            lines.append(f"{key}: manifests want {wanted}")
+        else:
+            lines.append(f"{key}: host has {_value(before.get(key))}, manifests want {wanted}")
+    return lines
 
 
 def render_text(report: DriftReport) -> str:
     lines = [report.summary(), ""]
-    current = None
-    for item in report.items:
-        group = f"{item.host}" + (f" / tenant {item.tenant}" if item.tenant else "")
-        if group != current:
-            lines.append(group)
-            current = group
-        lines.append(f"  {item.category:<9} {item.address}   {item.detail}")
-        lines.extend(f"              {line}" for line in item.lines)
+    for section in report.sections():
+        lines.append(section.host + (f" / tenant {section.tenant}" if section.tenant else ""))
+        for item in section.items:
+            lines.append(f"  {item.category:<9} {item.address}   {item.detail}")
+            lines.extend(f"              {line}" for line in item.lines)
     if report.problems:
         lines += ["", "Problems:"] + [f"  ! {p}" for p in report.problems]
+    if report.notes:
+        lines += ["", "Notes:"] + [f"  - {n}" for n in report.notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def render_markdown(report: DriftReport) -> str:
-    lines = ["### provisioner drift", "", f"**{report.summary()}**", ""]
+    lines = ["### provisioner drift", "", f"**{_md(report.summary())}**", ""]
     if report.items:
-        lines += ["| category | address | detail |", "|---|---|---|"]
+        lines += ["| host | tenant | category | address | detail |", "|---|---|---|---|---|"]
         for item in report.items:
-            detail = item.detail.replace("|", "\\|")
-            lines.append(f"| {item.category} | `{item.address}` | {detail} |")
+            detail = "<br>".join(_md(text) for text in [item.detail, *item.lines])
+            lines.append(
+                f"| {_md(item.host)} | {_md(item.tenant or '')} | {item.category} "
+                f"| {_code(item.address)} | {detail} |"
+            )
     if report.problems:
-        lines += ["", "**Problems**", ""] + [f"- {p}" for p in report.problems]
+        lines += ["", "**Problems**", ""] + [f"- {_md(p)}" for p in report.problems]
+    if report.notes:
+        lines += ["", "**Notes**", ""] + [f"- {_md(n)}" for n in report.notes]
     return "\n".join(lines) + "\n"
 
 
 def render_json(report: DriftReport) -> str:
     data: dict[str, Any] = {
         "format_version": "1",
+        "generated": report.generated,
         "summary": report.summary(),
         "counts": report.counts(),
-        "items": [item.__dict__ for item in report.items],
+        "items": [asdict(item) for item in report.items],
         "problems": report.problems,
+        "notes": report.notes,
     }
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def render_html(report: DriftReport) -> str:
+    """One self-contained page: no scripts, no external resources (its CSP forbids them)."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    tenants: dict[str, list[DriftItem]] = {}
-    for item in report.items:
-        tenants.setdefault(item.tenant or f"host {item.host}", []).append(item)
     return environment.get_template("drift.html.j2").render(
         report=report,
-        by_host=report.by("host"),
-        by_tenant=report.by("tenant"),
-        by_kind=report.by("kind"),
-        tables=dict(sorted(tenants.items())),
+        categories=CATEGORIES,
+        meaning=MEANING,
+        count_tables=[
+            ("Host", report.by("host")),
+            ("Tenant", report.by("tenant")),
+            ("Resource kind", report.by("kind")),
+        ],
+        sections=report.sections(),
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if value == REDACTED:
+        return REDACTED
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown table cell: no cell breaks, no HTML from host-controlled values."""
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("|", "\\|")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
+
+
+def _code(text: str) -> str:
+    """A code span in a table cell: entities stay literal there, so only pipes are escaped;
+    a backtick in the text needs the longer fence."""
+    text = text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
