@@ -172,7 +172,7 @@ def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
                     )
                 continue
             changes.append(diff(want, have))
-    changes.extend(_handlers(changes, ctx))
+    changes.extend(handlers(changes, ctx))
     changes.sort(key=lambda c: _PHASE[c.kind])
     return HostPlan(host, ctx, changes, desired_by_address)
 
@@ -197,7 +197,7 @@ def _removal_reason(ctx: HostContext, resource: Resource) -> str:
     return ""
 
 
-def _handlers(changes: list[Change], ctx: HostContext) -> list[Change]:
+def handlers(changes: list[Change], ctx: HostContext) -> list[Change]:
     """Restart each service once, after every change that needs it (Ansible's handlers)."""
     acting = [c for c in changes if c.action is not Action.NOOP]
     restarts = []
@@ -337,8 +337,13 @@ def _check_group_isolation(estate: Estate, directory: DirectoryFacts, plan: Plan
 
 
 def facts_digest(facts: HostFacts) -> str:
-    """What a plan read from a host, minus what changes on every read (the lock)."""
-    return digest(facts.model_dump(mode="json", exclude={"lock"}))
+    """What a plan read from a host, minus what changes on every read: the lock, and whether
+    the Telephony service runs (the gather's own ``tsecimp /d`` starts it when it is stopped,
+    after reading it; no resource compares it)."""
+    data = facts.model_dump(mode="json", exclude={"lock"})
+    if data.get("telephony"):
+        data["telephony"]["service"].pop("state", None)
+    return digest(data)
 
 
 def _check_lines_exist(estate: Estate, inputs: PlanInputs, plan: Plan) -> None:
@@ -370,13 +375,16 @@ def select(
         matched = {c.address for c in plan.changes if _matches(selector, c, estate)}
         if not matched:
             raise ProvisionerError(
-                f"--target {selector!r} matches nothing: use an address pattern such as "
+                f"--target '{selector}' matches nothing: use an address pattern such as "
                 "'server/tapi01/*', or server=NAME, tenant=NAME"
             )
         keep |= matched
-    plan.changes = [c for c in plan.changes if c.address in keep]
     for host_plan in host_plans.values():
+        # a selected change keeps the restarts it needs (handlers), selected or not
+        selected = [c for c in host_plan.changes if c.address in keep]
+        keep |= {c.address for c in handlers(selected, host_plan.context)}
         host_plan.changes = [c for c in host_plan.changes if c.address in keep]
+    plan.changes = [c for c in plan.changes if c.address in keep]
 
 
 def _matches(selector: str, change: Change, estate: Estate) -> bool:

@@ -29,6 +29,7 @@ from provisioner.planner import (
     Host,
     HostPlan,
     PlanInputs,
+    handlers,
     hosts,
     plan_host,
     profile_for,
@@ -258,12 +259,33 @@ class Run:
                     results,
                 )
             result = host_result(changes, response, step_changes, host_plan.host)
+            if result.status == "failed":
+                result.changes = self._owed_restarts(remote, host_plan, result.changes, owner)
             results += result.changes
             if result.status != "ok":
                 if phase == 0:
                     results += [ChangeResult(c, "not-run") for c in _acting_of(deferred)]
                 return HostResult(host_plan.host, result.status, result.message, results)
         return HostResult(host_plan.host, "ok", "", results)
+
+    def _owed_restarts(
+        self, remote: RemoteHost, host_plan: HostPlan, results: list[ChangeResult], owner: str
+    ) -> list[ChangeResult]:
+        """After a failed step, restart what the completed changes need (Ansible's
+        force_handlers): those changes are done, so no later plan would bring the restart back."""
+        done = [r.change for r in results if r.status == "ok"]
+        owed = {c.address for c in handlers(done, host_plan.context)}
+        pending = [r.change for r in results if r.status == "not-run" and r.change.address in owed]
+        if not pending:
+            return results
+        steps, step_changes = build_steps(host_plan, pending)
+        try:
+            response = remote.apply(ApplyRequest(lock=LockRequest(owner=owner), steps=steps))
+        except HostError:
+            return results  # the journal keeps them "not-run"
+        forced = host_result(pending, response, step_changes, host_plan.host).changes
+        by_address = {r.change.address: r for r in forced}
+        return [by_address.get(r.change.address, r) for r in results]
 
     def _parallel(self, function, items):  # type: ignore[no-untyped-def]
         if len(items) <= 1:

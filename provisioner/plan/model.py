@@ -113,6 +113,10 @@ class Plan:
     def summary(self) -> str:
         counts = self.counts()
         if not self.has_changes:
+            if self.problems:
+                n = len(self.problems)
+                plural = "s" if n != 1 else ""
+                return f"No changes in what could be read; {n} problem{plural} listed above."
             return "No changes. The estate matches the manifests."
         parts = [
             f"{counts['create']} to create",

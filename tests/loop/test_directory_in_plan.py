@@ -549,7 +549,7 @@ def test_group_changes_are_idempotent_when_ad_moved_meanwhile(ad_lab: ADLabFor) 
 def test_user_in_another_tenants_group_holds_back_its_own_tenant(ad_lab: ADLabFor) -> None:
     ad = ad_lab(MULTI_TENANT)
     ben = ad.dn("k7001-ben")
-    ad.add_member("K8450-TAPI-Users", ben)  # a k7001 user in k8450's group, by hand
+    ad.add_member("CRM-K8450-Users", ben)  # a k7001 user in k8450's group, by hand
 
     plan = ad.estate.plan()
     assert plan.code == 1, plan.output
@@ -564,8 +564,8 @@ def test_user_in_another_tenants_group_holds_back_its_own_tenant(ad_lab: ADLabFo
     assert held and all("tenant/k7001/" in line for line in held), held
     assert "✓ tenant/k8450/users_group ok" in applied.out
     # k8450's group change removed the intruder; k7001 got nothing
-    assert dn_key(ben) not in ad.members("K8450-TAPI-Users")
-    assert ad.members("K7001-TAPI-Users") == set()
+    assert dn_key(ben) not in ad.members("CRM-K8450-Users")
+    assert ad.members("CRM-K7001-Users") == set()
     instances = {i.k_account for i in ad.estate.windows("crm01").state.tsp_settings.values()}
     assert "K7001" not in instances and {"K6732", "K8450"} <= instances
 
