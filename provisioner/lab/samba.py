@@ -25,9 +25,7 @@ Samba's Python bindings exist only for the system interpreter, so everything her
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
-import ipaddress
 import json
 import os
 import shutil
@@ -42,13 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ldap3.utils.dn import escape_rdn
 
 from provisioner.errors import ProvisionerError
+from provisioner.lab.tls import ensure_lab_tls
 from provisioner.secrets import Secret
 from provisioner.transports.ldap import LDAPConnection, LDAPOperationError, LDAPSettings
 
@@ -312,75 +307,20 @@ def _restore(archive: Path, target: Path) -> None:
 
 
 def write_tls_files(tls_dir: Path, realm: str) -> None:
-    """A fresh CA and a server certificate for ``127.0.0.1`` and ``dc1.<realm>``, valid 7 days.
+    """A lab CA and a server certificate for ``127.0.0.1`` and ``dc1.<realm>``, as Samba wants them.
 
     Clients verify against ``ca.pem`` with the url ``ldaps://127.0.0.1:636``; no name needs to
     resolve. The key is mode 0600 because Samba refuses a key others can read.
     """
-    now = datetime.datetime.now(datetime.UTC)
-    valid_from, valid_to = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=7)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Provisioner lab CA {realm}")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from)
-        .not_valid_after(valid_to)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    host_name = f"dc1.{realm.lower()}"
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from)
-        .not_valid_after(valid_to)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName(host_name)]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    issued = ensure_lab_tls(tls_dir / "lab-ca", names=(HOST, f"dc1.{realm.lower()}"))
     tls_dir.mkdir(parents=True, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    (tls_dir / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
-    (tls_dir / "cert.pem").write_bytes(cert.public_bytes(pem))
+    shutil.copyfile(issued.ca_file, tls_dir / "ca.pem")
+    shutil.copyfile(issued.cert_file, tls_dir / "cert.pem")
     key_file = tls_dir / "key.pem"
     key_file.unlink(missing_ok=True)
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
-        handle.write(
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
+        handle.write(issued.key_file.read_bytes())
 
 
 # -- running -----------------------------------------------------------------------------------
