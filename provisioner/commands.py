@@ -20,14 +20,22 @@ from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts
 from provisioner.plan.model import Action, Change, Plan
-from provisioner.planner import Host, HostPlan, PlanInputs, build_plan, context, hosts
-from provisioner.platform import default_profile
+from provisioner.planner import (
+    Host,
+    PlanInputs,
+    build_plan,
+    context,
+    hosts,
+    profile_for,
+)
 from provisioner.remote.contract import HostFacts
 from provisioner.remote.tsecimp import render_xml
 from provisioner.render import drift as drift_render
 from provisioner.render import markdown, text
 from provisioner.render.json_format import plan_to_json
 from provisioner.resources.line_assignment import desired_xml_users
+from provisioner.resources.services import cti_engine_name
+from provisioner.resources.users_group import KIND as GROUP
 from provisioner.runner import HostResult, Journal, Run, friendly_names, verify
 from provisioner.saved_plan import SavedPlan
 
@@ -120,24 +128,19 @@ def apply_command(
         if saved is not None:
             saved.check_fresh(plan)
         options.echo(text.render_plan(plan, colour=options.colour))
-        blocked = hold_back(plan, host_plans)
-        blocked += [
-            f"{c.address} (a problem above concerns it)"
-            for c in plan.actionable
-            if c.kind == "users_group" and held_back(plan, c)
-        ]
-        for line in blocked:
-            options.echo(f"  held back: {line}")
-        pending = [c for hp in host_plans.values() for c in hp.changes]
-        pending += [c for c in plan.changes if c.kind == "users_group" and not held_back(plan, c)]
+        group_changes, held = hold_back(plan, [c for c in plan.actionable if c.kind == GROUP])
+        for host_plan in host_plans.values():
+            host_plan.changes, held_here = hold_back(plan, host_plan.changes)
+            held += held_here
+        for change in held:
+            options.echo(f"  held back: {change.address} (a problem above concerns it)")
+        pending = group_changes + [c for hp in host_plans.values() for c in hp.changes]
         if not any(c.action is not Action.NOOP for c in pending):
             return EXIT_ERROR if plan.problems else EXIT_OK
         if not auto_approve:
             confirm(options)
         journal = Journal()
         results = []
-        group_changes = [c for c in plan.actionable if c.kind == "users_group"]
-        group_changes = [c for c in group_changes if not held_back(plan, c)]
         if group_changes:
             results.append(run.apply_directory(group_changes))
             journal.record(results[-1])
@@ -179,29 +182,21 @@ def apply_command(
     return EXIT_ERROR if failed_hosts or leftovers or plan.problems else EXIT_OK
 
 
-def hold_back(plan: Plan, host_plans: dict[str, HostPlan]) -> list[str]:
-    """Drop the changes a problem touches: a tenant's problem holds back that tenant alone.
+def hold_back(plan: Plan, changes: list[Change]) -> tuple[list[Change], list[Change]]:
+    """(kept, held): the changes a problem concerns are held back, the others go ahead.
 
-    A problem that names no tenant (a directory that cannot be read, say) holds back everything.
+    A tenant's problem holds back that tenant, a host's problem that host; a problem that names
+    neither (the directory cannot be read, say) holds back everything.
     """
-    held = []
-    for host_plan in host_plans.values():
-        kept = []
-        for change in host_plan.changes:
-            if held_back(plan, change):
-                held.append(f"{change.address} (a problem above concerns it)")
-            else:
-                kept.append(change)
-        host_plan.changes = kept
-    return held
-
-
-def held_back(plan: Plan, change: Change) -> bool:
-    if change.action is Action.NOOP:
-        return False
     tenants = {p.tenant for p in plan.problems if p.tenant}
+    hosts_ = {p.host for p in plan.problems if p.host and not p.tenant}
     everything = any(not p.tenant and not p.host for p in plan.problems)
-    return everything or change.tenant in tenants
+    kept: list[Change] = []
+    held: list[Change] = []
+    for change in changes:
+        concerned = everything or change.tenant in tenants or change.host in hosts_
+        (held if concerned and change.action is not Action.NOOP else kept).append(change)
+    return kept, held
 
 
 def health(
@@ -217,7 +212,8 @@ def health(
         host_facts = facts.get(f"server/{tenant.server}")
         engine_state = "not managed"
         if server.cti_engine is not None and host_facts is not None:
-            wanted = (server.cti_engine.name or default_profile().cti_engine_service).lower()
+            host = Host(f"server/{server.name}", server.name, "server")
+            wanted = (cti_engine_name(server, profile_for(estate, host)) or "").lower()
             found = next((s for s in host_facts.services if s.name.lower() == wanted), None)
             engine_state = found.state if found else "missing"
         login = "ok" if tenant.name in pbx.extensions else "FAILED"
@@ -260,9 +256,9 @@ def drift_command(
         options.echo(f"{report.summary()} Report written to {output}.")
     else:
         options.echo(document.rstrip("\n"))
-    if plan.problems and not plan.changes:
-        return EXIT_ERROR
-    return EXIT_CHANGES if report.has_drift else EXIT_OK
+    if report.has_drift:
+        return EXIT_CHANGES
+    return EXIT_ERROR if plan.problems else EXIT_OK
 
 
 def render_tsecimp(paths: Sequence[Path], *, tenant: str | None, server: str | None) -> str:

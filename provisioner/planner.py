@@ -205,13 +205,13 @@ def handlers(changes: list[Change], ctx: HostContext) -> list[Change]:
         restarts.append(
             (ctx.profile.telephony_service, "TAPI providers and server settings load at start")
         )
-    engine = ctx.server.cti_engine if ctx.server else None
-    running = engine is not None and engine.state.value == "running"
+    server = ctx.server
+    engine = server.cti_engine if server else None
+    running = server is not None and engine is not None and engine.state.value == "running"
     if running and any(c.kind == "tsp_instance" for c in acting):
-        assert engine is not None
-        restarts.append(
-            (engine.name or ctx.profile.cti_engine_service, "TSP instance settings changed")
-        )
+        assert server is not None
+        name = services.cti_engine_name(server, ctx.profile) or ""
+        restarts.append((name, "TSP instance settings changed"))
     return [
         Change(
             address=f"server/{ctx.name}/restart/{service}",

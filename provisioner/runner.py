@@ -47,6 +47,7 @@ from provisioner.remote.contract import (
 from provisioner.remote.host import HostError, RemoteHost
 from provisioner.resources import line_assignment
 from provisioner.resources.base import HostContext
+from provisioner.resources.services import cti_engine_name
 from provisioner.resources.users_group import member_dns
 from provisioner.transports.ldap import LDAPConnection
 from provisioner.transports.winrm import WinRMEndpoint
@@ -85,9 +86,8 @@ def gather_request(estate: Estate, host: Host) -> GatherRequest:
     if host.role == "client":
         return GatherRequest(role="client", firewall_group=profile.firewall_group)
     server = estate.servers[host.name]
-    services = []
-    if server.cti_engine is not None:
-        services.append(server.cti_engine.name or profile.cti_engine_service)
+    engine = cti_engine_name(server, profile)
+    services = [engine] if engine else []
     return GatherRequest(
         role="server",
         firewall_group=profile.firewall_group,

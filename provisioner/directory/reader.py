@@ -90,7 +90,7 @@ def _read_site(estate: Estate, site: Site, inventory: Inventory, facts: Director
             f"site {site.name}: {len(foreign)} users of other domains are not checked "
             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
         )
-    groups = sorted({t.users_group.split("\\")[-1] for t in tenants if t.users_group})
+    groups = sorted({group_key(t.users_group) for t in tenants if t.users_group})
     if not ours and not groups:
         return
     with LDAPConnection.open(settings_for(site, inventory)) as conn:
@@ -100,7 +100,7 @@ def _read_site(estate: Estate, site: Site, inventory: Inventory, facts: Director
         )
         for user in ours:
             facts.users[user] = found.get(user.split("\\")[1].lower())
-        for name in groups:
-            facts.groups[group_key(f"{netbios}\\{name}")] = read_group(conn, domain, name)
+        for key in groups:  # validate made sure they are all in this Site's domain
+            facts.groups[key] = read_group(conn, domain, key.split("\\", 1)[1])
         facts.operations += conn.operations
     facts.read_sites.add(site.name)

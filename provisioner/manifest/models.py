@@ -53,7 +53,7 @@ _SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>')
 _NETBIOS_FORBIDDEN = set('\\/:*?"<>|., ')
 
 
-def _domain_user(value: str) -> str:
+def _domain_account(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("write the user as a string 'DOMAIN\\sam'")
     if value.count("\\") != 1:
@@ -77,8 +77,15 @@ def _domain_user(value: str) -> str:
 
 DomainUser = Annotated[
     str,
-    AfterValidator(_domain_user),
+    AfterValidator(_domain_account),
     Field(description="DOMAIN\\sAMAccountName, e.g. NFON\\MAUERSBERGERM", examples=["NFON\\jdoe"]),
+]
+
+
+DomainGroup = Annotated[
+    str,
+    AfterValidator(_domain_account),
+    Field(description="DOMAIN\\group name, e.g. NFON\\K6732-TAPI-Users"),
 ]
 
 
@@ -248,7 +255,7 @@ class Directory(_Model):
     bind_user: str
     bind_password: SecretRef
     ca_file: str | None = None
-    batch_size: Annotated[int, Field(ge=1, le=1000)] = 300
+    batch_size: Annotated[int, Field(ge=1, le=999)] = 300  # AD pages at most 1,000 entries
     on_missing_user: OnMissingUser = OnMissingUser.error
     cross_tenant_users: list[DomainUser] = Field(
         default_factory=list, description="accounts allowed in more than one tenant"
@@ -453,7 +460,7 @@ class Tenant(_Model):
     number_format: NumberFormat = NumberFormat.international
     line_name_format: LineNameFormat = "{extension} {name}"
     debug_level: Annotated[int, Field(ge=0, le=9)] = 0
-    users_group: str | None = Field(
+    users_group: DomainGroup | None = Field(
         None, description="AD group whose members are this tenant's users"
     )
     on_missing_user: OnMissingUser | None = None

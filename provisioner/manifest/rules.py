@@ -36,6 +36,7 @@ def check_estate(estate: Estate, problems: Problems) -> None:
     _check_winrm(estate, problems)
     _check_hosts(estate, problems)
     _check_platform(estate, problems)
+    _check_users_groups(estate, problems)
 
 
 def _check_sites(estate: Estate, problems: Problems) -> None:
@@ -295,6 +296,23 @@ def _check_hosts(estate: Estate, problems: Problems) -> None:
                     f"host {host!r} is already in TapiClients {seen[key]!r}",
                 )
             seen.setdefault(key, clients.name)
+
+
+def _check_users_groups(estate: Estate, problems: Problems) -> None:
+    """A users group must live in the Site's domain, or it could be neither read nor managed."""
+    for tenant in estate.tenants.values():
+        server = estate.servers.get(tenant.server)
+        site = estate.site_of(server) if server else None
+        if tenant.users_group is None or site is None:
+            continue
+        domain = tenant.users_group.split("\\")[0]
+        if domain.upper() != site.directory.netbios_domain.upper():
+            problems.add(
+                estate.origin[("Tenant", tenant.name)],
+                ("users_group",),
+                f"users_group {tenant.users_group} is not in the Site's domain "
+                f"{site.directory.netbios_domain}: the provisioner reads and manages groups there",
+            )
 
 
 def _check_platform(estate: Estate, problems: Problems) -> None:

@@ -14,6 +14,7 @@ import os
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from provisioner.errors import ProvisionerError
 from provisioner.remote.contract import Fingerprint, SealedSecret, SealKey
 from provisioner.secrets import Secret
 
@@ -29,7 +30,7 @@ def public_key(key: SealKey) -> rsa.RSAPublicKey:
 def seal(secret: Secret, key: SealKey) -> SealedSecret:
     value = secret.reveal().encode("utf-8")
     if len(value) > MAX_SECRET_BYTES:
-        raise ValueError(f"a secret may be at most {MAX_SECRET_BYTES} bytes long")
+        raise ProvisionerError(f"a secret may be at most {MAX_SECRET_BYTES} bytes long")
     ciphertext = public_key(key).encrypt(
         value,
         padding.OAEP(

@@ -58,6 +58,19 @@ class HostContext:
         default=lambda ref: resolve_secret(ref.as_mapping())
     )
 
+    def secret(self, ref: SecretRef) -> Secret:
+        """Resolve a reference now, so that a secret the host cannot take is a plan problem."""
+        from provisioner.remote.sealing import MAX_SECRET_BYTES
+
+        value = self.resolve(ref)
+        if len(value.reveal().encode("utf-8")) > MAX_SECRET_BYTES:
+            where = f"${ref.env}" if ref.env else ref.file
+            raise ProvisionerError(
+                f"the secret in {where} is longer than {MAX_SECRET_BYTES} bytes, more than the "
+                "host's key can seal"
+            )
+        return value
+
     def seal(self, secret: Secret) -> SealedSecret:
         """Seal a secret to this host's key (the host returned it in its facts)."""
         from provisioner.remote.sealing import seal

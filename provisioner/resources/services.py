@@ -15,7 +15,9 @@ account are one.
 
 from __future__ import annotations
 
+from provisioner.manifest.models import TapiServer
 from provisioner.plan.model import Action, Change
+from provisioner.platform import Profile
 from provisioner.remote.contract import (
     Operation,
     ServiceConfigure,
@@ -29,6 +31,12 @@ TELEPHONY = "telephony"
 CTI_ENGINE = "cti_engine"
 
 _LOCAL_SYSTEM = {"localsystem", "local system", "nt authority\\system", ".\\localsystem", "system"}
+
+
+def cti_engine_name(server: TapiServer, profile: Profile) -> str | None:
+    """The CTI engine's service name (the manifest's, else the profile's); None if unmanaged."""
+    engine = server.cti_engine
+    return None if engine is None else engine.name or profile.cti_engine_service
 
 
 def canonical_account(name: str) -> str:
@@ -58,7 +66,7 @@ def desired(ctx: HostContext) -> list[Resource]:
     }
     secrets = {}
     if telephony.service_password is not None:
-        secrets["service_password"] = ctx.resolve(telephony.service_password)
+        secrets["service_password"] = ctx.secret(telephony.service_password)
     resources = [
         Resource(_telephony_address(ctx), TELEPHONY, ctx.name, attributes, secrets=secrets)
     ]
@@ -101,7 +109,7 @@ def live(ctx: HostContext) -> list[Resource]:
         )
     engine = ctx.server.cti_engine
     if engine is not None:
-        name = (engine.name or ctx.profile.cti_engine_service).lower()
+        name = (cti_engine_name(ctx.server, ctx.profile) or "").lower()
         found = next((s for s in ctx.facts.services if s.name.lower() == name), None)
         if found is not None:
             resources.append(Resource(_cti_address(ctx), CTI_ENGINE, ctx.name, _service(found)))
@@ -148,7 +156,7 @@ def operations(change: Change, resource: Resource | None, ctx: HostContext) -> l
         return ops
     # the CTI engine (service names compare without case, so the name is not an attribute)
     assert ctx.server is not None and ctx.server.cti_engine is not None
-    name = ctx.server.cti_engine.name or ctx.profile.cti_engine_service
+    name = cti_engine_name(ctx.server, ctx.profile) or ""
     ops = []
     if change.action is Action.CREATE or any(
         before.get(k) != after[k] for k in ("start_mode", "account")

@@ -43,7 +43,7 @@ def desired(ctx: HostContext) -> list[Resource]:
                     "debug_level": tenant.debug_level,
                 },
                 tenant=tenant.name,
-                secrets={"cti_password": ctx.resolve(tenant.cti_password)},
+                secrets={"cti_password": ctx.secret(tenant.cti_password)},
             )
         )
     return resources

@@ -423,6 +423,24 @@ CASES = [
         "platform: unknown key 'cti_engine' (known: ",
     ),
     case(
+        "users-group-no-domain",
+        {"k6732.yaml": TENANT + "users_group: K6732-Users\n"},
+        "k6732.yaml:11:14",
+        "users_group: 'K6732-Users' is not DOMAIN\\sam",
+    ),
+    case(
+        "users-group-other-domain",
+        {"k6732.yaml": TENANT + "users_group: OTHER\\K6732-Users\n"},
+        "k6732.yaml:11:14",
+        "users_group OTHER\\K6732-Users is not in the Site's domain NFON",
+    ),
+    case(
+        "batch-size",
+        {"site.yaml": SITE.replace("  bind_password: {env: AD_PW}", "  bind_password: {env: AD_PW}\n  batch_size: 1000")},
+        "site.yaml:8:15",
+        "directory.batch_size: Input should be less than or equal to 999",
+    ),
+    case(
         "host-twice",
         {"more.yaml": CLIENTS.replace("office", "lab2").replace("ws1, ws2", "WS2")},
         "more.yaml:3:9",
