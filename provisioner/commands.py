@@ -25,6 +25,7 @@ from provisioner.planner import (
     PlanInputs,
     build_plan,
     context,
+    handlers,
     hosts,
     profile_for,
 )
@@ -132,14 +133,20 @@ def apply_command(
         for host_plan in host_plans.values():
             host_plan.changes, held_here = hold_back(plan, host_plan.changes)
             held += held_here
+            if held_here:  # a restart only for the changes that still go ahead
+                kept = [c for c in host_plan.changes if c.kind != "restart"]
+                needed = {c.address for c in handlers(kept, host_plan.context)}
+                host_plan.changes = [
+                    c for c in host_plan.changes if c.kind != "restart" or c.address in needed
+                ]
         for change in held:
             options.echo(f"  held back: {change.address} (a problem above concerns it)")
         pending = group_changes + [c for hp in host_plans.values() for c in hp.changes]
         if not any(c.action is not Action.NOOP for c in pending):
             return EXIT_ERROR if plan.problems else EXIT_OK
+        journal = Journal()  # fails here, before anything changed, if it cannot be written
         if not auto_approve:
             confirm(options)
-        journal = Journal()
         results = []
         if group_changes:
             results.append(run.apply_directory(group_changes))
@@ -165,6 +172,7 @@ def apply_command(
         )
         after, _ = build_plan(estate, inputs, targets=[])
     leftovers = verify(after, results)
+    leftovers += [f"{p.host}: not verified: {p.message}" for p in after_problems if p.host]
     for line in leftovers:
         options.echo(f"  ! {line}")
     for line in health(estate, after_facts, run.pbx, results):
@@ -252,13 +260,16 @@ def drift_command(
     }[output_format]
     document = renderer(report)
     if output is not None:
-        output.write_text(document, encoding="utf-8")
+        try:
+            output.write_text(document, encoding="utf-8")
+        except OSError as exc:
+            raise ProvisionerError(f"{output}: cannot write the report: {exc.strerror}") from None
         options.echo(f"{report.summary()} Report written to {output}.")
     else:
         options.echo(document.rstrip("\n"))
-    if report.has_drift:
-        return EXIT_CHANGES
-    return EXIT_ERROR if plan.problems else EXIT_OK
+    if any(not p.found for p in plan.problems):  # something could not be checked
+        return EXIT_ERROR
+    return EXIT_CHANGES if report.has_drift or plan.problems else EXIT_OK
 
 
 def render_tsecimp(paths: Sequence[Path], *, tenant: str | None, server: str | None) -> str:
@@ -293,10 +304,21 @@ def facts_command(paths: Sequence[Path], options: Options, *, name: str, output_
         raise ProvisionerError(problems[0].message)
     found = facts[matching[0].key]
     if output_format == "json":
-        options.echo(found.model_dump_json(indent=2))
+        options.echo(json.dumps(without_fingerprints(found.model_dump(mode="json")), indent=2))
     else:
         options.echo(describe_facts(found))
     return EXIT_OK
+
+
+def without_fingerprints(value: object) -> object:
+    """Facts for printing: a stored secret's salt and HMAC would let anyone test guesses."""
+    if isinstance(value, dict):
+        if set(value) == {"salt", "hmac"}:
+            return "(set)"
+        return {k: without_fingerprints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_fingerprints(v) for v in value]
+    return value
 
 
 def describe_facts(facts) -> str:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ login or listing fails gets a problem of its own; the other tenants plan on::
 from __future__ import annotations
 
 import ssl
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,14 +33,15 @@ class PbxFacts:
     calls: int = 0
 
 
-def endpoint_for(estate: Estate, inventory: Inventory, tenant: Tenant) -> tuple[str, str | None]:
-    """(base URL, CA file) of the CTI API for a tenant: the inventory's, else its Site's."""
+def cti_settings(estate: Estate, inventory: Inventory, tenant: Tenant) -> CtiApiSettings:
+    """The CTI API settings for a tenant: the inventory's, else its Site's (paths resolved)."""
     site = estate.site_of(estate.servers[tenant.server])
     settings = inventory.cti_api or (site.cti_api if site else None) or CtiApiSettings()
-    ca_file = settings.ca_file
     if inventory.cti_api is not None and inventory.cti_api.ca_file:
-        ca_file = inventory.path(inventory.cti_api.ca_file)
-    return settings.base_url, ca_file
+        settings = settings.model_copy(
+            update={"ca_file": inventory.path(inventory.cti_api.ca_file)}
+        )
+    return settings
 
 
 class Transports:
@@ -53,8 +55,13 @@ class Transports:
             max_connections=parallelism, max_keepalive_connections=parallelism
         )
         self._pools: dict[str | None, httpx.HTTPTransport] = {}
+        self._lock = threading.Lock()
 
     def get(self, ca_file: str | None) -> httpx.HTTPTransport:
+        with self._lock:  # tenants ask from many threads at once: build each pool once
+            return self._get(ca_file)
+
+    def _get(self, ca_file: str | None) -> httpx.HTTPTransport:
         if ca_file not in self._pools:
             try:
                 verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
@@ -74,12 +81,13 @@ class Transports:
 def client_for(
     estate: Estate, inventory: Inventory, tenant: Tenant, transports: Transports
 ) -> CTIClient:
-    base_url, ca_file = endpoint_for(estate, inventory, tenant)
+    settings = cti_settings(estate, inventory, tenant)
     return CTIClient(
         tenant.k_account,
         inventory.resolve(tenant.cti_password),
-        base_url=base_url,
-        transport=transports.get(ca_file),  # brings the TLS settings
+        base_url=settings.base_url,
+        transport=transports.get(settings.ca_file),  # brings the TLS settings
+        allow_insecure=settings.allow_insecure,
     )
 
 

@@ -294,6 +294,7 @@ def user_policies(
                         "error; use skip or remove_lines to go on without the user)",
                         tenant=tenant.name,
                         address=line_assignment.address(tenant.name, assignment.user),
+                        found=True,
                     )
                 )
             elif policy is OnMissingUser.skip:
@@ -332,6 +333,7 @@ def _check_group_isolation(estate: Estate, directory: DirectoryFacts, plan: Plan
                         f"{other.name}'s users group {other.users_group}: tenants are isolated",
                         tenant=tenant.name,
                         address=users_group.address(other.name),
+                        found=True,
                     )
                 )
 
@@ -361,6 +363,7 @@ def _check_lines_exist(estate: Estate, inputs: PlanInputs, plan: Plan) -> None:
                             f"extension of PBX {tenant.k_account}",
                             tenant=tenant.name,
                             address=line_assignment.address(tenant.name, assignment.user),
+                            found=True,
                         )
                     )
 

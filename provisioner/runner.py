@@ -220,7 +220,13 @@ class Run:
         owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
 
         def one(host_plan: HostPlan) -> HostResult:
-            result = self._apply_host(host_plan, owner)
+            try:
+                result = self._apply_host(host_plan, owner)
+            except ProvisionerError as exc:
+                unknown = [ChangeResult(c, "unknown") for c in _acting_of(host_plan.changes)]
+                result = HostResult(
+                    host_plan.host, "failed", f"{exc}; run plan to see what remains", unknown
+                )
             journal.record(result)
             return result
 
@@ -243,7 +249,12 @@ class Run:
             if not _acting_of(changes):
                 continue
             if phase == 1:
-                facts = remote.gather(gather_request(self.estate, host_plan.host))
+                try:
+                    facts = remote.gather(gather_request(self.estate, host_plan.host))
+                except HostError as exc:
+                    results += [ChangeResult(c, "not-run") for c in _acting_of(deferred)]
+                    message = f"{exc}; the line assignments were not imported"
+                    return HostResult(host_plan.host, "unreachable", message, results)
                 host_plan = replan_lines(host_plan, facts, deferred)
                 changes = host_plan.changes
             steps, step_changes = build_steps(host_plan, changes)
@@ -393,8 +404,12 @@ def host_result(
             if current is None or current[0] == "ok":
                 status_of[change.address] = (step.status, step.message)
     results = []
+    with_steps = {c.address for owners in step_changes.values() for c in owners}
     for change in _acting_of(changes):
-        status, message = status_of.get(change.address, ("ok", ""))
+        missing = ("unknown", "the host reported no result for it")
+        status, message = status_of.get(
+            change.address, missing if change.address in with_steps else ("ok", "")
+        )
         results.append(ChangeResult(change, status, message))
     failed = next((r for r in results if r.status == "failed"), None)
     return HostResult(
@@ -412,6 +427,14 @@ class Journal:
         base = directory or Path(os.environ.get("PROVISIONER_STATE_DIR", ".provisioner"))
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.path = base / "journal" / f"apply-{stamp}.jsonl"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+        except OSError as exc:
+            raise ProvisionerError(
+                f"the apply journal {self.path} cannot be written ({exc.strerror}): set "
+                "PROVISIONER_STATE_DIR to a writable directory; nothing was changed"
+            ) from None
 
     def record(self, result: HostResult) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

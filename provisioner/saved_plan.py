@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioner import __version__
 from provisioner.errors import ProvisionerError
 from provisioner.manifest.loader import manifest_files
-from provisioner.plan.model import Plan
-from provisioner.render.json_format import FORMAT_VERSION, change_from_json, plan_to_json
+from provisioner.plan.model import Change, Plan
+from provisioner.render.json_format import (
+    FORMAT_VERSION,
+    change_from_json,
+    change_to_json,
+    plan_to_json,
+)
 
 
 class StalePlanError(ProvisionerError):
@@ -41,6 +47,12 @@ class SavedPlan:
     targets: list[str]
 
     def write(self, path: Path) -> None:
+        try:
+            self._write(path)
+        except OSError as exc:
+            raise ProvisionerError(f"{path}: cannot write the plan: {exc.strerror}") from None
+
+    def _write(self, path: Path) -> None:
         document = {
             "format_version": FORMAT_VERSION,
             "kind": "saved-plan",
@@ -61,6 +73,8 @@ class SavedPlan:
             raise ProvisionerError(f"{path}: cannot read the saved plan: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise ProvisionerError(f"{path}:{exc.lineno}:{exc.colno}: not a saved plan") from None
+        except UnicodeDecodeError:
+            raise ProvisionerError(f"{path}: not a saved plan (not UTF-8 text)") from None
         if not isinstance(document, dict) or document.get("kind") != "saved-plan":
             raise ProvisionerError(f"{path}: not a saved plan (make one with plan --out)")
         if document.get("format_version") != FORMAT_VERSION:
@@ -68,14 +82,30 @@ class SavedPlan:
                 f"{path}: saved-plan format {document.get('format_version')!r} is not "
                 f"{FORMAT_VERSION!r}: make a new plan with this version"
             )
-        return cls(
-            manifests=list(document["manifests"]),
-            inventory=document.get("inventory"),
-            plan=document["plan"],
-            fingerprints=dict(document["fingerprints"]),
-            manifest_digest=document["manifest_digest"],
-            targets=list(document.get("targets", [])),
-        )
+        try:
+            saved = cls(
+                manifests=[str(p) for p in document["manifests"]],
+                inventory=document.get("inventory"),
+                plan=document["plan"],
+                fingerprints=dict(document["fingerprints"]),
+                manifest_digest=str(document["manifest_digest"]),
+                targets=[str(t) for t in document.get("targets", [])],
+            )
+            saved.changes()
+            version = saved.plan.get("provisioner_version")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ProvisionerError(
+                f"{path}: not a complete saved plan (make a new one with plan --out)"
+            ) from None
+        if version != __version__:
+            raise ProvisionerError(
+                f"{path} was made by provisioner {version}, this is {__version__}: make a new plan"
+            )
+        return saved
+
+    def changes(self) -> dict[str, Change]:
+        """The saved changes by address."""
+        return {data["address"]: change_from_json(data) for data in self.plan["resource_changes"]}
 
     @classmethod
     def of(cls, plan: Plan, manifests: list[str], inventory: str | None) -> SavedPlan:
@@ -92,19 +122,18 @@ class SavedPlan:
         """Refuse when the manifests, a host or the resulting changes differ from the saved ones."""
         if manifest_digest(self.manifests) != self.manifest_digest:
             raise StalePlanError("the manifests changed since this plan was made: run plan again")
-        saved = {c["address"]: c for c in self.plan["resource_changes"]}
+        saved = self.changes()
         moved_hosts = sorted(
             host
             for host, digest in self.fingerprints.items()
             if plan.fingerprints.get(host) != digest
         )
-        now = {c.address: c for c in plan.actionable}
+        # the fresh side takes the same JSON round trip, so tuples and lists compare alike
+        now = {c.address: change_from_json(change_to_json(c)) for c in plan.actionable}
         moved = sorted(
             address
             for address in set(saved) | set(now)
-            if address not in now
-            or address not in saved
-            or change_from_json(saved[address]).before != now[address].before
+            if address not in now or address not in saved or not _same(saved[address], now[address])
         )
         if moved_hosts:
             detail = f"; changes that moved: {', '.join(moved[:10])}" if moved else ""
@@ -116,3 +145,13 @@ class SavedPlan:
             raise StalePlanError(
                 f"the plan would differ now ({', '.join(moved[:10])}): run plan again"
             )
+
+
+def _same(saved: Change, now: Change) -> bool:
+    """The same change: action, both sides and which secrets change (a rotated secret counts)."""
+    return (saved.action, saved.before, saved.after, sorted(saved.sensitive_changed)) == (
+        now.action,
+        now.before,
+        now.after,
+        sorted(now.sensitive_changed),
+    )

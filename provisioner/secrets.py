@@ -55,7 +55,9 @@ class Secret:
         return REDACTED
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+        return isinstance(other, Secret) and hmac.compare_digest(
+            self._value.encode(), other._value.encode()
+        )
 
     def __hash__(self) -> int:
         return hash(("Secret", hashlib.sha256(self._value.encode()).digest()))
@@ -94,6 +96,8 @@ def resolve(
     if base is not None and not path.is_absolute():
         path = base / path
     try:
-        return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
+        return Secret(path.read_text(encoding="utf-8-sig").rstrip("\r\n"))
     except OSError as exc:
         raise SecretError(f"secret file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:  # its text would hold the secret's bytes: do not quote it
+        raise SecretError(f"secret file {path} is not UTF-8: save it as UTF-8") from None

@@ -56,3 +56,17 @@ def test_resolve_errors_name_the_reference_not_the_value(tmp_path: Path) -> None
         resolve({"env": "NOPE"}, environ={})
     with pytest.raises(SecretError, match="cannot be read"):
         resolve({"file": "missing"}, base=tmp_path)
+
+
+def test_secret_files_may_carry_a_bom_and_must_be_utf8(tmp_path: Path) -> None:
+    (tmp_path / "bom").write_bytes(b"\xef\xbb\xbf" + VALUE.encode() + b"\r\n")
+    assert resolve({"file": "bom"}, base=tmp_path).reveal() == VALUE
+    (tmp_path / "utf16").write_bytes("pässword".encode("utf-16"))
+    with pytest.raises(SecretError, match="is not UTF-8: save it as UTF-8") as caught:
+        resolve({"file": "utf16"}, base=tmp_path)
+    assert "ssword" not in str(caught.value)  # no part of the value is quoted
+
+
+def test_non_ascii_secrets_compare() -> None:
+    assert Secret("pässwörd") == Secret("pässwörd")
+    assert Secret("pässwörd") != Secret("passwort")

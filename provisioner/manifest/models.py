@@ -24,6 +24,7 @@ import re
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -170,6 +171,14 @@ AnyIPAddress = IPv4Address | IPv6Address
 AnyIPNetwork = IPv4Network | IPv6Network
 
 
+def _url_port(url: str) -> str:
+    try:
+        urlsplit(url).port  # noqa: B018 (parsing is the check)
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    return url
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -251,7 +260,7 @@ class OnMissingUser(StrEnum):
 class Directory(_Model):
     netbios_domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")]
     start_tls: bool = False
-    ldap_url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$")]
+    ldap_url: Annotated[str, Field(pattern=r"^ldaps?://[^/\s]+/?$"), AfterValidator(_url_port)]
     bind_user: str
     bind_password: SecretRef
     ca_file: str | None = None
@@ -273,10 +282,22 @@ class Directory(_Model):
 
 
 class CtiApiSettings(_Model):
-    base_url: Annotated[str, Field(pattern=r"^https?://\S+$")] = (
+    base_url: Annotated[str, Field(pattern=r"^https?://\S+$"), AfterValidator(_url_port)] = (
         "https://providersupportdata.cloud-cfg.com/v1"
     )
     ca_file: str | None = None
+    allow_insecure: bool = Field(
+        False, description="permit http:// (the CTI API password then crosses in clear); warns"
+    )
+
+    @model_validator(mode="after")
+    def _tls(self) -> CtiApiSettings:
+        if self.base_url.lower().startswith("http://") and not self.allow_insecure:
+            raise ValueError(
+                "http:// sends the CTI API password in clear: use https:// or set "
+                "allow_insecure: true (labs only)"
+            )
+        return self
 
 
 class Site(_Model):
@@ -444,10 +465,18 @@ LineNameFormat = Annotated[
 ]
 
 
+def _xml_text(value: str | None) -> str | None:
+    if value is not None and re.search("[\x00-\x08\x0b-\x1f\ufffe\uffff]", value):
+        raise ValueError("holds a control character tsecimp XML cannot carry")
+    return value
+
+
 class Assignment(_Model):
     user: DomainUser
     lines: list[Extension] = Field(min_length=1)
-    friendly_name: str | None = Field(None, max_length=256, description="default: AD displayName")
+    friendly_name: Annotated[str | None, AfterValidator(_xml_text)] = Field(
+        None, max_length=256, description="default: AD displayName"
+    )
     shared: bool = Field(False, description="the lines may also be assigned to other users")
 
 

@@ -9,6 +9,7 @@ Each rule reports at the value that breaks it, e.g. the second tenant that names
 from __future__ import annotations
 
 from dataclasses import fields
+from string import Formatter
 
 from provisioner.manifest.expand import ExpandedRule, client_rules, preset_peer_needs, server_rules
 from provisioner.manifest.loader import Document
@@ -320,14 +321,35 @@ def _check_platform(estate: Estate, problems: Problems) -> None:
     known = {f.name for f in fields(Profile)}
     for kind, registry in (("Site", estate.sites), ("TapiServer", estate.servers)):
         for name, document in registry.items():
-            for key in document.platform:
+            for key, value in document.platform.items():
+                where = estate.origin[(kind, name)]
                 if key not in known:
                     problems.add(
-                        estate.origin[(kind, name)],
+                        where,
                         ("platform", key),
                         f"platform: unknown key {key!r} (known: {', '.join(sorted(known))})",
                         key=True,
                     )
+                elif key in _PATTERNS and not _instance_pattern(value):
+                    problems.add(
+                        where,
+                        ("platform", key),
+                        f"platform.{key}: the only placeholder allowed is {{instance}}",
+                    )
+                elif not value.strip():
+                    problems.add(where, ("platform", key), f"platform.{key} may not be empty")
+
+
+_PATTERNS = ("instance_file_pattern", "instance_provider_name", "instance_settings_key")
+
+
+def _instance_pattern(value: str) -> bool:
+    """Only ``{instance}``: no other name, index, attribute, conversion or format spec."""
+    try:
+        parsed = list(Formatter().parse(value))
+    except ValueError:
+        return False
+    return all(f in (None, "instance") and not spec and not conv for _, f, spec, conv in parsed)
 
 
 def _known(registry: dict[str, object]) -> str:

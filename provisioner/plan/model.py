@@ -84,6 +84,7 @@ class PlanProblem:
     tenant: str | None = None
     host: str | None = None
     address: str | None = None
+    found: bool = False  # a difference found in the live estate, not something left unchecked
 
 
 @dataclass

@@ -15,7 +15,7 @@ replaced and the user holds no line outside this provider (NoMerge drops every l
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -131,6 +131,9 @@ def xml_users(
 ) -> list[XmlUser]:
     tenants = {t.name: t for t in ctx.tenants}
     lines_elsewhere = _lines_per_user(ctx)
+    # a user changed in several tenants of this host appears several times in one import:
+    # NoMerge in one entry would wipe what another entry just added
+    entries = Counter(_user_of(c) for c in changes if c.action is not Action.NOOP)
     users = []
     for change in changes:
         if change.action is Action.NOOP:
@@ -154,7 +157,7 @@ def xml_users(
             return XmlLine(address=extension, remove=remove)
 
         key = domain_user_key(user)
-        only_here = lines_elsewhere.get(key, 0) == len(current)
+        only_here = lines_elsewhere.get(key, 0) == len(current) and entries[_user_of(change)] == 1
         if current and not set(wanted) & set(current) and only_here:
             # the whole set is replaced and nothing else of the user's is touched
             lines = [xml_line(x) for x in wanted] if wanted else None

@@ -134,6 +134,7 @@ class CTIClient:
         transport: httpx.BaseTransport | None = None,
         retry_backoff: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        allow_insecure: bool = False,
     ) -> None:
         self.k_account = k_account
         self.base_url = base_url.rstrip("/")
@@ -144,11 +145,23 @@ class CTIClient:
         self._sleep = sleep
         self._retry_backoff = retry_backoff
         self._tokens: _Tokens | None = None
-        scheme = httpx.URL(self.base_url).scheme
+        try:
+            scheme = httpx.URL(self.base_url).scheme
+        except httpx.InvalidURL as exc:
+            raise CTIConnectionError(
+                f"the CTI API base URL {self.base_url!r} for {k_account} is invalid ({exc})",
+                url=self.base_url,
+            ) from None
         if scheme not in ("http", "https"):
             raise CTIConnectionError(
                 f"the CTI API base URL {self.base_url!r} for {k_account} is not an http(s) URL: "
                 f"use {NFON_BASE_URL}",
+                url=self.base_url,
+            )
+        if (verify is False or scheme == "http") and not allow_insecure:
+            raise CTIConnectionError(
+                f"the CTI API at {self.base_url} for {k_account} is not verified https: use "
+                "https:// or set cti_api.allow_insecure: true (labs only)",
                 url=self.base_url,
             )
         if verify is False or scheme == "http":

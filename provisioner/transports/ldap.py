@@ -149,7 +149,11 @@ def _parse_url(url: str) -> _Endpoint:
             f"LDAP url {url!r} is not of the form ldaps://host[:port] or ldap://host[:port]"
         )
     use_ssl = parts.scheme == "ldaps"
-    return _Endpoint(parts.hostname, parts.port or (636 if use_ssl else 389), use_ssl)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise LDAPError(f"LDAP url {url!r}: {exc}") from None
+    return _Endpoint(parts.hostname, port or (636 if use_ssl else 389), use_ssl)
 
 
 class LDAPConnection:

@@ -20,6 +20,7 @@ Signal; closing the session deletes the shell.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
@@ -385,6 +386,11 @@ class _CountingProtocol(Protocol):
 
 def _check_endpoint(endpoint: WinRMEndpoint) -> None:
     where = f"WinRM {endpoint.address}"
+    if endpoint.ca_file and not os.path.isfile(endpoint.ca_file):
+        raise WinRMConfigError(
+            f"{where}: CA file {endpoint.ca_file} does not exist: set ca_file to the PEM of the "
+            "CA that issued the host's certificate"
+        )
     if endpoint.scheme == "http" and endpoint.auth == "basic" and not endpoint.allow_insecure:
         raise WinRMConfigError(
             f"{where}: basic auth over http sends the password unencrypted; use scheme https "
@@ -500,6 +506,8 @@ def _translated_errors(endpoint: WinRMEndpoint, operation_timeout_is_fault: bool
             f"{where}: the HTTP exchange failed ({_reason(exc)}): check the host name and that "
             f"WinRM listens on port {endpoint.port} ({endpoint.scheme})"
         ) from None
+    except OSError as exc:  # requests raises it for an unreadable CA bundle, for one
+        raise WinRMError(f"{where}: {exc.strerror or exc}") from None
     except (ET.ParseError, StopIteration, AssertionError, ValueError, KeyError) as exc:
         # pywinrm asserts on RelatesTo and uses next() to find ShellId and CommandId.
         raise WinRMError(

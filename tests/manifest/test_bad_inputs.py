@@ -436,9 +436,41 @@ CASES = [
     ),
     case(
         "batch-size",
-        {"site.yaml": SITE.replace("  bind_password: {env: AD_PW}", "  bind_password: {env: AD_PW}\n  batch_size: 1000")},
+        {
+            "site.yaml": SITE.replace(
+                "  bind_password: {env: AD_PW}", "  bind_password: {env: AD_PW}\n  batch_size: 1000"
+            )
+        },
         "site.yaml:8:15",
         "directory.batch_size: Input should be less than or equal to 999",
+    ),
+    case(
+        "cti-api-cleartext",
+        {"site.yaml": SITE + "cti_api: {base_url: 'http://cti.example/v1'}\n"},
+        "site.yaml:15:10",
+        "cti_api: http:// sends the CTI API password in clear",
+    ),
+    case(
+        "ldap-bad-port",
+        {"site.yaml": SITE.replace("ldaps://dc1.nfon.test", "ldaps://dc1.nfon.test:63x")},
+        "site.yaml:5:13",
+        "directory.ldap_url: 'ldaps://dc1.nfon.test:63x': Port could not be cast",
+    ),
+    case(
+        "friendly-name-control",
+        {
+            "k6732.yaml": TENANT.replace(
+                '    lines: ["100"]', '    lines: ["100"]\n    friendly_name: "A\\x0bB"'
+            )
+        },
+        "k6732.yaml:9:20",
+        "assignments[0].friendly_name: holds a control character tsecimp XML cannot carry",
+    ),
+    case(
+        "platform-placeholder",
+        {"tapi01.yaml": SERVER + "platform: {instance_file_pattern: 'X_{Instance}.TSP'}\n"},
+        "tapi01.yaml:7:35",
+        "platform.instance_file_pattern: the only placeholder allowed is {instance}",
     ),
     case(
         "host-twice",

@@ -427,8 +427,12 @@ def test_unreadable_ca_bundle_is_a_connection_error(tmp_path: Path) -> None:
 
 def test_verify_false_is_an_explicit_opt_in_with_one_warning(cti_sim: CTIAPISimulator) -> None:
     password = Secret(cti_sim.pbx("K6732").password)
+    with pytest.raises(CTIConnectionError, match=r"set cti_api\.allow_insecure: true"):
+        CTIClient("K6732", password, base_url=cti_sim.base_url, verify=False)
     with pytest.warns(CTIInsecureTransportWarning) as warned:
-        client = CTIClient("K6732", password, base_url=cti_sim.base_url, verify=False)
+        client = CTIClient(
+            "K6732", password, base_url=cti_sim.base_url, verify=False, allow_insecure=True
+        )
     with client:
         assert len(client.extensions()) == 3
 
@@ -437,13 +441,17 @@ def test_verify_false_is_an_explicit_opt_in_with_one_warning(cti_sim: CTIAPISimu
     assert password.reveal() not in str(warned[0].message)
 
 
-def test_plain_http_warns_like_verify_false(
+def test_plain_http_needs_the_opt_in_and_warns(
     cti_signing_key: rsa.RSAPrivateKey, cti_contract: CTIContract
 ) -> None:
     pbx = PBX("K4711", "cti-pass-plain", [{"number": "100", "name": "Lager"}])
     with CTIAPISimulator([pbx], signing_key=cti_signing_key) as sim:
+        with pytest.raises(CTIConnectionError, match="is not verified https"):
+            CTIClient("K4711", Secret(pbx.password), base_url=sim.base_url)
         with pytest.warns(CTIInsecureTransportWarning, match="without TLS"):
-            client = CTIClient("K4711", Secret(pbx.password), base_url=sim.base_url)
+            client = CTIClient(
+                "K4711", Secret(pbx.password), base_url=sim.base_url, allow_insecure=True
+            )
         with client:
             assert [e.uuid for e in client.extensions()] == ["100@K4711"]
     assert cti_contract.simulator_problems(sim, requests=True) == []
