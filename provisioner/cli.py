@@ -78,7 +78,8 @@ target_option = click.option(
     "targets",
     multiple=True,
     metavar="SEL",
-    help="only changes matching: an address pattern, server=NAME or tenant=NAME (repeatable)",
+    help="only changes matching: an address pattern, server=NAME, tenant=NAME or host=NAME "
+    "(repeatable)",
 )
 
 

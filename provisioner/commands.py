@@ -43,12 +43,6 @@ from provisioner.saved_plan import SavedPlan
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
-class ManifestProblems(ProvisionerError):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
-
 @dataclass
 class Options:
     inventory: str | None = None

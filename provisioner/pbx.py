@@ -28,7 +28,6 @@ from provisioner.transports.cti_api import CTIClient
 @dataclass
 class PbxFacts:
     extensions: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant → numbers
-    names: dict[str, dict[str, str]] = field(default_factory=dict)  # tenant → number → name
     problems: list[PlanProblem] = field(default_factory=list)
     calls: int = 0
 
@@ -124,7 +123,6 @@ def read_pbx(
             facts.problems.append(PlanProblem(f"tenant {name}: NFON CTI API: {error}", tenant=name))
             continue
         facts.extensions[name] = frozenset(numbers)
-        facts.names[name] = numbers
     return facts
 
 

@@ -126,7 +126,6 @@ def context(estate: Estate, host: Host, inputs: PlanInputs) -> HostContext:
         estate=estate,
         profile=profile_for(estate, host),
         facts=inputs.facts.get(host.key),
-        extensions=inputs.extensions,
         directory=inputs.directory,
     )
     if inputs.resolve is not None:
@@ -379,7 +378,7 @@ def select(
         if not matched:
             raise ProvisionerError(
                 f"--target '{selector}' matches nothing: use an address pattern such as "
-                "'server/tapi01/*', or server=NAME, tenant=NAME"
+                "'server/tapi01/*', or server=NAME, tenant=NAME, host=NAME"
             )
         keep |= matched
     for host_plan in host_plans.values():

@@ -10,8 +10,7 @@ DN; :func:`lookup_users` reads all users of a run in one search per batch::
     #        display_name='Max Muster', disabled=False, dn='CN=Max Muster,OU=Staff,DC=nfon,DC=test',
     #        member_of=frozenset({'TAPI-Users'}))
 
-Users are keyed by their objectSid in state, because a rename changes sAMAccountName and DN but
-never the SID.
+Each user carries its objectSid, which a rename does not change (sAMAccountName and DN do).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ A loaded document is ``Document(file, index, data)``::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,14 +274,3 @@ def _child(node: Node, step: PathKey) -> tuple[Node | None, Node] | None:
     if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
         return None, node.value[step]
     return None
-
-
-def iter_paths(value: Any, prefix: tuple[PathKey, ...] = ()) -> Iterator[tuple[PathKey, ...]]:
-    """Every path inside a plain document, depth first (used by tests and the schema check)."""
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from iter_paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from iter_paths(v, (*prefix, i))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -167,8 +167,6 @@ RemoteAddress = Annotated[
 
 IPAddress = IPvAnyAddress
 IPNetwork = IPvAnyNetwork
-AnyIPAddress = IPv4Address | IPv6Address
-AnyIPNetwork = IPv4Network | IPv6Network
 
 
 def _url_port(url: str) -> str:

@@ -50,7 +50,7 @@ class Change:
     address: str
     action: Action
     kind: str
-    host: str  # the host whose batch carries this change ("" for directory changes)
+    host: str  # the host whose batch carries this change ("directory" for AD changes)
     tenant: str | None = None
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
@@ -93,8 +93,7 @@ class Plan:
     unmanaged: list[Unmanaged] = field(default_factory=list)
     problems: list[PlanProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    fingerprints: dict[str, str] = field(default_factory=dict)  # host or source → digest
-    manifest_digest: str = ""
+    fingerprints: dict[str, str] = field(default_factory=dict)  # host key → digest of its facts
     targets: list[str] = field(default_factory=list)
 
     @property

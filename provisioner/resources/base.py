@@ -49,7 +49,6 @@ class HostContext:
     server: TapiServer | None = None
     clients: TapiClients | None = None
     tenants: list[Tenant] = field(default_factory=list)
-    extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → PBX lines
     directory: Any = None  # directory facts, when read
     skipped_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → users
     removed_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # lines to drop

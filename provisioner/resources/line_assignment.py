@@ -196,7 +196,3 @@ def _lines_per_user(ctx: HostContext) -> dict[str, int]:
                 counts[domain_user_key(user)] += 1
     ctx.cache[key] = counts
     return counts
-
-
-def operations(change: Change, resource: Resource | None, ctx: HostContext) -> list[Operation]:
-    return []  # carried out together by batch_operations
