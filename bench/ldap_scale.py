@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provisioner.directory import lookup_users, resolve_domain
+from provisioner.directory.facts import lookup_users, resolve_domain
 from provisioner.lab.samba import LabUser, SambaDC, create_users, ensure_ou
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from provisioner.directory.reader import DirectoryFacts, group_key
+from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.errors import ProvisionerError
 from provisioner.manifest.models import OnMissingUser, SecretRef, domain_user_key
 from provisioner.manifest.validate import Estate
@@ -36,7 +36,6 @@ from provisioner.resources import (
 )
 from provisioner.resources.base import HostContext, Resource, diff, digest, pair_up
 from provisioner.secrets import Secret
-from provisioner.transports.ldap import dn_key
 
 # The order of the kinds is the order of the changes on a host.
 KINDS: tuple[ModuleType, ...] = (
@@ -317,14 +316,10 @@ def _check_group_isolation(estate: Estate, directory: DirectoryFacts, plan: Plan
         for other in estate.tenants.values():
             if other is tenant or not other.users_group:
                 continue
-            group = directory.groups.get(group_key(other.users_group))
-            if group is None:
-                continue
-            members = {dn_key(m) for m in group.members}
+            group = group_key(other.users_group)
             for assignment in tenant.assignments:
                 key = domain_user_key(assignment.user)
-                user = directory.users.get(key)
-                if user is None or key in allowed or dn_key(user.dn) not in members:
+                if key in allowed or not directory.is_member(key, group):
                     continue
                 plan.problems.append(
                     PlanProblem(

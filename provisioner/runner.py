@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.directory.operations import add_group_members, remove_group_members
-from provisioner.directory.reader import DirectoryFacts, group_key, read_directory, settings_for
+from provisioner.directory.reader import read_directory, settings_for
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
 from provisioner.manifest.models import TapiClients, TapiServer, WinRMSettings, domain_user_key

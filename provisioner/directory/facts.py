@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ldap3.utils.conv import escape_filter_chars
 
+from provisioner.directory.model import ADGroup, ADUser
 from provisioner.errors import ProvisionerError
 from provisioner.transports.ldap import LDAPConnection, dn_key
 
@@ -53,27 +54,6 @@ class DomainInfo:
     netbios: str
     dn: str
     dns_root: str
-
-
-@dataclass(frozen=True)
-class ADUser:
-    """A user account; ``member_of``: those of the requested groups it is a direct member of."""
-
-    sam: str
-    sid: str
-    display_name: str | None
-    disabled: bool
-    dn: str
-    member_of: frozenset[str]
-
-
-@dataclass(frozen=True)
-class ADGroup:
-    """A group and the DNs of its direct members."""
-
-    name: str
-    dn: str
-    members: frozenset[str]
 
 
 def sid_to_string(raw: bytes) -> str:

@@ -10,37 +10,16 @@ one read per tenant users group::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner.directory.facts import ADGroup, ADUser, lookup_users, read_group, resolve_domain
+from provisioner.directory.facts import lookup_users, read_group, resolve_domain
+from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
 from provisioner.manifest.models import Site, domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import PlanProblem
 from provisioner.transports.ldap import LDAPConnection, LDAPSettings, dn_key
-
-
-@dataclass
-class DirectoryFacts:
-    users: dict[str, ADUser | None] = field(default_factory=dict)  # DOMAIN\SAM → user or absent
-    groups: dict[str, ADGroup] = field(default_factory=dict)  # DOMAIN\GROUP (upper) → group
-    problems: list[PlanProblem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    operations: int = 0
-    read_sites: set[str] = field(default_factory=set)
-    _by_dn: dict[str, str] = field(default_factory=dict, repr=False)
-
-    def sam_of(self, dn: str) -> str:
-        """How a member DN is shown: DOMAIN\\SAM for users we know, else the DN itself."""
-        if len(self._by_dn) != len(self.users):
-            self._by_dn = {dn_key(u.dn) if u else f"(absent){n}": n for n, u in self.users.items()}
-        return self._by_dn.get(dn_key(dn), dn)
-
-
-def group_key(name: str) -> str:
-    return name.upper()
 
 
 def settings_for(site: Site, inventory: Inventory) -> LDAPSettings:
@@ -99,8 +78,14 @@ def _read_site(estate: Estate, site: Site, inventory: Inventory, facts: Director
             conn, domain, [u.split("\\")[1] for u in ours], batch_size=site.directory.batch_size
         )
         for user in ours:
-            facts.users[user] = found.get(user.split("\\")[1].lower())
+            ad_user = found.get(user.split("\\")[1].lower())
+            facts.users[user] = ad_user
+            if ad_user is not None:
+                facts.user_keys[user] = dn_key(ad_user.dn)
+                facts.keys[dn_key(ad_user.dn)] = user
         for key in groups:  # validate made sure they are all in this Site's domain
-            facts.groups[key] = read_group(conn, domain, key.split("\\", 1)[1])
+            group = read_group(conn, domain, key.split("\\", 1)[1])
+            facts.groups[key] = group
+            facts.member_keys[key] = {dn_key(dn): dn for dn in group.members}
         facts.operations += conn.operations
     facts.read_sites.add(site.name)

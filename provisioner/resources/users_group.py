@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from provisioner.directory.reader import DirectoryFacts, group_key
+from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.manifest.models import domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.resources.base import Resource
@@ -32,16 +32,16 @@ def pairs(
     for tenant in sorted(estate.tenants.values(), key=lambda t: t.name):
         if not tenant.users_group:
             continue
-        group = directory.groups.get(group_key(tenant.users_group))
-        if group is None:
-            continue  # not read (another domain, or the directory is off)
+        group = group_key(tenant.users_group)
+        if group not in directory.groups:
+            continue  # not read (the directory is off, or could not be read)
         wanted = set()
         for assignment in tenant.assignments:
             key = domain_user_key(assignment.user)
             user = directory.users.get(key)
             if user is not None and key not in removed.get(tenant.name, frozenset()):
                 wanted.add(key)
-        live = {directory.sam_of(dn) for dn in group.members}
+        live = directory.members_shown(group)
         attributes = {"group": group_key(tenant.users_group)}
         result.append(
             (

@@ -8,7 +8,7 @@ import re
 import ldap3
 import pytest
 
-from provisioner.directory import (
+from provisioner.directory.facts import (
     DomainInfo,
     DomainNotFoundError,
     GroupNotFoundError,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner.directory import (
-    DomainInfo,
+from provisioner.directory.facts import DomainInfo, read_group, resolve_domain
+from provisioner.directory.operations import (
     MembershipChange,
     add_group_members,
-    read_group,
     remove_group_members,
-    resolve_domain,
 )
 from provisioner.lab.samba import SambaDC
 from provisioner.transports.ldap import LDAPOperationError
