@@ -11,10 +11,12 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
 from provisioner import __version__
+from provisioner.commands import Options
 from provisioner.errors import ProvisionerError
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -83,9 +85,7 @@ target_option = click.option(
 )
 
 
-def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = True):  # type: ignore[no-untyped-def]
-    from provisioner.commands import Options
-
+def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = True) -> Options:
     return Options(
         inventory=inventory,
         parallelism=parallelism,
@@ -286,7 +286,7 @@ def lab_tamper(host: str, action: str, argument: str, directory: Path) -> None:
     click.echo(answer["message"])
 
 
-def _print_lab(state: dict) -> None:  # type: ignore[type-arg]
+def _print_lab(state: dict[str, Any]) -> None:
     click.echo(f"{'host':<16} {'role':<7} {'endpoint':<32} {'commands':>8} {'messages':>8}")
     for name, host in state["hosts"].items():
         click.echo(

@@ -22,6 +22,7 @@ from provisioner.pbx import PbxFacts
 from provisioner.plan.model import Action, Change, Plan
 from provisioner.planner import (
     Host,
+    HostPlan,
     PlanInputs,
     build_plan,
     context,
@@ -63,7 +64,7 @@ def load(paths: Sequence[Path]) -> Estate:
     return estate
 
 
-def make_plan(run: Run, estate: Estate, targets: Sequence[str]):  # type: ignore[no-untyped-def]
+def make_plan(run: Run, estate: Estate, targets: Sequence[str]) -> tuple[Plan, dict[str, HostPlan]]:
     inputs = run.inputs()
     return build_plan(estate, inputs, targets=targets)
 
@@ -315,7 +316,7 @@ def without_fingerprints(value: object) -> object:
     return value
 
 
-def describe_facts(facts) -> str:  # type: ignore[no-untyped-def]
+def describe_facts(facts: HostFacts) -> str:
     lines = [f"{facts.computer_name} ({facts.role}), contract {facts.contract}"]
     if facts.lock:
         lines.append(f"  locked by {facts.lock.owner} until {facts.lock.expires}")

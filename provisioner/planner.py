@@ -19,7 +19,7 @@ from types import ModuleType
 
 from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.errors import ProvisionerError
-from provisioner.manifest.models import OnMissingUser, SecretRef, domain_user_key
+from provisioner.manifest.models import OnMissingUser, SecretRef, TapiClients, domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Action, Change, Plan, PlanProblem, Unmanaged
 from provisioner.platform import Profile, default_profile
@@ -99,7 +99,7 @@ def profile_for(estate: Estate, host: Host) -> Profile:
     return profile
 
 
-def _clients_of(estate: Estate, host: Host):  # type: ignore[no-untyped-def]
+def _clients_of(estate: Estate, host: Host) -> TapiClients | None:
     for clients in estate.clients.values():
         if host.name in clients.hosts:
             return clients

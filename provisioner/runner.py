@@ -10,11 +10,12 @@ import getpass
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.directory.operations import add_group_members, remove_group_members
@@ -54,6 +55,8 @@ from provisioner.transports.ldap import LDAPConnection
 from provisioner.transports.winrm import WinRMEndpoint
 
 DEFAULT_PARALLELISM = 10
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpoint:
@@ -299,7 +302,7 @@ class Run:
         by_address = {r.change.address: r for r in forced}
         return [by_address.get(r.change.address, r) for r in results]
 
-    def _parallel(self, function, items):  # type: ignore[no-untyped-def]
+    def _parallel(self, function: Callable[[_In], _Out], items: Sequence[_In]) -> list[_Out]:
         if len(items) <= 1:
             return [function(item) for item in items]
         with ThreadPoolExecutor(max_workers=min(self.parallelism, len(items))) as pool:

@@ -13,7 +13,8 @@ into the same canonical attributes before comparing, or every plan would show an
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from provisioner.manifest.expand import client_rules, server_rules
 from provisioner.manifest.models import FirewallRule
@@ -204,7 +205,7 @@ def operations(change: Change, resource: Resource | None, ctx: HostContext) -> l
     return [FirewallUpsert(rule=to_spec(name, after, ctx.profile.firewall_group))]
 
 
-def to_spec(name: str, attributes: dict[str, object], group: str) -> FirewallRuleSpec:
+def to_spec(name: str, attributes: Mapping[str, Any], group: str) -> FirewallRuleSpec:
     """Canonical attributes back into the host's spelling."""
 
     def joined(values: object) -> str:
@@ -212,9 +213,7 @@ def to_spec(name: str, attributes: dict[str, object], group: str) -> FirewallRul
         return "*" if items in ([], ["any"]) else ",".join(str(v) for v in items)
 
     profiles = attributes["profiles"]
-    mask = (
-        ALL_PROFILES if profiles == ["any"] else sum(PROFILE_BITS[p] for p in profiles)  # type: ignore[union-attr]
-    )
+    mask = ALL_PROFILES if profiles == ["any"] else sum(PROFILE_BITS[p] for p in profiles)
     return FirewallRuleSpec(
         name=name,
         display_name=name,

@@ -67,14 +67,5 @@ def live(ctx: HostContext) -> list[Resource]:
 
 
 def operations(change: Change, resource: Resource | None, ctx: HostContext) -> list[Operation]:
-    after = change.after or {}
-    return [
-        LocationSet(
-            name=str(after["name"]),
-            country_code=int(after["country_code"]),  # type: ignore[call-overload]
-            area_code=str(after["area_code"]),
-            outside_access=str(after["outside_access"]),
-            long_distance_access=str(after["long_distance_access"]),
-            international_access=str(after["international_access"]),
-        )
-    ]
+    assert ctx.server is not None and ctx.server.location is not None
+    return [LocationSet(**ctx.server.location.model_dump())]

@@ -150,7 +150,7 @@ def operations(change: Change, resource: Resource | None, ctx: HostContext) -> l
             ops.append(
                 TelephonyConfigure(
                     server_mode=bool(after["server_mode"]),
-                    administrators=list(after["administrators"]),  # type: ignore[call-overload]
+                    administrators=list(after["administrators"]),
                 )
             )
         return ops
@@ -165,7 +165,7 @@ def operations(change: Change, resource: Resource | None, ctx: HostContext) -> l
             ServiceConfigure(
                 name=name,
                 start_mode=after["start_mode"],
-                account=str(after["account"]),  # type: ignore[arg-type]
+                account=str(after["account"]),
             )
         )
     if before.get("state") != after["state"]:

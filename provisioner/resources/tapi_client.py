@@ -66,10 +66,9 @@ def live(ctx: HostContext) -> list[Resource]:
 
 
 def operations(change: Change, resource: Resource | None, ctx: HostContext) -> list[Operation]:
-    after = change.after or {}
+    assert ctx.clients is not None
     return [
         TapiClientSet(
-            servers=list(after["servers"]),  # type: ignore[call-overload]
-            connection_oriented=bool(after["connection_oriented"]),
+            servers=server_names(ctx), connection_oriented=ctx.clients.connection_oriented
         )
     ]

@@ -118,7 +118,7 @@ def operations(change: Change, resource: Resource | None, ctx: HostContext) -> l
                 k_account=str(after["k_account"]),
                 number_format=str(after["number_format"]),
                 line_name_format=str(after["line_name_format"]),
-                debug_level=int(after["debug_level"]),  # type: ignore[call-overload]
+                debug_level=int(after["debug_level"]),
                 password=password,
             )
         )
