@@ -21,6 +21,7 @@ from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts
 from provisioner.plan.model import Action, Change, Plan
 from provisioner.planner import (
+    RESTART,
     Host,
     HostPlan,
     PlanInputs,
@@ -129,10 +130,10 @@ def apply_command(
             host_plan.changes, held_here = hold_back(plan, host_plan.changes)
             held += held_here
             if held_here:  # a restart only for the changes that still go ahead
-                kept = [c for c in host_plan.changes if c.kind != "restart"]
+                kept = [c for c in host_plan.changes if c.kind != RESTART]
                 needed = {c.address for c in handlers(kept, host_plan.context)}
                 host_plan.changes = [
-                    c for c in host_plan.changes if c.kind != "restart" or c.address in needed
+                    c for c in host_plan.changes if c.kind != RESTART or c.address in needed
                 ]
         for change in held:
             options.echo(f"  held back: {change.address} (a problem above concerns it)")

@@ -37,8 +37,10 @@ from provisioner.resources import (
 from provisioner.resources.base import HostContext, Resource, diff, digest, pair_up
 from provisioner.secrets import Secret
 
-# The order of the kinds is the order of the changes on a host.
-KINDS: tuple[ModuleType, ...] = (
+RESTART = "restart"  # the kind of a handler change: a service restarted once
+
+# The order of the modules is the order of the changes on a host.
+RESOURCE_MODULES: tuple[ModuleType, ...] = (
     package,
     firewall,
     services,
@@ -47,27 +49,12 @@ KINDS: tuple[ModuleType, ...] = (
     line_assignment,
     tapi_client,
 )
-MODULE_OF = {
-    "package": package,
-    "firewall_rule": firewall,
-    "telephony": services,
-    "cti_engine": services,
-    "location": location,
-    "tsp_instance": tsp_instance,
-    "line_assignment": line_assignment,
-    "tapi_client": tapi_client,
+MODULE_OF = {kind: module for module in RESOURCE_MODULES for kind in module.KINDS}
+_PHASE: dict[str, float] = {
+    kind: number for number, module in enumerate(RESOURCE_MODULES) for kind in module.KINDS
 }
-_PHASE = {
-    "package": 0,
-    "firewall_rule": 1,
-    "telephony": 2,
-    "cti_engine": 2,
-    "location": 3,
-    "tsp_instance": 4,
-    "restart": 5,
-    "line_assignment": 6,
-    "tapi_client": 7,
-}
+# handlers run after the TSP instances and before the line assignments, which need new lines
+_PHASE[RESTART] = _PHASE[tsp_instance.KIND] + 0.5
 
 
 @dataclass(frozen=True)
@@ -152,7 +139,7 @@ class HostPlan:
 def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
     changes: list[Change] = []
     desired_by_address: dict[str, Resource] = {}
-    for module in KINDS:
+    for module in RESOURCE_MODULES:
         try:
             wanted = module.desired(ctx)
         except ProvisionerError as exc:
@@ -214,7 +201,7 @@ def handlers(changes: list[Change], ctx: HostContext) -> list[Change]:
         Change(
             address=f"server/{ctx.name}/restart/{service}",
             action=Action.RESTART,
-            kind="restart",
+            kind=RESTART,
             host=ctx.name,
             after={"service": service},
             reason=reason,

@@ -28,6 +28,7 @@ from provisioner.pbx import PbxFacts, read_pbx, unassigned_extensions
 from provisioner.plan.model import Action, Change, Plan, PlanProblem
 from provisioner.planner import (
     MODULE_OF,
+    RESTART,
     Host,
     HostPlan,
     PlanInputs,
@@ -356,7 +357,7 @@ def build_steps(
                 continue
             operations = line_assignment.batch_operations(line_changes, ctx, friendly_names(ctx))
             owners = line_changes
-        elif change.kind == "restart":
+        elif change.kind == RESTART:
             operations = [
                 ServiceControl(op="service.restart", name=str((change.after or {})["service"]))
             ]

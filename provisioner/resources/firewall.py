@@ -29,6 +29,7 @@ from provisioner.remote.contract import (
 from provisioner.resources.base import HostContext, Resource
 
 KIND = "firewall_rule"
+KINDS = (KIND,)
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmpv4": 1, "icmpv6": 58, "any": 256}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}

@@ -26,6 +26,7 @@ from provisioner.remote.tsecimp import ListedProvider, XmlLine, XmlUser, parse_l
 from provisioner.resources.base import HostContext, Resource
 
 KIND = "line_assignment"
+KINDS = (KIND,)
 
 
 def address(tenant: str, user: str) -> str:

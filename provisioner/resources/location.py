@@ -13,6 +13,7 @@ from provisioner.remote.contract import LocationSet, Operation
 from provisioner.resources.base import HostContext, Resource
 
 KIND = "location"
+KINDS = (KIND,)
 
 
 def _address(ctx: HostContext) -> str:

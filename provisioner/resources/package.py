@@ -11,6 +11,7 @@ from provisioner.remote.contract import Operation, PackageInstall
 from provisioner.resources.base import HostContext, Resource
 
 KIND = "package"
+KINDS = (KIND,)
 
 
 def _address(ctx: HostContext) -> str:

@@ -29,6 +29,7 @@ from provisioner.resources.base import HostContext, Resource
 
 TELEPHONY = "telephony"
 CTI_ENGINE = "cti_engine"
+KINDS = (TELEPHONY, CTI_ENGINE)
 
 _LOCAL_SYSTEM = {"localsystem", "local system", "nt authority\\system", ".\\localsystem", "system"}
 

@@ -15,6 +15,7 @@ from provisioner.remote.contract import Operation, TapiClientSet
 from provisioner.resources.base import HostContext, Resource
 
 KIND = "tapi_client"
+KINDS = (KIND,)
 
 
 def _address(ctx: HostContext) -> str:

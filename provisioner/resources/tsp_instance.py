@@ -19,6 +19,7 @@ from provisioner.remote.contract import (
 from provisioner.resources.base import HostContext, Resource
 
 KIND = "tsp_instance"
+KINDS = (KIND,)
 SETTINGS = ("k_account", "number_format", "line_name_format", "debug_level")
 
 
