@@ -25,6 +25,7 @@ import jinja2
 
 from provisioner.plan.model import Action, Change, Plan
 from provisioner.remote.scripts import templates_dir
+from provisioner.render.text import value_text
 from provisioner.secrets import REDACTED
 
 CATEGORIES = ("changed", "missing", "unmanaged")
@@ -159,7 +160,7 @@ def drift_lines(change: Change) -> list[str]:
     before, after = change.before or {}, change.after or {}
     lines = []
     for key in change.changed_attributes:
-        wanted = _value(after.get(key))
+        wanted = value_text(after.get(key))
         if key in change.sensitive_changed:
             lines.append(
                 f"{key}: {REDACTED}" + ("" if change.action is Action.CREATE else " differs")
@@ -167,7 +168,7 @@ def drift_lines(change: Change) -> list[str]:
         elif change.action is Action.CREATE:
             lines.append(f"{key}: manifests want {wanted}")
         else:
-            lines.append(f"{key}: host has {_value(before.get(key))}, manifests want {wanted}")
+            lines.append(f"{key}: host has {value_text(before.get(key))}, manifests want {wanted}")
     return lines
 
 
@@ -237,14 +238,6 @@ def render_html(report: DriftReport) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "(none)"
-    if value == REDACTED:
-        return REDACTED
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _md(text: str) -> str:

@@ -78,15 +78,16 @@ def attribute_lines(change: Change) -> list[str]:
             result.append(f"{key}: {REDACTED[:-1]}{changed})")
             continue
         if change.action is Action.CREATE:
-            result.append(f"{key}: {_value(after.get(key))}")
+            result.append(f"{key}: {value_text(after.get(key))}")
         else:
-            result.append(f"{key}: {_value(before.get(key))} → {_value(after.get(key))}")
+            result.append(f"{key}: {value_text(before.get(key))} → {value_text(after.get(key))}")
     return result
 
 
-def _value(value: Any) -> str:
+def value_text(value: Any) -> str:
+    """A canonical value as a reader wants it: JSON, but ``NFON\\jdoe`` with one backslash."""
     if value is None:
         return "(none)"
     if value == REDACTED:
         return REDACTED
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False).replace("\\\\", "\\")
