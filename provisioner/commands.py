@@ -142,7 +142,11 @@ def apply_command(
             return EXIT_ERROR if plan.problems else EXIT_OK
         journal = Journal()  # fails here, before anything changed, if it cannot be written
         if not auto_approve:
-            confirm(options)
+            try:
+                confirm(options)
+            except ProvisionerError:
+                journal.path.unlink(missing_ok=True)  # nothing was applied: nothing to record
+                raise
         results = []
         if group_changes:
             results.append(run.apply_directory(group_changes))
