@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generated_estate import EstateShape, write_estate
+from generated_estate import EstateShape, span, write_estate
 
 from provisioner.lab.cti_api import BASE_PATH, CTIAPISimulator
 from provisioner.lab.estate import Lab
@@ -189,18 +189,11 @@ def describe(figures: PlanFigures) -> str:
     tenants = len(figures.calls)
     return (
         f"plan {figures.number}   wall {figures.wall_s:6.2f} s   CTI calls "
-        f"{sum(per_tenant)} ({tenants} tenants): per tenant {_span(per_tenant)}, logins "
-        f"{_span(list(figures.logins.values()))}, listings "
-        f"{_span(list(figures.listings.values()))}   "
+        f"{sum(per_tenant)} ({tenants} tenants): per tenant {span(per_tenant)}, logins "
+        f"{span(list(figures.logins.values()))}, listings "
+        f"{span(list(figures.listings.values()))}   "
         f"{'ok' if not figures.problems else 'NOT MET'}"
     )
-
-
-def _span(values: list[int]) -> str:
-    if not values:
-        return "-"
-    low, high = min(values), max(values)
-    return str(low) if low == high else f"{low}-{high}"
 
 
 if __name__ == "__main__":

@@ -112,3 +112,11 @@ def write_estate(directory: Path, shape: EstateShape) -> Path:
             )
         (directory / f"t{t:05d}.yaml").write_text("".join(parts))
     return directory
+
+
+def span(values: list[int]) -> str:
+    """``[2, 2, 2]`` → ``"2"``, ``[1, 3]`` → ``"1-3"``: a figure across hosts or tenants."""
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"

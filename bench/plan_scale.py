@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generated_estate import EstateShape, write_estate
+from generated_estate import EstateShape, span, write_estate
 
 from provisioner.lab.estate import Lab
 from provisioner.remote import scripts
@@ -214,7 +214,7 @@ def print_table(phases: list[Phase]) -> None:
         messages = list(phase.messages.values())
         print(
             f"{phase.size:<7} {phase.name:<7} {phase.wall_s:8.2f} {phase.peak_rss_mib:13.0f} "
-            f"{phase.lab_cpu_s:10.1f} {len(counts):6d} {_span(counts):>14} {_span(messages):>14}"
+            f"{phase.lab_cpu_s:10.1f} {len(counts):6d} {span(counts):>14} {span(messages):>14}"
             f"  {'ok' if not phase.problems else 'NOT MET'}"
         )
 
@@ -232,13 +232,6 @@ def print_profile(path: Path, top: int) -> None:
                 f"      {cumulative:8.2f} cum {own:8.2f} own {calls:>9} calls  "
                 f"{Path(file).name}:{line} {name}"
             )
-
-
-def _span(values: list[int]) -> str:
-    if not values:
-        return "-"
-    low, high = min(values), max(values)
-    return str(low) if low == high else f"{low}-{high}"
 
 
 def _script_name(stdin: bytes) -> str:

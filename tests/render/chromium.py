@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import NoReturn
 
-import pytest
+from tests.support.ci import part_unavailable
 
 PROGRAMS = ("chromium", "chromium-browser")
 INSTALL = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
@@ -70,10 +70,7 @@ def _install() -> None:
 
 
 def unavailable(reason: str) -> NoReturn:
-    """Fail under CI, where a missing browser is a broken build; skip on a developer's machine."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"{reason} (CI needs Chromium for the HTML report test)", pytrace=False)
-    pytest.skip(reason)
+    part_unavailable(reason, "Chromium for the HTML report test")
 
 
 def dump_dom(program: str, page: Path, scratch: Path) -> str:

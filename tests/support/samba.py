@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from provisioner.lab.samba import (
 )
 from provisioner.secrets import Secret
 from provisioner.transports.ldap import LDAPConnection, LDAPSettings
+from tests.support.ci import part_unavailable
 
 LAB_OU = "OU=Provisioner Lab"
 BULK_USER_COUNT = 2000
@@ -103,10 +103,7 @@ class LabDirectory:
 
 
 def samba_unavailable(reason: str) -> NoReturn:
-    """Fail under CI, where a missing DC is a broken build; skip on a developer's machine."""
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"{reason} (CI needs a real Samba AD DC)", pytrace=False)
-    pytest.skip(reason)
+    part_unavailable(reason, "a real Samba AD DC")
 
 
 @pytest.fixture(scope="session")
