@@ -22,10 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import requests
@@ -372,11 +374,36 @@ class WinRMSession:
 _T = TypeVar("_T")
 
 
+class _OwnSettingsTransport(pywinrm_transport.Transport):
+    """pywinrm's transport with a session whose settings are its own, never the environment's.
+
+    pywinrm's ``proxy=None`` becomes the proxy setting ``no_proxy="*"`` on a session that trusts
+    the environment; for such a session ``requests`` sets and deletes ``os.environ["no_proxy"]``
+    around every request, and other threads reading the environment meanwhile fail
+    (``KeyError: 'no_proxy'``). Here the session is built with no proxy settings (requests then
+    only reads the environment, once) and is then told to use no proxy and ignore the
+    environment from its first request on.
+    """
+
+    def build_session(self) -> requests.Session:
+        if self.session is None:
+            self.proxy = "legacy_requests"  # no proxy settings: nothing for requests to write
+            try:
+                session = super().build_session()
+            finally:
+                self.proxy = None
+            session.trust_env = False
+            session.proxies = {}
+            return session
+        return self.session
+
+
 class _CountingProtocol(Protocol):
     """pywinrm's Protocol, counting every WSMan message it sends."""
 
     def __init__(self, counters: SessionCounters, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.transport.__class__ = _OwnSettingsTransport
         self.counters = counters
 
     def send_message(self, message: str) -> bytes:
@@ -508,14 +535,36 @@ def _translated_errors(endpoint: WinRMEndpoint, operation_timeout_is_fault: bool
         ) from None
     except OSError as exc:  # requests raises it for an unreadable CA bundle, for one
         raise WinRMError(f"{where}: {exc.strerror or exc}") from None
-    except (ET.ParseError, StopIteration, AssertionError, ValueError, KeyError) as exc:
-        # pywinrm asserts on RelatesTo and uses next() to find ShellId and CommandId.
-        raise WinRMError(
-            f"{where} sent a reply that is not valid WS-Management ({type(exc).__name__}): "
-            f"check that {endpoint.url} is a WinRM listener"
-        ) from None
     except pywinrm.WinRMError as exc:
         raise WinRMError(f"{where}: {exc}") from None
+    except (ET.ParseError, StopIteration, AssertionError) as exc:
+        # pywinrm parses every reply, asserts on RelatesTo and uses next() to find the ShellId
+        # and CommandId: these mean the reply was not the WS-Management pywinrm expects.
+        raise WinRMError(
+            f"{where} sent a reply that is not valid WS-Management ({_origin(exc)}): "
+            f"check that {endpoint.url} is a WinRM listener"
+        ) from None
+    except Exception as exc:
+        # Anything else is not the host's doing that we know of: say what it was and where,
+        # instead of guessing at the listener.
+        text = _origin(exc)
+        if endpoint.password is not None:
+            text = text.replace(endpoint.password.reveal(), str(endpoint.password))
+        raise WinRMError(
+            f"{where}: unexpected error in the WinRM client: {text}; please report it"
+        ) from None
+
+
+def _origin(exc: BaseException) -> str:
+    """``KeyError: 'x' (in resolve_proxies, requests/utils.py:929)``: what, and where it arose."""
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        frame = frames[-1]
+        parts = Path(frame.filename).parts[-2:]
+        where = f" (in {frame.name}, {'/'.join(parts)}:{frame.lineno})"
+    detail = str(exc)
+    return f"{type(exc).__name__}{': ' + detail if detail else ''}{where}"
 
 
 def _reason(exc: Exception) -> str:
