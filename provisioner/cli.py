@@ -148,7 +148,7 @@ def apply(
     saved: Path | None,
     auto_approve: bool,
 ) -> None:
-    """Apply the manifests (or a saved plan), then verify."""
+    """Apply the manifests (or a saved plan, from where it was made or with PATHS), then verify."""
     from provisioner.commands import apply_command
 
     sys.exit(

@@ -15,7 +15,7 @@ import click
 
 from provisioner.directory.reader import read_directory
 from provisioner.errors import ProvisionerError
-from provisioner.inventory import load_inventory
+from provisioner.inventory import inventory_file, load_inventory
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts
@@ -85,7 +85,7 @@ def plan_command(
         plan, _ = make_plan(run, estate, targets)
     options.echo(render(plan, output_format, options.colour))
     if out is not None:
-        SavedPlan.of(plan, [str(p) for p in paths], options.inventory).write(out)
+        SavedPlan.of(plan, paths, inventory_file(options.inventory)).write(out)
         options.echo(f"Saved the plan to {out}: apply it with 'provisioner apply --plan {out}'.")
     if plan.problems:
         return EXIT_ERROR
@@ -110,15 +110,15 @@ def apply_command(
 ) -> int:
     saved = SavedPlan.read(saved_path) if saved_path else None
     if saved is not None:
-        if paths:
-            raise ProvisionerError("give either manifest paths or --plan, not both")
-        paths = [Path(p) for p in saved.manifests]
+        if targets:
+            raise ProvisionerError("a saved plan keeps the targets it was made with: drop --target")
+        paths = saved.manifest_paths(paths)
         targets = saved.targets
-        if options.inventory is None:
-            options.inventory = saved.inventory
     elif not paths:
         raise ProvisionerError("give the manifest paths to apply, or --plan FILE")
     estate = load(paths)
+    if saved is not None:  # every offline check before any host, directory or PBX is contacted
+        saved.check_offline(paths, inventory_file(options.inventory))
     inventory = load_inventory(options.inventory)
     with Run(estate, inventory, parallelism=options.parallelism) as run:
         plan, host_plans = make_plan(run, estate, targets)

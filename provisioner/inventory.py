@@ -78,12 +78,17 @@ class Inventory(BaseModel):
 EMPTY = Inventory()
 
 
+def inventory_file(path: str | Path | None) -> Path | None:
+    """The inventory the operator chose: ``path``, else ``$PROVISIONER_INVENTORY``, else none."""
+    chosen = path or os.environ.get(ENVIRONMENT_VARIABLE)
+    return Path(chosen) if chosen else None
+
+
 def load_inventory(path: str | Path | None) -> Inventory:
     """The inventory at ``path`` (or ``$PROVISIONER_INVENTORY``), or an empty one."""
-    chosen = path or os.environ.get(ENVIRONMENT_VARIABLE)
-    if not chosen:
+    file = inventory_file(path)
+    if file is None:
         return EMPTY
-    file = Path(chosen)
     documents = loader.load_file(file)
     if len(documents) != 1 or not isinstance(documents[0].data, dict):
         raise ProvisionerError(f"{file}: an inventory is one YAML mapping")

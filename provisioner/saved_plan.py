@@ -1,7 +1,8 @@
 """Saved plans (``plan --out``): applied as saved, refused when the world moved since.
 
-No state file is needed to detect that: the saved plan carries a digest of every manifest file
-and of every host's facts as the plan read them. ``apply --plan`` gathers again and compares.
+No state file is needed to detect that: the saved plan carries a digest of every manifest file,
+of the inventory and of every host's facts as the plan read them. ``apply --plan`` checks the
+manifests and the inventory before it contacts anything, then gathers again and compares.
 A saved plan holds no secret: changes show ``(sensitive)``, and host digests are one-way hashes.
 """
 
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from provisioner import __version__
 from provisioner.errors import ProvisionerError
@@ -29,18 +33,60 @@ class StalePlanError(ProvisionerError):
     """The saved plan no longer describes the estate; make a new one."""
 
 
-def manifest_digest(paths: list[str]) -> str:
-    files, _ = manifest_files(paths)
+def manifest_digest(paths: Sequence[str | Path]) -> str:
+    """A digest of the manifests' contents, independent of where the checkout lies.
+
+    Each file counts with its name relative to the path argument it came from (a directory, or
+    the file itself), so the same commit digests alike in any clone and from any directory.
+    """
     digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file).encode() + b"\0" + file.read_bytes() + b"\0")
+    for raw in paths:
+        root = Path(raw)
+        files, _ = manifest_files([root])
+        for file in files:
+            name = file.name if file == root else file.relative_to(root).as_posix()
+            digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+        digest.update(b"\1")
     return digest.hexdigest()
+
+
+def inventory_digest(path: Path | None) -> str | None:
+    """A digest of the inventory file the operator chose, or None without one."""
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ProvisionerError(f"{path}: cannot read the inventory: {exc.strerror}") from None
+
+
+class _Envelope(BaseModel):
+    """The saved-plan file around the plan document; anything else in it is refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format_version: str
+    kind: Literal["saved-plan"]
+    manifests: list[str] = Field(min_length=1)
+    manifest_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inventory_digest: str | None = Field(pattern=r"^[0-9a-f]{64}$")
+    fingerprints: dict[str, str]
+    targets: list[str]
+    plan: dict[str, Any]
 
 
 @dataclass
 class SavedPlan:
+    """A plan saved by ``plan --out``: what it would change and what it was made from.
+
+    It records the manifest paths as given (relative ones stay relative, so another clone of the
+    same commit can apply it), digests of the manifests and of the operator's inventory, and one
+    digest per host of the facts the plan read. It never records where to connect: the
+    inventory comes from the operator who applies it.
+    """
+
     manifests: list[str]
-    inventory: str | None
+    inventory_digest: str | None
     plan: dict[str, Any]
     fingerprints: dict[str, str]
     manifest_digest: str
@@ -57,8 +103,8 @@ class SavedPlan:
             "format_version": FORMAT_VERSION,
             "kind": "saved-plan",
             "manifests": self.manifests,
-            "inventory": self.inventory,
             "manifest_digest": self.manifest_digest,
+            "inventory_digest": self.inventory_digest,
             "fingerprints": self.fingerprints,
             "targets": self.targets,
             "plan": self.plan,
@@ -67,6 +113,7 @@ class SavedPlan:
 
     @classmethod
     def read(cls, path: Path) -> SavedPlan:
+        """The saved plan at ``path``; anything else is refused in one line."""
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
@@ -83,45 +130,87 @@ class SavedPlan:
                 f"{FORMAT_VERSION!r}: make a new plan with this version"
             )
         try:
-            saved = cls(
-                manifests=[str(p) for p in document["manifests"]],
-                inventory=document.get("inventory"),
-                plan=document["plan"],
-                fingerprints=dict(document["fingerprints"]),
-                manifest_digest=str(document["manifest_digest"]),
-                targets=[str(t) for t in document.get("targets", [])],
-            )
-            saved.changes()
-            version = saved.plan.get("provisioner_version")
-        except (KeyError, TypeError, ValueError, AttributeError):
+            envelope = _Envelope.model_validate(document)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(document)"
             raise ProvisionerError(
-                f"{path}: not a complete saved plan (make a new one with plan --out)"
+                f"{path}: not a complete saved plan ({where}: {first['msg']}): make a new one "
+                "with plan --out"
             ) from None
+        version = envelope.plan.get("provisioner_version")
+        if not isinstance(version, str):
+            raise ProvisionerError(
+                f"{path}: not a complete saved plan (plan.provisioner_version is missing): make a "
+                "new one with plan --out"
+            )
         if version != __version__:
             raise ProvisionerError(
                 f"{path} was made by provisioner {version}, this is {__version__}: make a new plan"
             )
+        saved = cls(
+            manifests=envelope.manifests,
+            inventory_digest=envelope.inventory_digest,
+            plan=envelope.plan,
+            fingerprints=envelope.fingerprints,
+            manifest_digest=envelope.manifest_digest,
+            targets=envelope.targets,
+        )
+        try:
+            saved.changes()
+        except Exception as exc:  # any shape of hand-edited change: one line, never a traceback
+            raise ProvisionerError(
+                f"{path}: not a complete saved plan (a resource change cannot be read: "
+                f"{type(exc).__name__}): make a new one with plan --out"
+            ) from None
         return saved
 
     def changes(self) -> dict[str, Change]:
         """The saved changes by address."""
-        return {data["address"]: change_from_json(data) for data in self.plan["resource_changes"]}
+        changes = self.plan["resource_changes"]
+        if not isinstance(changes, list):
+            raise TypeError("resource_changes is not a list")
+        return {data["address"]: change_from_json(data) for data in changes}
 
     @classmethod
-    def of(cls, plan: Plan, manifests: list[str], inventory: str | None) -> SavedPlan:
+    def of(cls, plan: Plan, manifests: Sequence[str | Path], inventory: Path | None) -> SavedPlan:
         return cls(
-            manifests=[str(Path(p).resolve()) for p in manifests],
-            inventory=str(Path(inventory).resolve()) if inventory else None,
+            manifests=[str(p) for p in manifests],
+            inventory_digest=inventory_digest(inventory),
             plan=plan_to_json(plan),
             fingerprints=dict(plan.fingerprints),
             manifest_digest=manifest_digest(manifests),
             targets=list(plan.targets),
         )
 
-    def check_fresh(self, plan: Plan) -> None:
-        """Refuse when the manifests, a host or the resulting changes differ from the saved ones."""
-        if manifest_digest(self.manifests) != self.manifest_digest:
+    def manifest_paths(self, given: Sequence[Path]) -> list[Path]:
+        """Where the plan's manifests are: the paths given, else the plan's own, which must
+        exist from here (relative ones are relative to the working directory)."""
+        if given:
+            return list(given)
+        paths = [Path(p) for p in self.manifests]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise ProvisionerError(
+                f"the plan's manifests {', '.join(missing)} are not found from {Path.cwd()}: run "
+                "apply in the directory the plan was made in, or name them: "
+                "apply --plan FILE PATH..."
+            )
+        return paths
+
+    def check_offline(self, manifests: Sequence[Path], inventory: Path | None) -> None:
+        """What can be checked before anything is contacted: the manifests and the inventory."""
+        if manifest_digest(manifests) != self.manifest_digest:
             raise StalePlanError("the manifests changed since this plan was made: run plan again")
+        if inventory_digest(inventory) != self.inventory_digest:
+            raise StalePlanError(
+                "this plan was made with another inventory "
+                f"({'none' if self.inventory_digest is None else 'a different file'}), so for "
+                "other endpoints: use the inventory it was made with, or run plan again"
+            )
+
+    def check_fresh(self, plan: Plan) -> None:
+        """Refuse when a host or the resulting changes differ from the saved ones."""
         saved = self.changes()
         moved_hosts = sorted(
             host

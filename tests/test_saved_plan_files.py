@@ -9,17 +9,28 @@ import pytest
 
 from provisioner import __version__
 from provisioner.errors import ProvisionerError
-from provisioner.saved_plan import SavedPlan
+from provisioner.saved_plan import SavedPlan, manifest_digest
 
 COMPLETE = {
     "format_version": "1",
     "kind": "saved-plan",
     "manifests": ["m"],
-    "inventory": None,
+    "inventory_digest": None,
     "manifest_digest": "0" * 64,
     "fingerprints": {},
     "targets": [],
     "plan": {"provisioner_version": __version__, "resource_changes": []},
+}
+
+
+PLAN = COMPLETE["plan"]
+CHANGE = {
+    "address": "server/tapi01/package",
+    "kind": "package",
+    "host": "tapi01",
+    "actions": ["create"],
+    "before": None,
+    "after": {"version": "1.0.0"},
 }
 
 
@@ -40,6 +51,35 @@ COMPLETE = {
             ).encode(),
             "was made by provisioner 0.0.1",
         ),
+        (json.dumps({**COMPLETE, "manifests": []}).encode(), "not a complete saved plan"),
+        (json.dumps({**COMPLETE, "manifests": "m"}).encode(), "not a complete saved plan"),
+        (json.dumps({**COMPLETE, "targets": [1]}).encode(), "not a complete saved plan"),
+        (json.dumps({**COMPLETE, "fingerprints": []}).encode(), "not a complete saved plan"),
+        (json.dumps({**COMPLETE, "manifest_digest": "x"}).encode(), "not a complete saved plan"),
+        # an endpoint of the editor's choosing is not something a saved plan can carry
+        (
+            json.dumps({**COMPLETE, "inventory": "/tmp/elsewhere.yaml"}).encode(),
+            "not a complete saved plan (inventory: Extra inputs are not permitted)",
+        ),
+        *[
+            (
+                json.dumps({**COMPLETE, "plan": {**PLAN, "resource_changes": changes}}).encode(),
+                "not a complete saved plan",
+            )
+            for changes in (
+                [{**CHANGE, "actions": []}],
+                [{**CHANGE, "actions": ["explode"]}],
+                [{**CHANGE, "actions": "create"}],
+                [{"address": "a"}],
+                [None],
+                "server/x",
+                {"a": 1},
+            )
+        ],
+        (
+            json.dumps({**COMPLETE, "plan": {"resource_changes": []}}).encode(),
+            "not a complete saved plan (plan.provisioner_version is missing)",
+        ),
     ],
 )
 def test_broken_saved_plans_are_one_line_errors(
@@ -57,9 +97,22 @@ def test_a_complete_saved_plan_reads(tmp_path: Path) -> None:
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(COMPLETE))
     assert SavedPlan.read(path).changes() == {}
+    path.write_text(json.dumps({**COMPLETE, "plan": {**PLAN, "resource_changes": [CHANGE]}}))
+    assert list(SavedPlan.read(path).changes()) == ["server/tapi01/package"]
+
+
+def test_the_manifest_digest_does_not_depend_on_where_the_checkout_is(tmp_path: Path) -> None:
+    for clone in ("a", "b/deeper"):
+        (tmp_path / clone / "m" / "sub").mkdir(parents=True)
+        (tmp_path / clone / "m" / "site.yaml").write_text("kind: Site\n")
+        (tmp_path / clone / "m" / "sub" / "ignored.txt").write_text("x")
+    first = manifest_digest([tmp_path / "a" / "m"])
+    assert manifest_digest([tmp_path / "b" / "deeper" / "m"]) == first
+    (tmp_path / "b" / "deeper" / "m" / "site.yaml").write_text("kind: Site # edited\n")
+    assert manifest_digest([tmp_path / "b" / "deeper" / "m"]) != first
 
 
 def test_an_unwritable_path_is_one_line(tmp_path: Path) -> None:
-    saved = SavedPlan(["m"], None, COMPLETE["plan"], {}, "0" * 64, [])
+    saved = SavedPlan(["m"], None, PLAN, {}, "0" * 64, [])
     with pytest.raises(ProvisionerError, match="cannot write the plan"):
         saved.write(tmp_path / "missing" / "plan.json")

@@ -7,7 +7,11 @@ whose hosts or manifests changed, naming what moved, before any batch is sent.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from provisioner.lab.tamper import tamper
 from tests.support.lab import EXAMPLES, LabEstate, LabFor
@@ -147,3 +151,118 @@ def test_a_saved_plan_with_nothing_to_do_applies_nothing(lab_for: LabFor) -> Non
     applied = estate.cli("apply", "--plan", saved, "--auto-approve")
     assert applied.code == 0, applied.output
     assert set(apply_commands(estate).values()) == {0}
+
+
+# --- the path a team takes: plan in one place, apply in another ---------------------------------
+
+
+def contacted(estate: LabEstate) -> dict[str, int]:
+    """WinRM commands per host and CTI API requests since the counters were reset."""
+    counts = estate.commands()
+    counts["cti-api"] = len(estate.lab.cti.requests) if estate.lab.cti else 0
+    return {name: n for name, n in counts.items() if n}
+
+
+def test_a_plan_saved_with_relative_paths_applies_from_the_same_directory(
+    lab_for: LabFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The normal case: ``plan manifests --out p.json`` then ``apply --plan p.json``."""
+    estate = applied_estate_with_drift(lab_for)
+    monkeypatch.chdir(estate.directory)
+    assert estate.cli("plan", "manifests", "--out", "repair.plan.json").code == 0
+    applied = estate.cli("apply", "--plan", "repair.plan.json", "--auto-approve")
+    assert applied.code == 0, applied.output
+    assert estate.plan().code == 0
+
+
+def test_a_saved_plan_from_another_directory_names_where_its_manifests_are(
+    lab_for: LabFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    estate = applied_estate_with_drift(lab_for)
+    monkeypatch.chdir(estate.directory)
+    assert estate.cli("plan", "manifests", "--out", "repair.plan.json").code == 0
+    elsewhere = estate.directory / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    estate.reset_counters()
+
+    refused = estate.cli("apply", "--plan", "../repair.plan.json", "--auto-approve")
+    assert refused.code == 1, refused.output
+    assert refused.err.count("\n") == 1, refused.err
+    assert "manifests manifests are not found from" in refused.err
+    assert "apply --plan FILE PATH..." in refused.err
+    assert contacted(estate) == {}
+
+    applied = estate.cli("apply", "--plan", "../repair.plan.json", "../manifests", "--auto-approve")
+    assert applied.code == 0, applied.output
+    assert estate.plan().code == 0
+
+
+def git(*args: str | Path, cwd: Path) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=CI", "-c", "user.email=ci@example.invalid", *map(str, args)],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_plan_made_in_one_clone_applies_in_another(
+    lab_for: LabFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI plans on the pull request in one checkout; another job applies it on merge."""
+    estate = applied_estate_with_drift(lab_for)
+    origin = estate.directory / "origin"
+    shutil.copytree(estate.manifests, origin / "manifests")
+    git("init", "-q", cwd=origin)
+    git("add", ".", cwd=origin)
+    git("commit", "-qm", "estate", cwd=origin)
+    for job in ("plan-job", "apply-job"):
+        git("clone", "-q", origin, estate.directory / job, cwd=estate.directory)
+
+    monkeypatch.chdir(estate.directory / "plan-job")
+    assert estate.cli("plan", "manifests", "--out", "../artifact.plan.json").code == 0
+    monkeypatch.chdir(estate.directory / "apply-job")
+    applied = estate.cli("apply", "--plan", "../artifact.plan.json", "--auto-approve")
+    assert applied.code == 0, applied.output
+    assert applied_addresses(estate) == saved_addresses(estate.directory / "artifact.plan.json")
+
+
+def test_a_saved_plan_for_another_inventory_is_refused_before_anything_is_contacted(
+    lab_for: LabFor,
+) -> None:
+    """The inventory says where secrets go: it comes from the operator, never from the plan."""
+    estate = applied_estate_with_drift(lab_for)
+    saved = estate.directory / "repair.plan.json"
+    assert estate.plan("--out", saved).code == 2
+    other = estate.directory / "other-inventory.yaml"
+    other.write_text(estate.lab.inventory_path.read_text() + "# another environment\n")
+    estate.reset_counters()
+
+    refused = estate.cli("apply", "--plan", saved, "--inventory", other, "--auto-approve")
+    assert refused.code == 1, refused.output
+    assert "made with another inventory" in refused.err
+    assert contacted(estate) == {}
+
+
+def test_a_changed_manifest_is_refused_before_anything_is_contacted(lab_for: LabFor) -> None:
+    estate = applied_estate_with_drift(lab_for)
+    saved = estate.directory / "repair.plan.json"
+    assert estate.plan("--out", saved).code == 2
+    tenant = estate.manifests / "k6732.yaml"
+    tenant.write_text(tenant.read_text() + "# reviewed after the plan\n")
+    estate.reset_counters()
+
+    refused = estate.cli("apply", "--plan", saved, "--auto-approve")
+    assert refused.code == 1
+    assert "manifests changed" in refused.err
+    assert contacted(estate) == {}
+
+
+def test_a_saved_plan_keeps_its_own_targets(lab_for: LabFor) -> None:
+    estate = applied_estate_with_drift(lab_for)
+    saved = estate.directory / "repair.plan.json"
+    assert estate.plan("--out", saved).code == 2
+    refused = estate.cli("apply", "--plan", saved, "--target", "server=tapi01", "--auto-approve")
+    assert refused.code == 1
+    assert "drop --target" in refused.err
