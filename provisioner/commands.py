@@ -19,7 +19,7 @@ from provisioner.inventory import inventory_file, load_inventory
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts
-from provisioner.plan.model import Action, Change, Plan
+from provisioner.plan.model import Action, Change, Plan, PlanProblem
 from provisioner.planner import (
     RESTART,
     Host,
@@ -194,17 +194,24 @@ def hold_back(plan: Plan, changes: list[Change]) -> tuple[list[Change], list[Cha
     """(kept, held): the changes a problem concerns are held back, the others go ahead.
 
     A tenant's problem holds back that tenant, a host's problem that host; a problem that names
-    neither (the directory cannot be read, say) holds back everything.
+    neither (the directory cannot be read, say) holds back everything. A problem with a kind
+    holds back only that kind's changes there (an unreadable tsecimp listing: the line
+    assignments).
     """
-    tenants = {p.tenant for p in plan.problems if p.tenant}
-    hosts_ = {p.host for p in plan.problems if p.host and not p.tenant}
-    everything = any(not p.tenant and not p.host for p in plan.problems)
     kept: list[Change] = []
     held: list[Change] = []
     for change in changes:
-        concerned = everything or change.tenant in tenants or change.host in hosts_
+        concerned = any(_concerns(problem, change) for problem in plan.problems)
         (held if concerned and change.action is not Action.NOOP else kept).append(change)
     return kept, held
+
+
+def _concerns(problem: PlanProblem, change: Change) -> bool:
+    if problem.kind is not None and problem.kind != change.kind:
+        return False
+    if problem.tenant:
+        return change.tenant == problem.tenant
+    return not problem.host or change.host == problem.host
 
 
 def health(

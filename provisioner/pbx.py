@@ -4,7 +4,7 @@ Per tenant and run: ONE login and ONE extension listing, tenants in parallel. A 
 login or listing fails gets a problem of its own; the other tenants plan on::
 
     read_pbx(estate, inventory, ["k6732"]) →
-        PbxFacts(extensions={"k6732": frozenset({"1200", "1254", ...})}, problems=[], calls=2)
+        PbxFacts(extensions={"k6732": {"1200": "Reception", "1254": "Marius", ...}}, calls=2)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from provisioner.transports.cti_api import CTIClient
 
 @dataclass
 class PbxFacts:
-    extensions: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant → numbers
+    extensions: dict[str, dict[str, str]] = field(default_factory=dict)  # tenant → number → name
     problems: list[PlanProblem] = field(default_factory=list)
     calls: int = 0
 
@@ -122,7 +122,7 @@ def read_pbx(
         if numbers is None:
             facts.problems.append(PlanProblem(f"tenant {name}: NFON CTI API: {error}", tenant=name))
             continue
-        facts.extensions[name] = frozenset(numbers)
+        facts.extensions[name] = numbers
     return facts
 
 
@@ -131,7 +131,7 @@ def unassigned_extensions(estate: Estate, facts: PbxFacts) -> list[str]:
     notes = []
     for name, numbers in sorted(facts.extensions.items()):
         assigned = {line for a in estate.tenants[name].assignments for line in a.lines}
-        spare = sorted(numbers - assigned, key=lambda x: (len(x), x))
+        spare = sorted(set(numbers) - assigned, key=lambda x: (len(x), x))
         if spare:
             notes.append(f"tenant {name}: extensions no one is assigned: {', '.join(spare)}")
     return notes

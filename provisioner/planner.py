@@ -34,7 +34,7 @@ from provisioner.resources import (
     tsp_instance,
     users_group,
 )
-from provisioner.resources.base import HostContext, Resource, diff, digest, pair_up
+from provisioner.resources.base import HostContext, KindProblem, Resource, diff, digest, pair_up
 from provisioner.secrets import Secret
 
 RESTART = "restart"  # the kind of a handler change: a service restarted once
@@ -98,7 +98,8 @@ class PlanInputs:
     """What the I/O edge gathered: host facts, and per tenant the PBX's extensions."""
 
     facts: Mapping[str, HostFacts]  # host key → facts
-    extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → extensions
+    # tenant → its PBX's extensions (number → name); a tenant whose PBX was not read is absent
+    extensions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     directory: object = None
     resolve: Callable[[SecretRef], Secret] | None = None
     problems: list[PlanProblem] = field(default_factory=list)  # from gathering (per tenant)
@@ -113,6 +114,7 @@ def context(estate: Estate, host: Host, inputs: PlanInputs) -> HostContext:
         profile=profile_for(estate, host),
         facts=inputs.facts.get(host.key),
         directory=inputs.directory,
+        extensions=inputs.extensions,
     )
     if inputs.resolve is not None:
         ctx.resolve = inputs.resolve
@@ -142,11 +144,15 @@ def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
     for module in RESOURCE_MODULES:
         try:
             wanted = module.desired(ctx)
+            found = module.live(ctx)
+        except KindProblem as exc:
+            plan.problems.append(PlanProblem(str(exc), host=host.name, kind=exc.kind))
+            continue
         except ProvisionerError as exc:
             plan.problems.append(PlanProblem(str(exc), host=host.name))
             continue
         desired_by_address.update((r.address, r) for r in wanted)
-        for want, have in pair_up(wanted, module.live(ctx)):
+        for want, have in pair_up(wanted, found):
             if want is None:
                 assert have is not None
                 if _prunes(module, ctx, have):

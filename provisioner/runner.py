@@ -260,7 +260,11 @@ class Run:
                     results += [ChangeResult(c, "not-run") for c in _acting_of(deferred)]
                     message = f"{exc}; the line assignments were not imported"
                     return HostResult(host_plan.host, "unreachable", message, results)
-                host_plan = replan_lines(host_plan, facts, deferred)
+                host_plan, problems = replan_lines(host_plan, facts, deferred)
+                if problems:
+                    message = f"the line assignments were not imported: {problems[0].message}"
+                    results += [ChangeResult(c, "not-run", message) for c in _acting_of(deferred)]
+                    return HostResult(host_plan.host, "failed", message, results)
                 changes = host_plan.changes
             steps, step_changes = build_steps(host_plan, changes)
             request = ApplyRequest(lock=LockRequest(owner=owner), steps=steps)
@@ -330,15 +334,19 @@ def unresolved_line_changes(host_plan: HostPlan) -> list[Change]:
     return []
 
 
-def replan_lines(host_plan: HostPlan, facts: HostFacts, deferred: list[Change]) -> HostPlan:
-    """The host's deferred line changes again, from facts gathered after the first batch."""
+def replan_lines(
+    host_plan: HostPlan, facts: HostFacts, deferred: list[Change]
+) -> tuple[HostPlan, list[PlanProblem]]:
+    """The host's deferred line changes again, from facts gathered after the first batch, and
+    the problems of that plan (a listing that does not read one way only, say)."""
     ctx = replace(host_plan.context, facts=facts, cache={})
-    fresh = plan_host(ctx, host_plan.host, Plan())
+    replanned = Plan()
+    fresh = plan_host(ctx, host_plan.host, replanned)
     ids = {c.address: c.id for c in deferred}
     changes = [c for c in fresh.changes if c.kind == line_assignment.KIND and c.address in ids]
     for change in changes:
         change.id = ids[change.address]
-    return HostPlan(host_plan.host, ctx, changes, fresh.desired)
+    return HostPlan(host_plan.host, ctx, changes, fresh.desired), replanned.problems
 
 
 def build_steps(

@@ -78,6 +78,7 @@ from provisioner.remote.tsecimp import (
     format_listing,
     parse_xml,
 )
+from provisioner.resources.tsp_instance import line_name
 from provisioner.secrets import Secret
 
 Role = Literal["server", "client"]
@@ -363,11 +364,6 @@ def _permanent_id(*parts: str) -> str:
     """A stable line id (a DWORD, like TAPI's) for an (instance, extension) pair."""
     digest = hashlib.sha256("/".join(part.casefold() for part in parts).encode()).digest()
     return str(int.from_bytes(digest[:4], "big"))
-
-
-def _line_name(line_format: str, extension: str, name: str) -> str:
-    # Plain replacement: a format string from a manifest must not reach str.format.
-    return line_format.replace("{extension}", extension).replace("{name}", name)
 
 
 def com_address_spelling(addresses: str) -> str:
@@ -684,7 +680,7 @@ class WindowsHost:
                     line_id = _permanent_id(provider.instance, extension)
                     lines.append(
                         ListedLine(
-                            name=_line_name(line_format, extension, name),
+                            name=line_name(line_format, extension, name, provider.k_account),
                             permanent_id=line_id,
                             addresses=[extension],
                             users=sorted(users_by_line.get(line_id, []), key=str.casefold),

@@ -21,6 +21,7 @@ them with a live system is the job of the resource modules, which canonicalise b
 from __future__ import annotations
 
 import re
+import unicodedata
 from enum import StrEnum
 from ipaddress import ip_address, ip_network
 from typing import Annotated, Any, Literal
@@ -74,6 +75,15 @@ def _domain_account(value: str) -> str:
     if sam.endswith(".") or any(ord(c) < 32 for c in sam):
         raise ValueError(f"account {sam!r} may not end with '.' or hold control characters")
     return value
+
+
+def is_domain_account(value: str) -> bool:
+    """Whether ``value`` reads as ``DOMAIN\\sam`` by the rules :data:`DomainUser` checks."""
+    try:
+        _domain_account(value)
+    except ValueError:
+        return False
+    return True
 
 
 DomainUser = Annotated[
@@ -167,6 +177,28 @@ RemoteAddress = Annotated[
 
 IPAddress = IPvAnyAddress
 IPNetwork = IPvAnyNetwork
+
+
+def _printable(value: str) -> str:
+    """A name the tool writes to a host: no control, format or line-separator characters.
+
+    Such a character in a line's or user's name could print a forged entry into the tsecimp
+    listing the tool reads back, or hide text from a reviewer (a bidirectional override).
+    """
+    bad = next((c for c in value if _unprintable(c)), None)
+    if bad is not None:
+        raise ValueError(f"holds the control character U+{ord(bad):04X}; remove it")
+    return value
+
+
+def _unprintable(char: str) -> bool:
+    code = ord(char)
+    noncharacter = 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+    return noncharacter or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+"""Free text the tool writes to a host (friendly names, descriptions, formats)."""
 
 
 def _url_port(url: str) -> str:
@@ -306,7 +338,7 @@ class Site(_Model):
     dns_servers: list[IPAddress] = Field(min_length=1)
     winrm: WinRMSettings = WinRMSettings()
     cti_api: CtiApiSettings = CtiApiSettings()
-    platform: dict[str, str] = Field(
+    platform: dict[str, Text] = Field(
         default_factory=dict, description="overrides of the platform profile's assumptions"
     )
 
@@ -330,7 +362,7 @@ class TelephonyServer(_Model):
     """The Windows Telephony service (TapiSrv) in server mode."""
 
     server_mode: bool = True
-    service_account: str | None = Field(None, description="DOMAIN\\user the service runs as")
+    service_account: Text | None = Field(None, description="DOMAIN\\user the service runs as")
     service_password: SecretRef | None = None
     administrators: list[DomainUser] = Field(default_factory=list)
 
@@ -345,23 +377,23 @@ class Package(_Model):
     """The NFON TAPI MSI."""
 
     version: Version
-    source: str = Field(min_length=1, description="UNC path or URL of NFONTAPI.msi")
+    source: Text = Field(min_length=1, description="UNC path or URL of NFONTAPI.msi")
     sha256: Sha256
 
 
 class CtiEngine(_Model):
     """The CTI engine service that carries the CTI API connection."""
 
-    name: str | None = Field(None, description="default from the platform profile")
+    name: Text | None = Field(None, description="default from the platform profile")
     start_mode: StartMode = StartMode.auto
     state: ServiceState = ServiceState.running
-    account: str = "LocalSystem"
+    account: Text = "LocalSystem"
 
 
 class DialingLocation(_Model):
     """The Windows dialing location the phonebook number formats need."""
 
-    name: str = Field(min_length=1, max_length=64)
+    name: Text = Field(min_length=1, max_length=64)
     country_code: Annotated[int, Field(ge=1, le=999, description="dialing code, e.g. 49")]
     area_code: Annotated[str, Field(pattern=r"^[0-9]{0,8}$")]
     outside_access: Annotated[str, Field(pattern=r"^[0-9*#]{0,4}$")] = ""
@@ -397,7 +429,7 @@ class FirewallRule(_Model):
     remote_ports: list[Port] = Field(default_factory=list)
     remote_addresses: list[RemoteAddress] = Field(default_factory=lambda: ["any"], min_length=1)
     profiles: list[Profile] | Literal["any"] = "any"
-    description: str = ""
+    description: Text = ""
     enabled: bool = True
 
 
@@ -424,7 +456,7 @@ class TapiServer(_Model):
     cti_engine: CtiEngine | None = CtiEngine()
     location: DialingLocation | None = None
     firewall: Firewall = Firewall()
-    platform: dict[str, str] = Field(default_factory=dict)
+    platform: dict[str, Text] = Field(default_factory=dict)
 
 
 # --- Tenant -------------------------------------------------------------------------------------
@@ -459,20 +491,17 @@ def _line_name_format(value: str) -> str:
 
 
 LineNameFormat = Annotated[
-    str, AfterValidator(_line_name_format), Field(max_length=80, examples=["{extension} {name}"])
+    str,
+    AfterValidator(_printable),
+    AfterValidator(_line_name_format),
+    Field(max_length=80, examples=["{extension} {name}"]),
 ]
-
-
-def _xml_text(value: str | None) -> str | None:
-    if value is not None and re.search("[\x00-\x08\x0b-\x1f\ufffe\uffff]", value):
-        raise ValueError("holds a control character tsecimp XML cannot carry")
-    return value
 
 
 class Assignment(_Model):
     user: DomainUser
     lines: list[Extension] = Field(min_length=1)
-    friendly_name: Annotated[str | None, AfterValidator(_xml_text)] = Field(
+    friendly_name: Text | None = Field(
         None, max_length=256, description="default: AD displayName"
     )
     shared: bool = Field(False, description="the lines may also be assigned to other users")

@@ -85,6 +85,7 @@ class PlanProblem:
     host: str | None = None
     address: str | None = None
     found: bool = False  # a difference found in the live estate, not something left unchecked
+    kind: str | None = None  # holds back only changes of this kind (on the tenant or host)
 
 
 @dataclass

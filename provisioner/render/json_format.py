@@ -65,7 +65,13 @@ def plan_to_json(plan: Plan, *, include_noop: bool = False) -> dict[str, Any]:
             for u in plan.unmanaged
         ],
         "problems": [
-            {"message": p.message, "tenant": p.tenant, "host": p.host, "address": p.address}
+            {
+                "message": p.message,
+                "tenant": p.tenant,
+                "host": p.host,
+                "address": p.address,
+                "kind": p.kind,
+            }
             for p in plan.problems
         ],
         "notes": plan.notes,

@@ -18,6 +18,14 @@ from provisioner.secrets import REDACTED, Secret
 from provisioner.secrets import resolve as resolve_secret
 
 
+class KindProblem(ProvisionerError):
+    """A problem that holds back only this kind's changes on the host, not the whole host."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class Resource:
     """One managed object, in canonical form.
@@ -50,6 +58,7 @@ class HostContext:
     clients: TapiClients | None = None
     tenants: list[Tenant] = field(default_factory=list)
     directory: Any = None  # directory facts, when read
+    extensions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # tenant → PBX
     skipped_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # tenant → users
     removed_users: Mapping[str, frozenset[str]] = field(default_factory=dict)  # lines to drop
     cache: dict[str, Any] = field(default_factory=dict)  # derived from facts, computed once

@@ -15,17 +15,32 @@ replaced and the user holds no line outside this provider (NoMerge drops every l
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from provisioner.manifest.models import domain_user_key
+from provisioner.manifest.models import Tenant, domain_user_key
 from provisioner.plan.model import Action, Change
 from provisioner.remote.contract import Operation, TsecimpImport
-from provisioner.remote.tsecimp import ListedProvider, XmlLine, XmlUser, parse_listing, render_xml
-from provisioner.resources.base import HostContext, Resource
+from provisioner.remote.tsecimp import (
+    ListedLine,
+    ListedProvider,
+    XmlLine,
+    XmlUser,
+    listing_problems,
+    merge_providers,
+    parse_listing,
+    render_xml,
+    split_glued_users,
+)
+from provisioner.resources import tsp_instance
+from provisioner.resources.base import HostContext, KindProblem, Resource
 
 KIND = "line_assignment"
+# what str.splitlines() breaks a line at, as the listing parser does
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
 KINDS = (KIND,)
 
 
@@ -33,33 +48,117 @@ def address(tenant: str, user: str) -> str:
     return f"tenant/{tenant}/{KIND}/{domain_user_key(user)}"
 
 
-def listing(ctx: HostContext) -> list[ListedProvider]:
-    """The parsed ``tsecimp /d`` listing (parsed once per host and facts)."""
-    if ctx.facts is None or not ctx.facts.tsecimp_listing:
-        return []
+@dataclass
+class HostListing:
+    """A host's ``tsecimp /d`` listing, read: providers merged, each tenant's lines by extension."""
+
+    providers: list[ListedProvider]
+    lines: dict[str, dict[str, ListedLine]]  # tenant → extension → line, users taken off names
+    problems: list[str]  # what does not read one way only; line changes wait while there are any
+
+
+def listing(ctx: HostContext) -> HostListing:
+    """The host's listing, read once per host and facts."""
     key = f"{KIND}:listing:{id(ctx.facts)}"
     if key not in ctx.cache:
-        ctx.cache[key] = parse_listing(ctx.facts.tsecimp_listing)
-    found: list[ListedProvider] = ctx.cache[key]
+        ctx.cache[key] = _read_listing(ctx)
+    found: HostListing = ctx.cache[key]
     return found
+
+
+def _read_listing(ctx: HostContext) -> HostListing:
+    text = ctx.facts.tsecimp_listing if ctx.facts is not None else None
+    providers = merge_providers(parse_listing(text or ""))
+    problems = _unsafe_line_names(ctx) + listing_problems(providers)
+    by_name = {p.name.casefold(): p for p in providers}
+    names = _known_domains(ctx)
+    lines: dict[str, dict[str, ListedLine]] = {}
+    for tenant in ctx.tenants:
+        provider = by_name.get(ctx.profile.provider_name(tenant.k_account).casefold())
+        lines[tenant.name] = {}
+        if provider is None:
+            continue
+        pbx = ctx.extensions.get(tenant.name)
+        formats = {tenant.line_name_format, *_live_formats(ctx, tenant.k_account)}
+        for line in provider.lines:
+            where = f"{provider.name!r} line {line.name!r}"
+            if not line.addresses:
+                problems.append(f"{where} lists no address")
+                continue
+            extension = line.addresses[0]
+            if extension in lines[tenant.name]:
+                problems.append(f"{where}: address {extension} is listed twice")
+                continue
+            if pbx is not None and extension not in pbx:
+                problems.append(
+                    f"{where}: {extension} is not an extension of PBX {tenant.k_account} (the "
+                    "PBX dropped it since the Telephony service last started, or a line name "
+                    "holding a line break printed a forged entry)"
+                )
+                continue
+            glued = (
+                [] if pbx is None else _glued_users(line, formats, pbx[extension], tenant, names)
+            )
+            if glued is None:
+                problems.append(f"{where}: users cannot be told from the line's name")
+                continue
+            lines[tenant.name][extension] = replace(line, users=[*line.users, *glued])
+    return HostListing(providers, lines, problems)
+
+
+def _unsafe_line_names(ctx: HostContext) -> list[str]:
+    """Line names (from the PBXs) that could print a forged entry: the cause, reported first."""
+    return [
+        f"PBX {tenant.k_account} names extension {number} {name!r}: a line break in a line's "
+        "name can print a forged entry into the listing"
+        for tenant in ctx.tenants
+        for number, name in ctx.extensions.get(tenant.name, {}).items()
+        if _LINE_BREAK.search(name)
+    ]
+
+
+def _glued_users(
+    line: ListedLine, formats: set[str], pbx_name: str, tenant: Tenant, domains: set[str]
+) -> list[str] | None:
+    """The users glued onto the line's name, read against each name the TSP may have given it
+    (with the manifest's line-name format, or the one the instance has now); None unless every
+    reading agrees."""
+    readings = set()
+    for line_format in formats:
+        expected = tsp_instance.line_name(
+            line_format, line.addresses[0], pbx_name, tenant.k_account
+        )
+        users = split_glued_users(line.name, expected, domains)
+        if users is not None:
+            readings.add(tuple(users))
+    return list(readings.pop()) if len(readings) == 1 else None
+
+
+def _known_domains(ctx: HostContext) -> set[str]:
+    """NetBIOS domains a listed user may be in: the Sites' and every manifest account's."""
+    domains = {site.directory.netbios_domain for site in ctx.estate.sites.values()}
+    for tenant in ctx.tenants:
+        domains.update(a.user.split("\\", 1)[0] for a in tenant.assignments)
+    return domains
+
+
+def _live_formats(ctx: HostContext, k_account: str) -> list[str]:
+    """The line-name format the host's instance has now (the TSP names lines with it)."""
+    if ctx.facts is None:
+        return []
+    return [
+        i.settings.line_name_format
+        for i in ctx.facts.tsp_instances
+        if i.settings is not None and i.instance.casefold() == k_account.casefold()
+    ]
 
 
 def provider_lines(ctx: HostContext, k_account: str) -> dict[str, str | None]:
     """The lines the tenant's provider exposes now: extension → permanent id."""
-    key = f"{KIND}:lines:{id(ctx.facts)}:{k_account.upper()}"
-    if key not in ctx.cache:
-        name = ctx.profile.provider_name(k_account).lower()
-        ctx.cache[key] = {}
-        for provider in listing(ctx):
-            if provider.name.strip().lower() == name:
-                ctx.cache[key] = {
-                    line.addresses[0]: line.permanent_id
-                    for line in provider.lines
-                    if line.addresses
-                }
-                break
-    lines: dict[str, str | None] = ctx.cache[key]
-    return lines
+    tenant = next((t for t in ctx.tenants if t.k_account.casefold() == k_account.casefold()), None)
+    if tenant is None:
+        return {}
+    return {ext: line.permanent_id for ext, line in listing(ctx).lines[tenant.name].items()}
 
 
 def desired(ctx: HostContext) -> list[Resource]:
@@ -82,20 +181,21 @@ def desired(ctx: HostContext) -> list[Resource]:
 
 
 def live(ctx: HostContext) -> list[Resource]:
+    read = listing(ctx)
+    if read.problems:
+        more = f" (and {len(read.problems) - 1} more)" if len(read.problems) > 1 else ""
+        raise KindProblem(
+            KIND,
+            f"the tsecimp /d listing of {ctx.name} does not read one way only: "
+            f"{read.problems[0]}{more}; its line assignments are held back, nothing is guessed "
+            f"(see the listing with: provisioner facts --server {ctx.name})",
+        )
     resources = []
-    providers = listing(ctx)
     for tenant in ctx.tenants:
-        name = ctx.profile.provider_name(tenant.k_account).lower()
         by_user: dict[str, tuple[str, set[str]]] = {}
-        for provider in providers:
-            if provider.name.strip().lower() != name:
-                continue
-            for line in provider.lines:
-                if not line.addresses:
-                    continue
-                for user in line.users:
-                    key = domain_user_key(user)
-                    by_user.setdefault(key, (user, set()))[1].add(line.addresses[0])
+        for extension, line in read.lines[tenant.name].items():
+            for user in line.users:
+                by_user.setdefault(domain_user_key(user), (user, set()))[1].add(extension)
         for _, (user, lines) in sorted(by_user.items()):
             resources.append(
                 Resource(
@@ -158,7 +258,11 @@ def xml_users(
             return XmlLine(address=extension, remove=remove)
 
         key = domain_user_key(user)
-        only_here = lines_elsewhere.get(key, 0) == len(current) and entries[_user_of(change)] == 1
+        only_here = (
+            lines_elsewhere is not None
+            and lines_elsewhere.get(key, 0) == len(current)
+            and entries[_user_of(change)] == 1
+        )
         if current and not set(wanted) & set(current) and only_here:
             # the whole set is replaced and nothing else of the user's is touched
             lines = [xml_line(x) for x in wanted] if wanted else None
@@ -185,15 +289,28 @@ def _user_of(change: Change) -> str:
     return change.address.split("/", 3)[3]
 
 
-def _lines_per_user(ctx: HostContext) -> dict[str, int]:
+def _lines_per_user(ctx: HostContext) -> dict[str, int] | None:
+    """How many lines each user holds on the host, every provider counted; None when unknown.
+
+    A user glued onto the name of another vendor's line cannot be told from the name, so a
+    backslash in such a name makes the count unknown (and NoMerge is then not used here).
+    """
     key = f"{KIND}:per-user:{id(ctx.facts)}"
-    if key in ctx.cache:
-        cached: dict[str, int] = ctx.cache[key]
-        return cached
+    if key not in ctx.cache:
+        ctx.cache[key] = _count_lines_per_user(ctx)
+    counts: dict[str, int] | None = ctx.cache[key]
+    return counts
+
+
+def _count_lines_per_user(ctx: HostContext) -> dict[str, int] | None:
+    read = listing(ctx)
+    ours = {ctx.profile.provider_name(t.k_account).casefold() for t in ctx.tenants}
+    others = [line for p in read.providers if p.name.casefold() not in ours for line in p.lines]
+    if any("\\" in line.name for line in others):
+        return None
     counts: dict[str, int] = defaultdict(int)
-    for provider in listing(ctx):
-        for line in provider.lines:
-            for user in line.users:
-                counts[domain_user_key(user)] += 1
-    ctx.cache[key] = counts
+    tenant_lines = [line for lines in read.lines.values() for line in lines.values()]
+    for line in tenant_lines + others:
+        for user in line.users:
+            counts[domain_user_key(user)] += 1
     return counts

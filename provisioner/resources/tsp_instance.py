@@ -23,6 +23,17 @@ KINDS = (KIND,)
 SETTINGS = ("k_account", "number_format", "line_name_format", "debug_level")
 
 
+def line_name(line_format: str, extension: str, name: str, k_account: str) -> str:
+    """How the TSP names a line: the instance's line-name format filled in (GUESS: the NFON
+    manual names the setting, not its syntax; the manifest's placeholders are ours). Plain
+    replacement: a format from a manifest never reaches ``str.format``."""
+    return (
+        line_format.replace("{extension}", extension)
+        .replace("{name}", name)
+        .replace("{k_account}", k_account)
+    )
+
+
 def address(tenant: str) -> str:
     return f"tenant/{tenant}/{KIND}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,7 +42,13 @@ from provisioner.remote.contract import (
     TspInstanceRemove,
 )
 from provisioner.remote.sealing import seal
-from provisioner.remote.tsecimp import XmlLine, XmlUser, parse_listing, render_xml
+from provisioner.remote.tsecimp import (
+    XmlLine,
+    XmlUser,
+    merge_providers,
+    parse_listing,
+    render_xml,
+)
 from provisioner.secrets import Secret
 
 GROUP = "NFON-TAPI-Provisioner"
@@ -102,13 +109,19 @@ def apply_ok(host: WindowsHost, *operations) -> ApplyResponse:
 
 
 def listing(host: WindowsHost) -> dict[str, dict[str, list[str]]]:
-    """``{provider: {line name: users}}`` from the gathered ``tsecimp /d`` text."""
+    """``{provider: {line name: users}}`` from the gathered ``tsecimp /d`` text.
+
+    The lab prints Microsoft's documented layout, users glued onto line names; every user in
+    these tests is in the NFON domain, so each ``NFON\\`` starts one.
+    """
     text = gather(host).tsecimp_listing
     assert text is not None
-    return {
-        provider.name: {line.name: line.users for line in provider.lines}
-        for provider in parse_listing(text)
-    }
+    found: dict[str, dict[str, list[str]]] = {}
+    for provider in merge_providers(parse_listing(text)):
+        for line in provider.lines:
+            name, *users = re.split(r"(?=NFON\\)", line.name)
+            found.setdefault(provider.name, {})[name] = [*line.users, *users]
+    return found
 
 
 def create_instance(instance: str, k_account: str, line_format: str = "{extension} {name}"):
@@ -412,7 +425,7 @@ def test_permanent_ids_are_stable_per_instance_and_extension(host) -> None:
         text = gather(host).tsecimp_listing or ""
         return {
             (provider.name, line.addresses[0]): line.permanent_id
-            for provider in parse_listing(text)
+            for provider in merge_providers(parse_listing(text))
             for line in provider.lines
             if line.addresses
         }

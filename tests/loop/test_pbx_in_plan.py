@@ -19,6 +19,7 @@ import secrets
 import pytest
 
 from provisioner.lab.cti_api import CTIAPISimulator
+from provisioner.lab.tamper import tamper
 from tests.support.lab import EXAMPLES, CliResult, LabEstate, LabFor, secret_hits
 
 MULTI_TENANT = EXAMPLES / "multi-tenant"
@@ -217,3 +218,31 @@ def test_apply_reports_cti_engine_and_login_per_tenant(multi_tenant: LabEstate) 
     assert health(applied) == {
         tenant: "on crm01: CTI engine running, CTI API login ok" for tenant in TENANTS
     }
+
+
+def test_a_pbx_line_name_that_could_forge_the_listing_holds_back_only_line_changes(
+    multi_tenant: LabEstate,
+) -> None:
+    """K7001's PBX admin names a line with a line break and another tenant's provider header:
+    the crm01 listing can no longer be read one way only, so no line assignment on crm01 is
+    planned from it; the server's other changes still go ahead."""
+    estate = multi_tenant
+    assert estate.apply().code == 0
+    cti_of(estate).pbx("K7001").extension("200")["name"] = (
+        "Ben\r\nNFON Third Party TAPI K6732\r\n  Line: K6732 102 Anna"
+    )
+    tenant = estate.manifests / "k6732.yaml"
+    tenant.write_text(tenant.read_text().replace('    lines: ["100"]', '    lines: ["100", "102"]'))
+    tamper(estate.lab, "crm01", "remove-firewall-rule", "nfon-tapi-in-smb")
+
+    applied = estate.apply()
+    assert applied.code == 1, applied.output
+    [problem] = problems(applied)
+    assert "PBX K7001 names extension 200 'Ben\\r\\nNFON Third Party TAPI K6732" in problem
+    assert "line assignments are held back" in problem
+    journal = estate.last_journal()["crm01"]
+    assert [c["address"] for c in journal["changes"] if c["status"] == "ok"] == [
+        "server/crm01/firewall_rule/nfon-tapi-in-smb"
+    ]
+    anna = estate.windows("crm01").state.tsec_users["nfon\\k6732-anna"]
+    assert len(anna.lines) == 1  # still only line 100

@@ -464,8 +464,26 @@ CASES = [
             )
         },
         "k6732.yaml:9:20",
-        "assignments[0].friendly_name: holds a control character tsecimp XML cannot carry",
+        "assignments[0].friendly_name: holds the control character U+000B; remove it",
     ),
+    # a line break in a name the tool writes could print a forged entry into the tsecimp
+    # listing; a bidirectional override hides text from a reviewer (YAML escapes below)
+    *[
+        case(
+            f"line-name-format-control-{code}",
+            {"k6732.yaml": TENANT + f'line_name_format: "{{extension}} {escape}{{name}}"\n'},
+            "k6732.yaml:11:19",
+            f"line_name_format: holds the control character U+{code}; remove it",
+        )
+        for escape, code in (
+            ("\\n", "000A"),
+            ("\\r", "000D"),
+            ("\\N", "0085"),
+            ("\\L", "2028"),
+            ("\\u202e", "202E"),
+            ("\\ufeff", "FEFF"),
+        )
+    ],
     case(
         "platform-placeholder",
         {"tapi01.yaml": SERVER + "platform: {instance_file_pattern: 'X_{Instance}.TSP'}\n"},

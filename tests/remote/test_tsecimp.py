@@ -17,9 +17,12 @@ from provisioner.remote.tsecimp import (
     XmlLine,
     XmlUser,
     format_listing,
+    listing_problems,
+    merge_providers,
     parse_listing,
     parse_xml,
     render_xml,
+    split_glued_users,
 )
 
 REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
@@ -67,19 +70,83 @@ LAB_PROVIDERS = [
 ]
 
 
-def test_microsofts_garbled_sample_parses_leniently() -> None:
+def test_microsofts_sample_parses_block_by_block() -> None:
     assert parse_listing(MICROSOFT_SAMPLE) == MICROSOFT_PARSED
 
 
-def test_crlf_is_the_same_as_lf() -> None:
-    assert parse_listing(MICROSOFT_SAMPLE.replace("\n", "\r\n")) == MICROSOFT_PARSED
+def test_the_blocks_of_one_provider_merge_in_order() -> None:
+    merged = merge_providers(parse_listing(MICROSOFT_SAMPLE))
+    assert [p.name for p in merged] == [
+        "NDIS Proxy TAPI Service Provider",
+        "Microsoft H.323 Telephony Service Provider",
+    ]
+    assert [line.name for line in merged[0].lines] == ["WAN Miniport (L2TP)", "LPT1DOMAIN1\\User1"]
 
 
-def test_the_lab_format_round_trips_users_included() -> None:
-    text = format_listing(LAB_PROVIDERS)
+def test_microsofts_sample_does_not_read_one_way_only() -> None:
+    """Its two NDIS lines share one (placeholder) permanent ID: which line is which is a guess."""
+    problems = listing_problems(merge_providers(parse_listing(MICROSOFT_SAMPLE)))
+    assert problems == [
+        "permanent ID 12345678910 is listed twice ('NDIS Proxy TAPI Service Provider' line "
+        "'WAN Miniport (L2TP)', 'NDIS Proxy TAPI Service Provider' line 'LPT1DOMAIN1\\\\User1')"
+    ]
+
+
+def test_crlf_and_a_byte_order_mark_read_as_plain_text() -> None:
+    assert parse_listing("\ufeff" + MICROSOFT_SAMPLE.replace("\n", "\r\n")) == MICROSOFT_PARSED
+
+
+def test_a_line_before_any_provider_is_a_problem() -> None:
+    problems = listing_problems(merge_providers(parse_listing("  Line: 1\n    Permanent ID: 7\n")))
+    assert problems == ["a 'Line:' stands before any provider's name"]
+
+
+def test_the_blocks_layout_round_trips_users_included() -> None:
+    text = format_listing(LAB_PROVIDERS, layout="blocks")
     assert "\r\n" in text
     assert "    Users:\r\n      NFON\\SCHMIDTA\r\n" in text
     assert parse_listing(text) == LAB_PROVIDERS
+
+
+def test_the_documented_layout_repeats_the_provider_and_glues_users() -> None:
+    text = format_listing(LAB_PROVIDERS)
+    assert text.count("NFON Third Party TAPI K6732\r\n") == 3
+    assert "  Line: 101 Jörg MüllerNFON\\MUELLERJNFON\\ADMIN\r\n" in text
+    merged = merge_providers(parse_listing(text))
+    assert [len(p.lines) for p in merged] == [0, 3]
+    read = [
+        split_glued_users(line.name, line.name.split("NFON")[0], ["NFON"])
+        for line in merged[1].lines
+    ]
+    assert read == [["NFON\\SCHMIDTA"], ["NFON\\MUELLERJ", "NFON\\ADMIN"], []]
+
+
+@pytest.mark.parametrize(
+    ("listed", "expected", "domains", "users"),
+    [
+        ("100 Anna", "100 Anna", ["NFON"], []),
+        ("100 AnnaNFON\\schmidta", "100 Anna", ["NFON"], ["NFON\\schmidta"]),
+        ("100 AnnaOTHER\\x", "100 Anna", [], ["OTHER\\x"]),  # one user needs no known domain
+        ("100 AnnaNFON\\aNFON\\b", "100 Anna", ["nfon"], ["NFON\\a", "NFON\\b"]),
+        # "NFON\\aNF" + "ON\\b" reads as well as "NFON\\a" + "NFON\\b": not one way only
+        ("100 AnnaNFON\\aNFON\\b", "100 Anna", ["NFON", "ON"], None),
+        ("100 AnnaNFON\\aOTHER\\b", "100 Anna", ["NFON"], None),  # where does "a" end?
+        ("100 Anna NFON\\x", "100 Anna NFON\\x", ["NFON"], []),  # a PBX name with a backslash
+        ("100 Bob", "100 Anna", ["NFON"], []),  # renamed since: nothing can hide in it
+        ("100 BobNFON\\x", "100 Anna", ["NFON"], None),
+        ("100 Anna\\", "100 Anna", ["NFON"], None),
+        ("100 AnnaX", "100 Anna", ["NFON"], None),
+        # a user's domain and account follow the rules of account names: the line's name under
+        # another format ("{extension}") cannot pass for a domain
+        ("100 Extension 100NFON\\aNFON\\b", "100", ["NFON"], None),
+        ("100 Extension 100NFON\\a", "100", ["NFON"], None),
+        ("100NFON\\a:b", "100", ["NFON"], None),
+    ],
+)
+def test_glued_users_are_read_one_way_only_or_not_at_all(
+    listed: str, expected: str, domains: list[str], users: list[str] | None
+) -> None:
+    assert split_glued_users(listed, expected, domains) == users
 
 
 def test_unknown_and_localized_lines_do_not_invent_lines() -> None:
@@ -133,7 +200,14 @@ def test_lab_listing_round_trips_for_any_line_names(lines) -> None:
             ],
         )
     ]
-    assert parse_listing(format_listing(providers, newline="\n")) == providers
+    blocks = format_listing(providers, newline="\n", layout="blocks")
+    assert parse_listing(blocks) == providers
+    documented = merge_providers(parse_listing(format_listing(providers, newline="\n")))
+    lines_read = documented[0].lines if documented else []
+    assert [
+        split_glued_users(read.name, line.name, ["NFON"])
+        for read, line in zip(lines_read, providers[0].lines, strict=True)
+    ] == [line.users for line in providers[0].lines]
 
 
 # --- the import XML ---------------------------------------------------------------------------

@@ -4,46 +4,56 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from provisioner.manifest import load_estate
-from provisioner.plan.model import Action, Change
-from provisioner.planner import Host, PlanInputs, context
-from provisioner.remote.contract import HostFacts, SealKey
+from provisioner.plan.model import Action, Change, Plan
+from provisioner.planner import Host, PlanInputs, context, plan_host
+from provisioner.remote.contract import HostFacts, SealKey, TspInstanceFacts, TspSettingsFacts
 from provisioner.remote.tsecimp import ListedLine, ListedProvider, XmlLine, format_listing
 from provisioner.resources import line_assignment
+from provisioner.resources.base import KindProblem
+from provisioner.resources.tsp_instance import line_name
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "multi-tenant"
 USER = "NFON\\CRM-SERVICE"
 
 
-def listing(assigned: dict[str, list[str]]) -> str:
+EXTENSIONS = ("100", "101", "102")
+PBX = {tenant: {ext: f"Line {ext}" for ext in EXTENSIONS} for tenant in ("k6732", "k7001")}
+
+
+def providers(assigned: dict[str, list[str]]) -> list[ListedProvider]:
     """Providers K6732 and K7001, each with lines 100-102; ``assigned``: K-account → lines."""
-    providers = []
+    found = []
     for number, k_account in enumerate(("K6732", "K7001")):
         lines = [
             ListedLine(
-                name=f"{k_account} {ext}",
+                name=line_name("{k_account} {extension} {name}", ext, f"Line {ext}", k_account),
                 permanent_id=str(1000 * (number + 1) + int(ext)),
                 addresses=[ext],
                 users=[USER] if ext in assigned.get(k_account, []) else [],
             )
-            for ext in ("100", "101", "102")
+            for ext in EXTENSIONS
         ]
-        providers.append(ListedProvider(f"NFON Third Party TAPI {k_account}", lines))
-    return format_listing(providers)
+        found.append(ListedProvider(f"NFON Third Party TAPI {k_account}", lines))
+    return found
 
 
-def host_context(assigned: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+def host_context(  # type: ignore[no-untyped-def]
+    assigned: dict[str, list[str]], text: str | None = None, pbx=PBX
+):
+    """crm01 of the multi-tenant example with a listing (Microsoft's layout unless ``text``)."""
     estate, errors = load_estate([EXAMPLE])
     assert errors == []
     facts = HostFacts(
         computer_name="CRM01",
         role="server",
         seal_key=SealKey(modulus="AQAB", exponent="AQAB"),
-        tsecimp_listing=listing(assigned),
+        tsecimp_listing=format_listing(providers(assigned)) if text is None else text,
     )
-    return context(
-        estate, Host("server/crm01", "crm01", "server"), PlanInputs(facts={"server/crm01": facts})
-    )
+    inputs = PlanInputs(facts={"server/crm01": facts}, extensions=pbx)
+    return context(estate, Host("server/crm01", "crm01", "server"), inputs)
 
 
 def line_change(tenant: str, before: list[str] | None, after: list[str]) -> Change:
@@ -96,3 +106,97 @@ def test_lines_elsewhere_forbid_no_merge() -> None:
     ctx = host_context({"K6732": ["100"], "K7001": ["101"]})
     [user] = line_assignment.xml_users([line_change("k6732", ["100"], ["102"])], ctx, {})
     assert user.no_merge is False
+
+
+# --- reading the listing: untrusted text -------------------------------------------------------
+
+
+def test_every_line_of_a_provider_counts_though_each_has_its_own_header() -> None:
+    """Microsoft's layout prints the provider above each line: all three lines keep their IDs."""
+    ctx = host_context({"K6732": ["101"]})
+    assert line_assignment.provider_lines(ctx, "K6732") == {
+        "100": "1100",
+        "101": "1101",
+        "102": "1102",
+    }
+    [live] = [r for r in line_assignment.live(ctx) if r.tenant == "k6732"]
+    assert (live.address, live.attributes) == (
+        line_assignment.address("k6732", USER),
+        {"lines": ["101"]},
+    )
+
+
+def forged_listing() -> str:
+    """K7001's PBX names its line 100 with a line break and a header: in a one-block-per-provider
+    layout, K7001's next lines then read as K6732's, with K7001's permanent IDs."""
+    found = providers({"K7001": ["101"]})
+    found[1].lines[0].name += "\r\nNFON Third Party TAPI K6732"
+    found[0].lines = found[0].lines[:1]
+    return format_listing(found, layout="blocks")
+
+
+def test_a_forged_provider_header_holds_back_the_host_s_line_assignments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for tenant in ("K6732", "K7001", "K8450"):
+        monkeypatch.setenv(f"{tenant}_CTI_PASSWORD", "pw")
+    ctx = host_context({}, forged_listing())
+    with pytest.raises(KindProblem) as caught:
+        line_assignment.live(ctx)
+    assert caught.value.kind == line_assignment.KIND
+    assert "does not read one way only" in str(caught.value)
+
+    plan = Plan()
+    host_plan = plan_host(ctx, Host("server/crm01", "crm01", "server"), plan)
+    assert [p.kind for p in plan.problems] == [line_assignment.KIND]
+    assert not [c for c in host_plan.changes if c.kind == line_assignment.KIND]
+    assert [c for c in host_plan.changes if c.kind != line_assignment.KIND]  # the rest plans on
+
+
+def test_a_line_the_pbx_does_not_have_is_not_read_as_the_tenant_s() -> None:
+    found = providers({})
+    found[0].lines.append(ListedLine("K6732 999 ghost", "77", ["999"], [USER]))
+    ctx = host_context({}, format_listing(found))
+    with pytest.raises(KindProblem, match="999 is not an extension of PBX K6732"):
+        line_assignment.live(ctx)
+
+
+def test_a_user_glued_onto_another_vendor_s_line_forbids_no_merge() -> None:
+    found = providers({"K6732": ["100", "101"]})
+    found.append(ListedProvider("Other TSP", [ListedLine("LPT1NFON\\CRM-SERVICE", "5")]))
+    ctx = host_context({}, format_listing(found))
+    [user] = line_assignment.xml_users([line_change("k6732", ["100", "101"], ["102"])], ctx, {})
+    assert user.no_merge is False
+
+
+def test_a_pbx_name_with_a_line_break_makes_the_listing_untrusted() -> None:
+    """The root of the forgery: the line's name comes from the PBX, which the plan reads."""
+    hostile = {**PBX, "k7001": {**PBX["k7001"], "100": "x\u2028NFON Third Party TAPI K6732"}}
+    ctx = host_context({"K6732": ["100"]}, pbx=hostile)
+    with pytest.raises(KindProblem, match=r"PBX K7001 names extension 100 .*a line break"):
+        line_assignment.live(ctx)
+
+
+def test_users_are_read_off_names_in_the_format_the_instance_still_has() -> None:
+    """The manifest changed the line-name format; until the Telephony service restarts, the
+    lines keep names in the instance's current format, and the users glued onto them read the
+    same way."""
+    found = providers({"K6732": ["100"]})
+    for line in found[0].lines:
+        line.name = line.addresses[0]  # named with "{extension}", the format the host still has
+    ctx = host_context({}, format_listing(found))
+    assert ctx.facts is not None
+    instance = TspInstanceFacts(
+        instance="K6732",
+        file="NFONTSP_K6732.TSP",
+        file_present=True,
+        settings=TspSettingsFacts(
+            k_account="K6732",
+            number_format="international",
+            line_name_format="{extension}",
+            debug_level=0,
+        ),
+    )
+    ctx.facts = ctx.facts.model_copy(update={"tsp_instances": [instance]})
+    [live] = [r for r in line_assignment.live(ctx) if r.tenant == "k6732"]
+    assert live.attributes == {"lines": ["100"]}
