@@ -501,9 +501,7 @@ LineNameFormat = Annotated[
 class Assignment(_Model):
     user: DomainUser
     lines: list[Extension] = Field(min_length=1)
-    friendly_name: Text | None = Field(
-        None, max_length=256, description="default: AD displayName"
-    )
+    friendly_name: Text | None = Field(None, max_length=256, description="default: AD displayName")
     shared: bool = Field(False, description="the lines may also be assigned to other users")
 
 
