@@ -166,6 +166,7 @@ def apply(
 @paths_argument
 @inventory_option
 @parallelism_option
+@target_option
 @click.option(
     "--format",
     "output_format",
@@ -177,6 +178,7 @@ def drift(
     paths: tuple[Path, ...],
     inventory: str | None,
     parallelism: int,
+    targets: tuple[str, ...],
     output_format: str,
     output: Path | None,
 ) -> None:
@@ -185,7 +187,11 @@ def drift(
 
     sys.exit(
         drift_command(
-            paths, _options(inventory, parallelism), output_format=output_format, output=output
+            paths,
+            _options(inventory, parallelism),
+            output_format=output_format,
+            output=output,
+            targets=targets,
         )
     )
 

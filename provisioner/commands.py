@@ -19,15 +19,13 @@ from provisioner.inventory import inventory_file, load_inventory
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts
-from provisioner.plan.model import Action, Change, Plan, PlanProblem
+from provisioner.plan.model import Action, Plan
 from provisioner.planner import (
-    RESTART,
     Host,
     HostPlan,
     PlanInputs,
     build_plan,
     context,
-    handlers,
     hosts,
     profile_for,
 )
@@ -125,18 +123,11 @@ def apply_command(
         if saved is not None:
             saved.check_fresh(plan)
         options.echo(text.render_plan(plan, colour=options.colour))
-        group_changes, held = hold_back(plan, [c for c in plan.actionable if c.kind == GROUP])
-        for host_plan in host_plans.values():
-            host_plan.changes, held_here = hold_back(plan, host_plan.changes)
-            held += held_here
-            if held_here:  # a restart only for the changes that still go ahead
-                kept = [c for c in host_plan.changes if c.kind != RESTART]
-                needed = {c.address for c in handlers(kept, host_plan.context)}
-                host_plan.changes = [
-                    c for c in host_plan.changes if c.kind != RESTART or c.address in needed
-                ]
-        for change in held:
-            options.echo(f"  held back: {change.address} (a problem above concerns it)")
+        group_changes = [
+            c for c in plan.actionable if c.kind == GROUP and c.address not in plan.held_back
+        ]
+        for address in plan.held_back:  # host_plans hold only what goes ahead
+            options.echo(f"  held back: {address} (a problem above concerns it)")
         pending = group_changes + [c for hp in host_plans.values() for c in hp.changes]
         if not any(c.action is not Action.NOOP for c in pending):
             return EXIT_ERROR if plan.problems else EXIT_OK
@@ -190,30 +181,6 @@ def apply_command(
     return EXIT_ERROR if failed_hosts or leftovers or plan.problems else EXIT_OK
 
 
-def hold_back(plan: Plan, changes: list[Change]) -> tuple[list[Change], list[Change]]:
-    """(kept, held): the changes a problem concerns are held back, the others go ahead.
-
-    A tenant's problem holds back that tenant, a host's problem that host; a problem that names
-    neither (the directory cannot be read, say) holds back everything. A problem with a kind
-    holds back only that kind's changes there (an unreadable tsecimp listing: the line
-    assignments).
-    """
-    kept: list[Change] = []
-    held: list[Change] = []
-    for change in changes:
-        concerned = any(_concerns(problem, change) for problem in plan.problems)
-        (held if concerned and change.action is not Action.NOOP else kept).append(change)
-    return kept, held
-
-
-def _concerns(problem: PlanProblem, change: Change) -> bool:
-    if problem.kind is not None and problem.kind != change.kind:
-        return False
-    if problem.tenant:
-        return change.tenant == problem.tenant
-    return not problem.host or change.host == problem.host
-
-
 def health(
     estate: Estate, facts: dict[str, HostFacts], pbx: PbxFacts, results: list[HostResult]
 ) -> list[str]:
@@ -252,12 +219,17 @@ def confirm(options: Options) -> None:
 
 
 def drift_command(
-    paths: Sequence[Path], options: Options, *, output_format: str, output: Path | None
+    paths: Sequence[Path],
+    options: Options,
+    *,
+    output_format: str,
+    output: Path | None,
+    targets: Sequence[str] = (),
 ) -> int:
     estate = load(paths)
     inventory = load_inventory(options.inventory)
     with Run(estate, inventory, parallelism=options.parallelism) as run:
-        plan, _ = make_plan(run, estate, [])
+        plan, _ = make_plan(run, estate, targets)
     report = drift_render.drift_report(plan)
     renderer = {
         "text": drift_render.render_text,

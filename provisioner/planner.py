@@ -156,7 +156,14 @@ def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
             if want is None:
                 assert have is not None
                 if _prunes(module, ctx, have):
-                    changes.append(diff(None, have, reason_prefix=_removal_reason(ctx, have)))
+                    removal = _removal_reason(ctx, have)
+                    change = diff(None, have, reason_prefix=removal)
+                    change.action_reason = (
+                        "delete_because_user_not_in_directory"
+                        if removal
+                        else "delete_because_no_resource_config"
+                    )
+                    changes.append(change)
                 else:
                     plan.unmanaged.append(
                         Unmanaged(have.address, have.kind, host.name, have.tenant, have.detail)
@@ -209,7 +216,8 @@ def handlers(changes: list[Change], ctx: HostContext) -> list[Change]:
             action=Action.RESTART,
             kind=RESTART,
             host=ctx.name,
-            after={"service": service},
+            # the TSP instances of every tenant on the server stop with either service
+            after={"service": service, "interrupts": [t.name for t in ctx.tenants]},
             reason=reason,
         )
         for service, reason in restarts
@@ -245,9 +253,25 @@ def build_plan(
     selectors = list(targets)
     if selectors:
         select(plan, host_plans, selectors, estate)
+    hold_back(plan, host_plans)
     for number, change in enumerate(plan.changes):
         change.id = f"c{number:04d}"
     return plan, host_plans
+
+
+def hold_back(plan: Plan, host_plans: dict[str, HostPlan]) -> None:
+    """Take the changes a problem concerns (:meth:`Plan.holds_back`) out of what apply carries
+    out, and the restarts only they needed; ``plan.held_back`` lists both, for every renderer."""
+    held = {c.address for c in plan.changes if plan.holds_back(c)}
+    for host_plan in host_plans.values():
+        kept = [c for c in host_plan.changes if c.address not in held]
+        if len(kept) < len(host_plan.changes):  # a restart only for what still goes ahead
+            needed = handlers([c for c in kept if c.kind != RESTART], host_plan.context)
+            wanted = {c.address for c in needed}
+            held |= {c.address for c in kept if c.kind == RESTART and c.address not in wanted}
+            kept = [c for c in kept if c.address not in held]
+        host_plan.changes = kept
+    plan.held_back = [c.address for c in plan.changes if c.address in held]
 
 
 def user_policies(
@@ -375,9 +399,10 @@ def select(
         keep |= {c.address for c in handlers(selected, host_plan.context)}
         host_plan.changes = [c for c in host_plan.changes if c.address in keep]
     plan.changes = [c for c in plan.changes if c.address in keep]
+    plan.unmanaged = [u for u in plan.unmanaged if any(_matches(s, u, estate) for s in selectors)]
 
 
-def _matches(selector: str, change: Change, estate: Estate) -> bool:
+def _matches(selector: str, change: Change | Unmanaged, estate: Estate) -> bool:
     if selector.startswith("server="):
         name = selector.removeprefix("server=")
         return change.host == name and name in estate.servers

@@ -172,6 +172,10 @@ class SavedPlan:
             raise TypeError("resource_changes is not a list")
         return {data["address"]: change_from_json(data) for data in changes}
 
+    def held_back(self) -> list[str]:
+        """The addresses the saved plan showed as held back by a problem."""
+        return [c["address"] for c in self.plan["resource_changes"] if c.get("held_back")]
+
     @classmethod
     def of(cls, plan: Plan, manifests: Sequence[str | Path], inventory: Path | None) -> SavedPlan:
         return cls(
@@ -233,6 +237,12 @@ class SavedPlan:
         if moved:
             raise StalePlanError(
                 f"the plan would differ now ({', '.join(moved[:10])}): run plan again"
+            )
+        held = sorted(set(self.held_back()) ^ set(plan.held_back))
+        if held:  # a problem came or went: what the reviewer saw held back would go, or not
+            raise StalePlanError(
+                f"the problems changed since this plan was made, so what is held back differs "
+                f"({', '.join(held[:10])}): run plan again"
             )
 
 

@@ -1,9 +1,9 @@
-"""Small pieces of the command layer: what facts print, how held-back changes are chosen."""
+"""Small pieces of the command layer: what facts print, what a host reports."""
 
 from __future__ import annotations
 
-from provisioner.commands import hold_back, without_fingerprints
-from provisioner.plan.model import Action, Change, Plan, PlanProblem
+from provisioner.commands import without_fingerprints
+from provisioner.plan.model import Action, Change
 from provisioner.planner import Host
 from provisioner.remote.contract import ApplyResponse
 from provisioner.runner import host_result
@@ -29,16 +29,6 @@ def change(address: str, tenant: str | None, host: str = "h") -> Change:
         tenant=tenant,
         id=address,
     )
-
-
-def test_hold_back_by_tenant_host_or_everything() -> None:
-    changes = [change("a", "t1"), change("b", "t2"), change("c", None, host="h2")]
-    kept, held = hold_back(Plan(problems=[PlanProblem("x", tenant="t1")]), changes)
-    assert [c.address for c in held] == ["a"] and [c.address for c in kept] == ["b", "c"]
-    kept, held = hold_back(Plan(problems=[PlanProblem("x", host="h2")]), changes)
-    assert [c.address for c in held] == ["c"]
-    kept, held = hold_back(Plan(problems=[PlanProblem("directory unreadable")]), changes)
-    assert kept == [] and len(held) == 3
 
 
 def test_a_step_the_host_did_not_report_is_unknown_not_done() -> None:

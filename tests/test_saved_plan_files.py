@@ -9,10 +9,11 @@ import pytest
 
 from provisioner import __version__
 from provisioner.errors import ProvisionerError
+from provisioner.render.json_format import FORMAT_VERSION
 from provisioner.saved_plan import SavedPlan, manifest_digest
 
 COMPLETE = {
-    "format_version": "1",
+    "format_version": FORMAT_VERSION,
     "kind": "saved-plan",
     "manifests": ["m"],
     "inventory_digest": None,
@@ -26,11 +27,9 @@ COMPLETE = {
 PLAN = COMPLETE["plan"]
 CHANGE = {
     "address": "server/tapi01/package",
-    "kind": "package",
+    "type": "package",
     "host": "tapi01",
-    "actions": ["create"],
-    "before": None,
-    "after": {"version": "1.0.0"},
+    "change": {"actions": ["create"], "before": None, "after": {"version": "1.0.0"}},
 }
 
 
@@ -38,7 +37,14 @@ CHANGE = {
     ("content", "message"),
     [
         (b"\xff\xfe{", "not a saved plan (not UTF-8 text)"),
-        (b'{"kind": "saved-plan", "format_version": "1"}', "not a complete saved plan"),
+        (
+            json.dumps({"kind": "saved-plan", "format_version": FORMAT_VERSION}).encode(),
+            "not a complete saved plan",
+        ),
+        (
+            json.dumps({**COMPLETE, "format_version": "1"}).encode(),
+            "saved-plan format '1' is not",
+        ),
         (b"[1, 2]", "not a saved plan (make one with plan --out)"),
         (b'{"kind": "saved-plan"', "not a saved plan"),
         (
@@ -67,9 +73,11 @@ CHANGE = {
                 "not a complete saved plan",
             )
             for changes in (
-                [{**CHANGE, "actions": []}],
-                [{**CHANGE, "actions": ["explode"]}],
-                [{**CHANGE, "actions": "create"}],
+                [{**CHANGE, "change": {**CHANGE["change"], "actions": []}}],
+                [{**CHANGE, "change": {**CHANGE["change"], "actions": ["explode"]}}],
+                [{**CHANGE, "change": {**CHANGE["change"], "actions": "create"}}],
+                [{**CHANGE, "change": None}],
+                [{key: value for key, value in CHANGE.items() if key != "change"}],
                 [{"address": "a"}],
                 [None],
                 "server/x",

@@ -57,6 +57,7 @@ class Change:
     reason: str = ""
     sensitive_changed: list[str] = field(default_factory=list)
     id: str = ""  # stable within a plan: "c0007"
+    action_reason: str = ""  # Terraform's code for why, where there is one: "delete_because_..."
 
     @property
     def changed_attributes(self) -> list[str]:
@@ -87,6 +88,17 @@ class PlanProblem:
     found: bool = False  # a difference found in the live estate, not something left unchecked
     kind: str | None = None  # holds back only changes of this kind (on the tenant or host)
 
+    def concerns(self, change: Change) -> bool:
+        """A tenant's problem holds back that tenant, a host's problem that host; a problem that
+        names neither (the directory cannot be read, say) holds back everything. A problem with a
+        kind holds back only that kind's changes there (an unreadable tsecimp listing: the line
+        assignments)."""
+        if self.kind is not None and self.kind != change.kind:
+            return False
+        if self.tenant:
+            return change.tenant == self.tenant
+        return not self.host or change.host == self.host
+
 
 @dataclass
 class Plan:
@@ -96,6 +108,16 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)  # host key → digest of its facts
     targets: list[str] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)  # addresses apply will not carry out
+
+    def holds_back(self, change: Change) -> bool:
+        """Whether a problem of this plan concerns the change, so that apply holds it back.
+
+        See :meth:`PlanProblem.concerns`.
+        """
+        if change.action is Action.NOOP:
+            return False
+        return any(problem.concerns(change) for problem in self.problems)
 
     @property
     def actionable(self) -> list[Change]:

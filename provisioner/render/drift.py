@@ -6,7 +6,12 @@ then grouped by host and tenant. An item reads::
 
     DriftItem(category="changed", address="server/tapi01/firewall_rule/nfon-tapi-in-smb",
               kind="firewall_rule", host="tapi01", tenant=None, detail="local_ports differs",
-              lines=['local_ports: host has ["9999"], manifests want ["445"]'])
+              lines=['local_ports: host has ["9999"], manifests want ["445"]'],
+              before={"local_ports": ["9999"], ...}, after={"local_ports": ["445"], ...},
+              differs=["local_ports"])
+
+``before`` is what the host has and ``after`` what the manifests want, as in a plan; the JSON
+report carries those and the names that differ, the other renderers the sentences.
 
 Problems (a host that did not answer, a line the PBX lacks) and notes (information, such as
 extensions no one is assigned) travel with the report, so "no drift" is never claimed for what
@@ -17,13 +22,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
 
-from provisioner.plan.model import Action, Change, Plan
+from provisioner.plan.model import Action, Change, Plan, PlanProblem
 from provisioner.remote.scripts import templates_dir
 from provisioner.render.text import value_text
 from provisioner.secrets import REDACTED
@@ -41,6 +46,7 @@ MEANING = {
     "unmanaged": "on the host, in the managed scope, not in the manifests",
 }
 NO_TENANT = "(host settings)"  # the tenant column of items that belong to no tenant
+DRIFT_FORMAT_VERSION = "2"  # version 1 told each item in sentences
 
 
 @dataclass
@@ -52,6 +58,10 @@ class DriftItem:
     tenant: str | None
     detail: str
     lines: list[str] = field(default_factory=list)
+    before: dict[str, Any] | None = None  # on the host (None: not there)
+    after: dict[str, Any] | None = None  # in the manifests (None: not there)
+    differs: list[str] = field(default_factory=list)  # attributes that differ
+    sensitive: list[str] = field(default_factory=list)  # secrets among them (values hidden)
 
 
 @dataclass
@@ -67,8 +77,8 @@ class DriftSection:
 @dataclass
 class DriftReport:
     items: list[DriftItem]
-    problems: list[str]
-    generated: str
+    problems: list[PlanProblem]
+    generated: datetime
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -133,6 +143,10 @@ def drift_report(plan: Plan) -> DriftReport:
                 change.tenant,
                 change.reason,
                 drift_lines(change),
+                before=change.before,
+                after=change.after,
+                differs=[] if change.action is Action.DELETE else change.changed_attributes,
+                sensitive=list(change.sensitive_changed),
             )
         )
     for extra in plan.unmanaged:
@@ -142,12 +156,7 @@ def drift_report(plan: Plan) -> DriftReport:
             )
         )
     items.sort(key=lambda i: (i.host, i.tenant or "", i.address))
-    return DriftReport(
-        items,
-        [p.message for p in plan.problems],
-        datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        list(plan.notes),
-    )
+    return DriftReport(items, list(plan.problems), datetime.now(UTC), list(plan.notes))
 
 
 def drift_lines(change: Change) -> list[str]:
@@ -180,7 +189,7 @@ def render_text(report: DriftReport) -> str:
             lines.append(f"  {item.category:<9} {item.address}   {item.detail}")
             lines.extend(f"              {line}" for line in item.lines)
     if report.problems:
-        lines += ["", "Problems:"] + [f"  ! {p}" for p in report.problems]
+        lines += ["", "Problems:"] + [f"  ! {p.message}" for p in report.problems]
     if report.notes:
         lines += ["", "Notes:"] + [f"  - {n}" for n in report.notes]
     return "\n".join(lines).rstrip() + "\n"
@@ -197,20 +206,44 @@ def render_markdown(report: DriftReport) -> str:
                 f"| {_code(item.address)} | {detail} |"
             )
     if report.problems:
-        lines += ["", "**Problems**", ""] + [f"- {_md(p)}" for p in report.problems]
+        lines += ["", "**Problems**", ""] + [f"- {_md(p.message)}" for p in report.problems]
     if report.notes:
         lines += ["", "**Notes**", ""] + [f"- {_md(n)}" for n in report.notes]
     return "\n".join(lines) + "\n"
 
 
 def render_json(report: DriftReport) -> str:
+    """Data, not sentences: per item what and where, both sides and the names that differ."""
     data: dict[str, Any] = {
-        "format_version": "1",
-        "generated": report.generated,
-        "summary": report.summary(),
+        "format_version": DRIFT_FORMAT_VERSION,
+        "generated": _iso(report.generated),
+        "has_drift": report.has_drift,
         "counts": report.counts(),
-        "items": [asdict(item) for item in report.items],
-        "problems": report.problems,
+        "items": [
+            {
+                "category": item.category,
+                "address": item.address,
+                "kind": item.kind,
+                "host": item.host,
+                "tenant": item.tenant,
+                "before": item.before,
+                "after": item.after,
+                "differs": item.differs,
+                "sensitive": item.sensitive,
+                "detail": item.detail if item.category == "unmanaged" else None,
+            }
+            for item in report.items
+        ],
+        "problems": [
+            {
+                "message": p.message,
+                "tenant": p.tenant,
+                "host": p.host,
+                "address": p.address,
+                "found": p.found,  # a difference found, not something left unchecked
+            }
+            for p in report.problems
+        ],
         "notes": report.notes,
     }
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
@@ -225,6 +258,8 @@ def render_html(report: DriftReport) -> str:
     )
     return environment.get_template("drift.html.j2").render(
         report=report,
+        generated=_iso(report.generated),
+        generated_text=report.generated.strftime("%Y-%m-%d %H:%M UTC"),
         categories=CATEGORIES,
         meaning=MEANING,
         count_tables=[
@@ -234,6 +269,11 @@ def render_html(report: DriftReport) -> str:
         ],
         sections=report.sections(),
     )
+
+
+def _iso(moment: datetime) -> str:
+    """ISO 8601 in UTC: ``2026-03-01T14:05:09Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _count(n: int, noun: str) -> str:

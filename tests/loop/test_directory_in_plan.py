@@ -389,7 +389,7 @@ def test_missing_user_with_policy_skip_leaves_its_lines_alone(ad_lab: ADLabFor, 
     assert not problems(plan)
     changes = changes_by_address(ad)
     address = f"tenant/k6732/line_assignment/{ad.key('jdoe')}"
-    assert address not in changes or changes[address]["actions"] == ["no-op"]
+    assert address not in changes or changes[address]["change"]["actions"] == ["no-op"]
 
     applied = ad.estate.apply()
     assert applied.code == 0, applied.output
@@ -413,7 +413,7 @@ def test_missing_user_with_policy_remove_lines_loses_its_lines(ad_lab: ADLabFor,
     assert f"tenant k6732: {ad.user('jdoe')} {reason}: its lines are removed" in plan.out
     changes = changes_by_address(ad)
     removal = changes[f"tenant/k6732/line_assignment/{ad.key('jdoe')}"]
-    assert removal["actions"] == ["delete"], removal
+    assert removal["change"]["actions"] == ["delete"], removal
 
     applied = ad.estate.apply()
     assert applied.code == 0, applied.output
@@ -430,11 +430,12 @@ def test_lines_removed_by_the_policy_say_why(ad_lab: ADLabFor) -> None:
     ad.disable("jdoe")
     ad.tenant_policy("k6732.yaml", "remove_lines")
     removal = changes_by_address(ad)[f"tenant/k6732/line_assignment/{ad.key('jdoe')}"]
-    assert removal["actions"] == ["delete"]
+    assert removal["change"]["actions"] == ["delete"]
     reason = str(removal["reason"])
     assert "on_missing_user" in reason and "prune" not in reason, (
         f"the deletion is explained as {reason!r}; prune is off, the AD policy removes the lines"
     )
+    assert removal["action_reason"] == "delete_because_user_not_in_directory"
 
 
 def test_renamed_user_no_longer_resolves_and_the_policy_applies(ad_lab: ADLabFor) -> None:
@@ -455,10 +456,12 @@ def test_renamed_user_no_longer_resolves_and_the_policy_applies(ad_lab: ADLabFor
     # with remove_lines, the old name's lines go, and so does the account's group membership
     ad.tenant_policy("k6732.yaml", "remove_lines")
     changes = changes_by_address(ad)
-    assert changes[f"tenant/k6732/line_assignment/{ad.key('jdoe')}"]["actions"] == ["delete"]
+    assert changes[f"tenant/k6732/line_assignment/{ad.key('jdoe')}"]["change"]["actions"] == [
+        "delete"
+    ]
     group = changes["tenant/k6732/users_group"]
-    assert group["actions"] == ["update"]
-    assert dn_key(dn) in {dn_key(m) for m in group["before"]["members"]}  # type: ignore[index]
+    assert group["change"]["actions"] == ["update"]
+    assert dn_key(dn) in {dn_key(m) for m in group["change"]["before"]["members"]}  # type: ignore[index]
     applied = ad.estate.apply()
     assert applied.code == 0, applied.output
     assert ad.tsec_lines("tapi01", "jdoe") == []
@@ -467,7 +470,9 @@ def test_renamed_user_no_longer_resolves_and_the_policy_applies(ad_lab: ADLabFor
     # the manifest follows the rename: the account gets its lines and membership back
     ad.edit("k6732.yaml", ad.user("jdoe"), f"{DOMAIN}\\{new_sam}")
     changes = changes_by_address(ad)
-    assert changes[f"tenant/k6732/line_assignment/NFON\\{new_sam.upper()}"]["actions"] == ["create"]
+    assert changes[f"tenant/k6732/line_assignment/NFON\\{new_sam.upper()}"]["change"][
+        "actions"
+    ] == ["create"]
     assert ad.estate.apply().code == 0
     assert dn_key(dn) in ad.members("K6732-TAPI-Users")
     assert ad.estate.plan().code == 0
@@ -499,9 +504,9 @@ def test_users_group_members_follow_the_manifest(ad_lab: ADLabFor) -> None:
     ad = ad_lab(CLIENT_TAPI)
     users = ["MAUERSBERGERM", "jdoe", "reception", "reception2"]
     group = ad.estate.plan_json("--target", "tenant/k6732/users_group")["resource_changes"][0]
-    assert group["actions"] == ["update"]
-    assert group["before"]["members"] == []
-    assert sorted(group["after"]["members"]) == sorted(ad.key(u) for u in users)
+    assert group["change"]["actions"] == ["update"]
+    assert group["change"]["before"]["members"] == []
+    assert sorted(group["change"]["after"]["members"]) == sorted(ad.key(u) for u in users)
 
     assert ad.estate.apply().code == 0
     assert ad.members("K6732-TAPI-Users") == {dn_key(ad.dn(u)) for u in users}

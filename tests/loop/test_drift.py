@@ -95,7 +95,7 @@ def test_drift_lists_each_difference_once_grouped_and_without_noise(lab_for: Lab
 
     # nothing an apply would not change: drift = the plan's changes without restarts + unmanaged
     plan = estate.plan_json()
-    planned = {c["address"] for c in plan["resource_changes"] if c["kind"] != "restart"}
+    planned = {c["address"] for c in plan["resource_changes"] if c["type"] != "restart"}
     assert planned | {u["address"] for u in plan["unmanaged"]} == set(expected)
 
     # read-only: one gather per host and drift, no batch anywhere
@@ -151,3 +151,36 @@ def test_the_same_settings_in_another_spelling_are_not_drift(lab_for: LabFor) ->
     result = estate.drift()
     assert result.code == 0, result.output
     assert estate.plan().code == 0
+
+
+def test_drift_takes_targets_like_plan(lab_for: LabFor) -> None:
+    estate = lab_for(EXAMPLES / "client-tapi")
+    assert estate.apply().code == 0
+    expected = change_behind_the_tools_back(estate)
+
+    def drifted(*selectors: str) -> dict[str, str]:
+        args = [a for s in selectors for a in ("--target", s)]
+        result = estate.drift("--format", "json", *args)
+        assert result.code == 2, result.output
+        return {i["address"]: i["category"] for i in result.json()["items"]}
+
+    on_tapi01 = {a: c for a, c in expected.items() if not a.startswith("client/")}
+    assert drifted("server=tapi01") == on_tapi01  # the unmanaged rule on tapi01 included
+    assert drifted("host=ws-0102") == {"client/ws-0102/tapi_client": "changed"}
+    assert drifted("server/tapi01/firewall_rule/*") == {
+        a: c for a, c in expected.items() if "/firewall_rule/" in a
+    }
+    assert drifted("tenant=k6732", "host=ws-0102") == {
+        a: c for a, c in expected.items() if a.startswith(("tenant/", "client/"))
+    }
+    assert estate.drift("--target", "server=tapi01", "--format", "json").json()["counts"] == {
+        "changed": 3,
+        "missing": 1,
+        "unmanaged": 1,
+    }
+
+    nothing = estate.drift("--target", "server=nosuch")
+    assert nothing.code == 1
+    assert "--target 'server=nosuch' matches nothing" in nothing.err
+    clean = estate.drift("--target", "host=ws-0101")
+    assert clean.code == 0, clean.output

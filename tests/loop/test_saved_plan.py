@@ -266,3 +266,21 @@ def test_a_saved_plan_keeps_its_own_targets(lab_for: LabFor) -> None:
     refused = estate.cli("apply", "--plan", saved, "--target", "server=tapi01", "--auto-approve")
     assert refused.code == 1
     assert "drop --target" in refused.err
+
+
+def test_a_saved_plan_is_stale_when_what_it_held_back_would_go_ahead(lab_for: LabFor) -> None:
+    """The reviewer saw a tenant's changes held back by a problem; once the problem is gone,
+    applying the saved plan would carry them out unreviewed."""
+    estate = lab_for(EXAMPLES / "multi-tenant")
+    assert estate.lab.cti is not None
+    estate.lab.cti.set_password("K7001", "changed-at-nfon-only")
+    saved = estate.directory / "held.plan.json"
+    assert estate.plan("--out", saved).code == 1
+    estate.lab.cti.set_password("K7001", estate.lab.values["K7001_CTI_PASSWORD"])
+
+    estate.reset_counters()
+    refused = estate.cli("apply", "--plan", saved, "--auto-approve")
+    assert refused.code == 1, refused.output
+    assert "the problems changed since this plan was made" in refused.err
+    assert "tenant/k7001/tsp_instance" in refused.err
+    assert set(apply_commands(estate).values()) == {0}

@@ -137,14 +137,22 @@ def test_changed_cti_password_is_seen_by_fingerprint_for_that_tenant_only(lab_fo
     estate.set_secret("K7001_CTI_PASSWORD", "k7001-rotated-Pa55word")
     for _ in range(2):  # planning reads nothing back and changes nothing: same answer twice
         changes = _plan_changes(estate)
-        assert {a for a, c in changes.items() if c["kind"] != "restart"} == {
+        assert {a for a, c in changes.items() if c["type"] != "restart"} == {
             "tenant/k7001/tsp_instance"
         }
         changed = changes["tenant/k7001/tsp_instance"]
-        assert changed["actions"] == ["update"]
+        assert changed["change"]["actions"] == ["update"]
         assert changed["sensitive_changed"] == ["cti_password"]
-        assert changed["before"]["cti_password"] == changed["after"]["cti_password"] == REDACTED  # type: ignore[index]
-        assert {k for k in changed["after"] if changed["before"][k] != changed["after"][k]} == set()  # type: ignore[attr-defined,index]
+        assert (
+            changed["change"]["before"]["cti_password"]
+            == changed["change"]["after"]["cti_password"]
+            == REDACTED
+        )  # type: ignore[index]
+        assert {
+            k
+            for k in changed["change"]["after"]
+            if changed["change"]["before"][k] != changed["change"]["after"][k]
+        } == set()  # type: ignore[attr-defined,index]
     text = estate.plan()
     assert text.code == 2
     assert "cti_password: (sensitive, changed)" in text.out
@@ -163,7 +171,7 @@ def test_changed_cti_password_is_seen_by_fingerprint_for_that_tenant_only(lab_fo
     inventory["secrets"]["K8450_CTI_PASSWORD"] = "k8450-rotated-Pa55word"
     yaml.dump(inventory, estate.lab.inventory_path)
     changes = _plan_changes(estate)
-    assert {a for a, c in changes.items() if c["kind"] != "restart"} == {
+    assert {a for a, c in changes.items() if c["type"] != "restart"} == {
         "tenant/k8450/tsp_instance"
     }
     assert changes["tenant/k8450/tsp_instance"]["sensitive_changed"] == ["cti_password"]

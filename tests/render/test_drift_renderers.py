@@ -229,8 +229,8 @@ def test_markdown_code_span_survives_a_backtick() -> None:
 
 def test_json_holds_everything_a_machine_needs(report: DriftReport) -> None:
     data = json.loads(render_json(report))
-    assert data["format_version"] == "1"
-    assert data["summary"] == SUMMARY
+    assert data["format_version"] == "2"
+    assert data["has_drift"] is True
     assert data["counts"] == {"changed": 2, "missing": 1, "unmanaged": 2}
     assert [item["address"] for item in data["items"]] == [i.address for i in report.items]
     assert data["items"][2] == {
@@ -239,12 +239,36 @@ def test_json_holds_everything_a_machine_needs(report: DriftReport) -> None:
         "kind": "tsp_instance",
         "host": "tapi01",
         "tenant": "k6732",
-        "detail": "debug_level differs; cti_password changed (sensitive)",
-        "lines": ["cti_password: (sensitive) differs", "debug_level: host has 3, manifests want 0"],
+        "before": {"cti_password": "(sensitive)", "debug_level": 3},
+        "after": {"cti_password": "(sensitive)", "debug_level": 0},
+        "differs": ["cti_password", "debug_level"],
+        "sensitive": ["cti_password"],
+        "detail": None,
     }
-    assert data["problems"] == ["ws-0103: WinRM connection refused: is the listener on?"]
+    missing = data["items"][1]
+    assert (missing["before"], missing["after"], missing["differs"]) == (
+        None,
+        {"lines": ["1200"]},
+        ["lines"],
+    )
+    pruned = data["items"][3]
+    assert (pruned["before"], pruned["after"], pruned["differs"]) == (
+        {"local_ports": ["1"]},
+        None,
+        [],
+    )
+    assert data["problems"] == [
+        {
+            "message": "ws-0103: WinRM connection refused: is the listener on?",
+            "tenant": None,
+            "host": None,
+            "address": None,
+            "found": False,
+        }
+    ]
     assert data["notes"] == ["tenant k6732: extensions no one is assigned: 1257"]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", data["generated"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["generated"])
+    assert "summary" not in data and not any("lines" in item for item in data["items"])
 
 
 def test_json_keeps_hostile_text_verbatim(report: DriftReport) -> None:
