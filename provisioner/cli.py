@@ -103,6 +103,11 @@ def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = Tru
 @click.option(
     "--format", "output_format", type=click.Choice(["text", "json", "markdown"]), default="text"
 )
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the plan (in --format) to a file, such as a pull-request comment",
+)
 @click.option("--detailed-exitcode", is_flag=True, help="exit 2 when there are changes")
 def plan(
     paths: tuple[Path, ...],
@@ -112,6 +117,7 @@ def plan(
     targets: tuple[str, ...],
     out: Path | None,
     output_format: str,
+    output: Path | None,
     detailed_exitcode: bool,
 ) -> None:
     """Show what apply would change."""
@@ -125,6 +131,7 @@ def plan(
             out=out,
             output_format=output_format,
             detailed_exitcode=detailed_exitcode,
+            output=output,
         )
     )
 

@@ -76,12 +76,17 @@ def plan_command(
     out: Path | None,
     output_format: str,
     detailed_exitcode: bool,
+    output: Path | None = None,
 ) -> int:
     estate = load(paths)
     inventory = load_inventory(options.inventory)
     with Run(estate, inventory, parallelism=options.parallelism) as run:
         plan, _ = make_plan(run, estate, targets)
-    options.echo(render(plan, output_format, options.colour))
+    if output is not None:
+        write_report(output, render(plan, output_format, colour=False).rstrip("\n") + "\n")
+        options.echo(f"{plan.summary()} The plan is written to {output}.")
+    else:
+        options.echo(render(plan, output_format, options.colour))
     if out is not None:
         SavedPlan.of(plan, paths, inventory_file(options.inventory)).write(out)
         options.echo(f"Saved the plan to {out}: apply it with 'provisioner apply --plan {out}'.")
@@ -239,16 +244,20 @@ def drift_command(
     }[output_format]
     document = renderer(report)
     if output is not None:
-        try:
-            output.write_text(document, encoding="utf-8")
-        except OSError as exc:
-            raise ProvisionerError(f"{output}: cannot write the report: {exc.strerror}") from None
+        write_report(output, document)
         options.echo(f"{report.summary()} Report written to {output}.")
     else:
         options.echo(document.rstrip("\n"))
     if any(not p.found for p in plan.problems):  # something could not be checked
         return EXIT_ERROR
     return EXIT_CHANGES if report.has_drift or plan.problems else EXIT_OK
+
+
+def write_report(path: Path, document: str) -> None:
+    try:
+        path.write_text(document, encoding="utf-8")
+    except OSError as exc:
+        raise ProvisionerError(f"{path}: cannot write the report: {exc.strerror}") from None
 
 
 def render_tsecimp(paths: Sequence[Path], *, tenant: str | None, server: str | None) -> str:

@@ -30,6 +30,8 @@ import jinja2
 
 from provisioner.plan.model import Action, Change, Plan, PlanProblem
 from provisioner.remote.scripts import templates_dir
+from provisioner.render.markdown import code as md_code
+from provisioner.render.markdown import text as md_text
 from provisioner.render.text import value_text
 from provisioner.secrets import REDACTED
 
@@ -196,19 +198,19 @@ def render_text(report: DriftReport) -> str:
 
 
 def render_markdown(report: DriftReport) -> str:
-    lines = ["### provisioner drift", "", f"**{_md(report.summary())}**", ""]
+    lines = ["### provisioner drift", "", f"**{md_text(report.summary())}**", ""]
     if report.items:
         lines += ["| host | tenant | category | address | detail |", "|---|---|---|---|---|"]
         for item in report.items:
-            detail = "<br>".join(_md(text) for text in [item.detail, *item.lines])
+            detail = "<br>".join(md_text(text) for text in [item.detail, *item.lines])
             lines.append(
-                f"| {_md(item.host)} | {_md(item.tenant or '')} | {item.category} "
-                f"| {_code(item.address)} | {detail} |"
+                f"| {md_text(item.host)} | {md_text(item.tenant or '')} | {item.category} "
+                f"| {md_code(item.address)} | {detail} |"
             )
     if report.problems:
-        lines += ["", "**Problems**", ""] + [f"- {_md(p.message)}" for p in report.problems]
+        lines += ["", "**Problems**", ""] + [f"- {md_text(p.message)}" for p in report.problems]
     if report.notes:
-        lines += ["", "**Notes**", ""] + [f"- {_md(n)}" for n in report.notes]
+        lines += ["", "**Notes**", ""] + [f"- {md_text(n)}" for n in report.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -278,22 +280,3 @@ def _iso(moment: datetime) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _md(text: str) -> str:
-    """Text for a Markdown table cell: no cell breaks, no HTML from host-controlled values."""
-    return (
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("|", "\\|")
-        .replace("\r", " ")
-        .replace("\n", " ")
-    )
-
-
-def _code(text: str) -> str:
-    """A code span in a table cell: entities stay literal there, so only pipes are escaped;
-    a backtick in the text needs the longer fence."""
-    text = text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-    return f"`` {text} ``" if "`" in text else f"`{text}`"

@@ -196,7 +196,7 @@ def test_markdown_is_one_table_row_per_item_with_host_and_tenant(report: DriftRe
     assert body[0][3] == "`server/tapi01/firewall_rule/nfon-tapi-in-smb`"
     assert (
         body[0][4]
-        == 'local_ports differs<br>local_ports: host has ["9999"], manifests want ["445"]'
+        == r'local_ports differs<br>local_ports: host has \["9999"\], manifests want \["445"\]'
     )
     assert body[2][4].split("<br>")[1:] == [
         "cti_password: (sensitive) differs",
