@@ -14,6 +14,7 @@ A loaded document is ``Document(file, index, data)``::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,15 +51,18 @@ class LoadResult:
 
 
 def manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[ManifestError]]:
-    """Expand files and directories (their ``*.yaml`` and ``*.yml``, sorted) into a file list."""
+    """Expand files and directory trees into a file list.
+
+    A directory stands for every ``*.yaml`` and ``*.yml`` file below it (``tenants/**/*.yaml``),
+    in one order on every machine: sorted by their path within the directory, compared name by
+    name. Hidden files and directories (``.git``, ``.github``) are not manifests and are skipped.
+    """
     files: list[Path] = []
     errors: list[ManifestError] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
-            )
+            found = _yaml_tree(path)
             if not found:
                 errors.append(ManifestError(f"{path}: directory holds no *.yaml files"))
             files.extend(found)
@@ -67,6 +71,17 @@ def manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Manife
         else:
             errors.append(ManifestError(f"{path}: no such file or directory"))
     return files, errors
+
+
+def _yaml_tree(root: Path) -> list[Path]:
+    found: list[tuple[tuple[str, ...], Path]] = []
+    for directory, subdirectories, names in os.walk(root):  # symlinked directories not followed
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
+        for name in names:
+            file = Path(directory) / name
+            if not name.startswith(".") and file.suffix in (".yaml", ".yml") and file.is_file():
+                found.append((file.relative_to(root).parts, file))
+    return [file for _, file in sorted(found)]
 
 
 def load(paths: Iterable[str | Path]) -> LoadResult:
