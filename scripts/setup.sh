@@ -16,6 +16,8 @@ if $want_test || [ "${PROVISIONER_LAB_AD:-1}" = "1" ]; then
 fi
 if $want_test; then
   command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+  command -v jq >/dev/null 2>&1 || apt_packages+=(jq)     # reads the JSON plan as scripts do
+  command -v git >/dev/null 2>&1 || apt_packages+=(git)   # pre-commit try-repo, saved-plan clones
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
