@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from provisioner.cli import main
 from tests.manifest.estate import TENANT, write_estate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +64,31 @@ def test_module_and_console_script_agree() -> None:
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("provisioner, version ")
+
+
+def complete(
+    words: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """What bash's completion script asks ``provisioner`` for ``words`` (README: completion)."""
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(len(words.split()) - 1))
+    monkeypatch.setenv("_PROVISIONER_COMPLETE", "bash_complete")
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_shell_completion_as_the_readme_sets_it_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = Path(sys.executable).with_name("provisioner")
+    source = subprocess.run(
+        [str(script)],
+        env={**os.environ, "_PROVISIONER_COMPLETE": "bash_source"},
+        capture_output=True,
+        text=True,
+    )
+    assert source.returncode == 0 and "complete -o nosort -F" in source.stdout
+    assert complete("provisioner pl", monkeypatch, capsys).split() == ["plain,plan"]
+    assert "plain,--target" in complete("provisioner drift m --t", monkeypatch, capsys).split()
