@@ -1,4 +1,4 @@
-"""The command line: ``provisioner validate|plan|apply|drift|render|facts|schema|lab``.
+"""The command line: ``provisioner validate|plan|apply|drift|render|facts|schema|export|lab``.
 
 Exit codes everywhere: 0 success and nothing to change, 1 error, 2 success with changes or drift.
 A :class:`~provisioner.errors.ProvisionerError` prints as one line and exits 1; so does a usage
@@ -231,6 +231,25 @@ def facts(paths: tuple[Path, ...], inventory: str | None, name: str, output_form
     from provisioner.commands import facts_command
 
     sys.exit(facts_command(paths, _options(inventory), name=name, output_format=output_format))
+
+
+@app.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@inventory_option
+@click.option("--server", "name", required=True, help="the server to adopt")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="directory for the manifests (existing files are never overwritten)",
+)
+def export(paths: tuple[Path, ...], inventory: str | None, name: str, out: Path) -> None:
+    """Write manifests from a live server: its Site, itself and one file per tenant (PATHS: the
+    manifests that already hold its Site)."""
+    from provisioner.export import export_command
+
+    for line in export_command(list(paths), inventory, server=name, out=out):
+        click.echo(line)
 
 
 @app.group()
