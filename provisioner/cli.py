@@ -243,12 +243,19 @@ def facts(paths: tuple[Path, ...], inventory: str | None, name: str, output_form
     type=click.Path(file_okay=False, path_type=Path),
     help="directory for the manifests (existing files are never overwritten)",
 )
-def export(paths: tuple[Path, ...], inventory: str | None, name: str, out: Path) -> None:
+@click.option(
+    "--domain",
+    metavar="NETBIOS",
+    help="the users' NetBIOS domain, where no Site, administrator or bind account names it",
+)
+def export(
+    paths: tuple[Path, ...], inventory: str | None, name: str, out: Path, domain: str | None
+) -> None:
     """Write manifests from a live server: its Site, itself and one file per tenant (PATHS: the
     manifests that already hold its Site)."""
     from provisioner.export import export_command
 
-    for line in export_command(list(paths), inventory, server=name, out=out):
+    for line in export_command(list(paths), inventory, server=name, out=out, domain=domain):
         click.echo(line)
 
 

@@ -21,7 +21,7 @@ import io
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ from provisioner.resources import (
     services,
     tsp_instance,
 )
-from provisioner.resources.base import HostContext, Resource
+from provisioner.resources.base import HostContext, KindProblem, Resource
 from provisioner.runner import Run
 
 PLACEHOLDER_ADDRESS = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never a real host
@@ -96,12 +96,17 @@ class Adopted:
 
 
 def export_command(
-    paths: Sequence[Path], inventory_path: str | None, *, server: str, out: Path
+    paths: Sequence[Path],
+    inventory_path: str | None,
+    *,
+    server: str,
+    out: Path,
+    domain: str | None = None,
 ) -> list[str]:
     """Export ``server`` into ``out``; returns the lines to print. Refuses to overwrite."""
     base = _load(paths)
     inventory = load_inventory(inventory_path)
-    adopted = adopt(base, inventory, server)
+    adopted = adopt(base, inventory, server, domain)
     written = write(adopted.manifests, out)
     sites = sorted({doc.file for (kind, _), doc in base.origin.items() if kind == "Site"})
     estate, errors = load_estate([*sites, *written])
@@ -148,8 +153,8 @@ def write(manifests: list[Manifest], out: Path) -> list[Path]:
 # --- reading the estate ---------------------------------------------------------------------------
 
 
-def adopt(base: Estate, inventory: Inventory, name: str) -> Adopted:
-    """Gather the server once, read AD and the PBXs, and turn it all into manifests."""
+def adopt(base: Estate, inventory: Inventory, name: str, domain: str | None = None) -> Adopted:
+    """Gather the server once, read its PBXs and AD, and turn it all into manifests."""
     probe = _probe_estate(base, inventory, name)
     host = Host(f"server/{name}", name, "server")
     with Run(probe, inventory, only=[name]) as run:
@@ -157,32 +162,56 @@ def adopt(base: Estate, inventory: Inventory, name: str) -> Adopted:
     if problems:
         raise ProvisionerError(problems[0].message)
     facts = gathered[host.key]
-    ctx = _live_context(probe, host, facts)
     notes: list[str] = []
+    ctx = _live_context(probe, host, facts)
     tenants = _tenants(ctx, name, notes)
-    ctx.tenants = tenants
-    assignments = line_assignment.live(ctx)
     site = probe.sites[_site_name(probe, name)]
     if not base.sites:
-        site = _site(site, inventory, assignments, facts, ctx)
+        site = _site(site, inventory, domain or _domain(ctx, inventory), ctx)
     server = probe.servers[name]
     estate = Estate(
-        sites={site.name: site},
-        servers={name: server},
-        tenants={
-            t.name: t.model_copy(update={"assignments": _listed(t, assignments)}) for t in tenants
-        },
+        sites={site.name: site}, servers={name: server}, tenants={t.name: t for t in tenants}
     )
+    pbx = read_pbx(estate, inventory, estate.tenants)  # the line names tell the users apart
+    ctx = _live_context(estate, host, facts, pbx.extensions)
+    assignments = _assignments(ctx, site)
+    if not base.sites:
+        directory_settings = site.directory.model_copy(
+            update={"cross_tenant_users": _cross_tenant(assignments)}
+        )
+        site = site.model_copy(update={"directory": directory_settings})
+    estate.sites = {site.name: site}
+    estate.tenants = {
+        t.name: t.model_copy(update={"assignments": _listed(t, assignments)}) for t in tenants
+    }
     directory = read_directory(estate, inventory)
-    pbx = read_pbx(estate, inventory, estate.tenants)
     notes += _reading_notes(directory, pbx)
     manifests = []
     if not base.sites:
-        manifests.append(_site_manifest(site, inventory, estate))
+        manifests.append(_site_manifest(site, inventory))
     manifests.append(_server_manifest(server, base, ctx, notes))
     for tenant in tenants:
-        manifests.append(tenant_manifest(tenant, assignments, directory, pbx))
+        manifests.append(tenant_manifest(tenant, assignments, directory))
     return Adopted(manifests, notes)
+
+
+def _assignments(ctx: HostContext, site: Site) -> list[Resource]:
+    try:
+        return line_assignment.live(ctx)
+    except KindProblem as exc:
+        raise ProvisionerError(
+            f"{exc}; where several users share a line, their NetBIOS domain tells them apart: "
+            f"it is {site.directory.netbios_domain} now, name another with --domain"
+        ) from None
+
+
+def _domain(ctx: HostContext, inventory: Inventory) -> str:
+    """The users' NetBIOS domain: the Telephony administrators', else the inventory's bind
+    account's (``DOMAIN\\account``), else a placeholder."""
+    overlay = inventory.directory
+    accounts = [*_administrators(ctx), (overlay and overlay.bind_user) or ""]
+    domains = [a.split("\\", 1)[0] for a in accounts if "\\" in a]
+    return domains[0].upper() if domains else "DOMAIN"
 
 
 def _probe_estate(base: Estate, inventory: Inventory, name: str) -> Estate:
@@ -214,8 +243,14 @@ def _probe_estate(base: Estate, inventory: Inventory, name: str) -> Estate:
     return Estate(sites={site.name: site}, servers={name: server})
 
 
-def _live_context(probe: Estate, host: Host, facts: HostFacts) -> HostContext:
-    ctx = context(probe, host, PlanInputs(facts={host.key: facts}))
+def _live_context(
+    estate: Estate,
+    host: Host,
+    facts: HostFacts,
+    extensions: Mapping[str, Mapping[str, str]] | None = None,
+) -> HostContext:
+    inputs = PlanInputs(facts={host.key: facts}, extensions=extensions or {})
+    ctx = context(estate, host, inputs)
     current = next((loc for loc in facts.locations if loc.current), None)
     if current is not None and ctx.server is not None:  # manage the current dialing location
         probe_location = DialingLocation.model_construct(name=current.name)
@@ -296,16 +331,7 @@ def _reading_notes(directory: DirectoryFacts, pbx: PbxFacts) -> list[str]:
 # --- the Site -------------------------------------------------------------------------------------
 
 
-def _site(
-    probe: Site,
-    inventory: Inventory,
-    assignments: list[Resource],
-    facts: HostFacts,
-    ctx: HostContext,
-) -> Site:
-    users = [_user(r) for r in assignments] + [a.upper() for a in _administrators(ctx)]
-    domains = Counter(u.split("\\", 1)[0] for u in users if "\\" in u)
-    netbios = domains.most_common(1)[0][0] if domains else "DOMAIN"
+def _site(probe: Site, inventory: Inventory, netbios: str, ctx: HostContext) -> Site:
     overlay = inventory.directory
     rules = [r.attributes for r in firewall.live(ctx)]
     return probe.model_copy(
@@ -317,7 +343,6 @@ def _site(
                 bind_user=(overlay and overlay.bind_user) or f"{netbios}\\svc-provisioner",
                 bind_password=(overlay and overlay.bind_password)
                 or SecretRef(env=f"{netbios}_AD_BIND_PASSWORD"),
-                cross_tenant_users=_cross_tenant(assignments),
             ),
             "domain_controllers": _outbound_to(rules, "389") or [PLACEHOLDER_ADDRESS],
             "dns_servers": _outbound_to(rules, "53") or [PLACEHOLDER_ADDRESS],
@@ -353,7 +378,7 @@ def _outbound_to(rules: list[Any], port: str) -> list[str]:
     return found
 
 
-def _site_manifest(site: Site, inventory: Inventory, estate: Estate) -> Manifest:
+def _site_manifest(site: Site, inventory: Inventory) -> Manifest:
     document = _document(
         site,
         "The Site of the exported server. The directory settings come from the inventory\n"
@@ -372,7 +397,10 @@ def _site_manifest(site: Site, inventory: Inventory, estate: Estate) -> Manifest
             else f"{GUESS}not in the inventory: the directory's real {key}",
             key,
         )
-    directory.yaml_add_eol_comment(f"{GUESS}the domain most users are listed in", "netbios_domain")
+    directory.yaml_add_eol_comment(
+        f"{GUESS}the Telephony administrators' or the bind account's domain, or --domain",
+        "netbios_domain",
+    )
     if site.directory.cross_tenant_users:
         directory.yaml_add_eol_comment(
             "each is assigned lines of several tenants on the server", "cross_tenant_users"
@@ -511,35 +539,23 @@ def _unsayable(rule: dict[str, Any], attributes: dict[str, Any]) -> str:
 
 
 def tenant_manifest(
-    tenant: Tenant,
-    assignments: list[Resource],
-    directory: DirectoryFacts,
-    pbx: PbxFacts,
+    tenant: Tenant, assignments: list[Resource], directory: DirectoryFacts
 ) -> Manifest:
-    extensions = pbx.extensions.get(tenant.name)
+    """A tenant's file: its instance settings and the users the host lists for it; a user the
+    directory does not know or has disabled is written commented out, with the reason."""
     kept: list[dict[str, Any]] = []
     commented: list[str] = []
     for resource in (r for r in assignments if r.tenant == tenant.name):
         user = _user(resource)
         lines = list(resource.attributes["lines"])
         reason = _user_problem(user, directory)
-        missing = [x for x in lines if extensions is not None and x not in extensions]
-        if not reason and missing and len(missing) == len(lines):
-            reason = f"no line is an extension of PBX {tenant.k_account}"
         if reason:
             commented += [
                 f"#   - user: {user}  # not exported: {reason}",
                 f"#     lines: [{', '.join(repr(x) for x in lines)}]",
             ]
             continue
-        if missing:
-            commented.append(
-                f"# {user}: line{'s' if len(missing) > 1 else ''} {', '.join(missing)} not "
-                f"exported: not an extension of PBX {tenant.k_account}"
-            )
-        kept.append(
-            {"user": _spelling(user, directory), "lines": [x for x in lines if x not in missing]}
-        )
+        kept.append({"user": _spelling(user, directory), "lines": lines})
     owners = Counter(line for entry in kept for line in entry["lines"])
     for entry in kept:
         if any(owners[line] > 1 for line in entry["lines"]):
