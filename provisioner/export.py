@@ -10,9 +10,9 @@ after is empty::
     out/k6732.yaml ...  one Tenant per TSP instance, with its users' line assignments
 
 Secrets are ``{env: NAME}`` references. A value the export had to guess carries a ``GUESS``
-comment; what the manifests could not carry (a user the directory does not know, a line the PBX
-does not have, a firewall rule the manifest language cannot say) is written commented out, with
-the reason. The written manifests are validated before the command succeeds.
+comment; what the manifests could not carry (a user the directory does not know or has disabled, a
+firewall rule the manifest language cannot say) is written commented out, with the reason. The
+written manifests are validated before the command succeeds.
 """
 
 from __future__ import annotations
@@ -436,7 +436,7 @@ def _server_manifest(
     dialing = live.get(location.KIND)
     if dialing is not None:
         data["location"] = {k: v for k, v in dialing.attributes.items() if k != "current"}
-    rules, left_out = _firewall_rules(firewall.live(ctx))
+    rules, left_out = firewall_rules(firewall.live(ctx))
     if rules:
         data["firewall"] = {"rules": rules}
     document = _mapping(data)
@@ -490,7 +490,7 @@ def _cti_engine(attributes: Any, server: TapiServer) -> dict[str, Any]:
     return engine | {k: attributes[k] for k in ("start_mode", "state", "account")}
 
 
-def _firewall_rules(live: list[Resource]) -> tuple[list[dict[str, Any]], list[str]]:
+def firewall_rules(live: list[Resource]) -> tuple[list[dict[str, Any]], list[str]]:
     """The managed group's rules in the manifest language; a rule the language cannot say exactly
     is written commented out, with the reason."""
     rules: list[dict[str, Any]] = []

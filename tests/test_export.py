@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.directory.model import ADUser, DirectoryFacts
-from provisioner.export import tenant_manifest
+from provisioner.export import firewall_rules, tenant_manifest
 from provisioner.lab.tamper import tamper
 from provisioner.lab.windows_host import TsecUser
 from provisioner.manifest.models import SecretRef, Tenant, domain_user_key
@@ -171,3 +171,18 @@ def test_a_user_the_directory_does_not_know_is_written_commented_out(ad_lab: ADL
     assert [(i["category"], i["address"]) for i in items] == [
         ("unmanaged", "tenant/k6732/line_assignment/NFON\\GHOST")
     ]
+
+
+def test_a_firewall_rule_the_manifest_language_cannot_say_is_written_commented_out() -> None:
+    def rule(name: str, local_ports: list[str]) -> Resource:
+        attributes = {
+            "direction": "in", "action": "allow", "protocol": "tcp", "local_ports": local_ports,
+            "remote_ports": ["any"], "remote_addresses": ["any"], "profiles": ["any"],
+            "enabled": True, "description": "",
+        }  # fmt: skip
+        return Resource(f"server/s/firewall_rule/{name}", "firewall_rule", "s", attributes)
+
+    rules, left_out = firewall_rules([rule("ok", ["135"]), rule("keyword", ["RPC-EPMap"])])
+    assert [r["name"] for r in rules] == ["ok"] and rules[0]["local_ports"] == [135]
+    assert len(left_out) == 1
+    assert left_out[0].startswith("# firewall rule 'keyword' not exported: local_ports.0: ")
