@@ -149,10 +149,10 @@ def apply_command(
             journal.record(results[-1])
         results += run.apply(host_plans, journal)
         for result in results:
-            for change in result.changes:
-                mark = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}[change.status]
-                suffix = f": {change.message}" if change.message else ""
-                options.echo(f"  {mark} {change.change.address} {change.status}{suffix}")
+            for outcome in result.changes:
+                mark = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}[outcome.status]
+                suffix = f": {outcome.message}" if outcome.message else ""
+                options.echo(f"  {mark} {outcome.change.address} {outcome.status}{suffix}")
             if result.status != "ok":
                 options.echo(f"{result.host.name}: {result.status}: {result.message}")
         applied = {r.host.key for r in results}

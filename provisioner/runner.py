@@ -78,7 +78,7 @@ def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpo
         host=settings.host or host.name,
         port=settings.port or (5986 if scheme == "https" else 5985),
         scheme=scheme,
-        auth=(settings.auth.value if settings.auth else "ntlm"),  # type: ignore[arg-type]
+        auth=(settings.auth.value if settings.auth else "ntlm"),
         user=settings.user or "",
         password=password,
         ca_file=settings.ca_file,

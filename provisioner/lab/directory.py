@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,7 @@ def start_lab_directory(workdir: Path, plan: LabPlan) -> LabDirectory:
                 if name.upper().startswith(prefix):
                     user = LabUser(sam=name.split("\\")[1], display_name=display)
                     _tolerate_existing(
-                        lambda u=user: create_users(conn, container, [u], realm=dc.realm)
+                        partial(create_users, conn, container, [user], realm=dc.realm)
                     )
             bind_dn = f"CN={account},{container}"
             bind = LabUser(sam=account, display_name="Provisioner", password=password)
@@ -82,7 +83,7 @@ def start_lab_directory(workdir: Path, plan: LabPlan) -> LabDirectory:
             for group in sorted(plan.groups):
                 if group.upper().startswith(prefix):
                     name = group.split("\\")[1]
-                    _tolerate_existing(lambda n=name: create_group(conn, container, n))
+                    _tolerate_existing(partial(create_group, conn, container, name))
             # Account Operators may change the membership of ordinary groups, nothing more
             conn.modify(
                 f"CN=Account Operators,CN=Builtin,{dc.domain_dn}",

@@ -869,7 +869,7 @@ def _unwrap_message(context: Any, body: bytes) -> bytes:
 
 
 def _wrap_message(context: Any, message: bytes) -> bytes:
-    sealed = context.wrap(message, encrypt=True).data
+    sealed: bytes = context.wrap(message, encrypt=True).data
     signature, data = sealed[:16], sealed[16:]
     return (
         _BOUNDARY + b"\r\n"
@@ -975,7 +975,7 @@ class _HTTPServer(ThreadingHTTPServer):
                     return  # e.g. the client rejected our certificate
                 with self._connections_lock:
                     self._connections.add(connection)
-            self.RequestHandlerClass(connection, client_address, self)
+            super().finish_request(connection, client_address)
         finally:
             with self._connections_lock:
                 self._connections.discard(request)

@@ -8,6 +8,7 @@ Each rule reports at the value that breaks it, e.g. the second tenant that names
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 from string import Formatter
 
@@ -352,7 +353,7 @@ def _instance_pattern(value: str) -> bool:
     return all(f in (None, "instance") and not spec and not conv for _, f, spec, conv in parsed)
 
 
-def _known(registry: dict[str, object]) -> str:
+def _known(registry: Mapping[str, object]) -> str:
     if not registry:
         return " (none is)"
     return f" (known: {', '.join(sorted(registry))})"

@@ -53,12 +53,13 @@ class Estate:
         return any(k == kind for k, _ in self.invalid)
 
     def by_kind(self, kind: str) -> dict[str, Any]:
-        return {
+        registries: dict[str, dict[str, Any]] = {
             "Site": self.sites,
             "TapiServer": self.servers,
             "Tenant": self.tenants,
             "TapiClients": self.clients,
-        }[kind]
+        }
+        return registries[kind]
 
     def site_of(self, doc: TapiServer | TapiClients) -> Site | None:
         """The Site a host belongs to: the one it names, or the only one there is."""
@@ -173,8 +174,7 @@ def describe(error: ErrorDetails, model_type: type) -> tuple[tuple[PathKey, ...]
     message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind == "string_pattern_mismatch":
         field_name = next((str(p) for p in reversed(path) if isinstance(p, str)), "")
-        hint = _PATTERN_HINTS.get(field_name, message)
-        message = f"{error['input']!r} is not valid: {hint}"
+        message = f"{error['input']!r} is not valid: {_PATTERN_HINTS.get(field_name, message)}"
     elif kind in ("string_type", "int_type", "bool_type", "list_type", "dict_type", "model_type"):
         message = f"{message.lower()}, not {_type(error['input'])}"
         message = message[0].upper() + message[1:]

@@ -83,8 +83,8 @@ def canonical_addresses(tokens: Iterable[str]) -> list[str]:
             continue
         if "-" in token:
             low_text, _, high_text = token.partition("-")
-            low, high = ipaddress.ip_address(low_text), ipaddress.ip_address(high_text)
-            spans[low.version].append((int(low), int(high)))
+            first, last = ipaddress.ip_address(low_text), ipaddress.ip_address(high_text)
+            spans[first.version].append((int(first), int(last)))
         else:
             network = ipaddress.ip_network(token, strict=False)
             spans[network.version].append(

@@ -40,6 +40,8 @@ from provisioner.secrets import Secret
 
 # The OID of the paged-results control (RFC 2696), as ldap3 keys it in a result.
 _PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+_Scope = Literal["SUBTREE", "LEVEL", "BASE"]  # ldap3.SUBTREE, ldap3.LEVEL, ldap3.BASE
+_SCOPES: dict[str, _Scope] = {"subtree": "SUBTREE", "level": "LEVEL", "base": "BASE"}
 
 # AD explains a failed bind (invalidCredentials, 49) with "data <hex>" in the diagnostic message.
 # https://learn.microsoft.com/en-us/troubleshoot/windows-server/active-directory/
@@ -241,7 +243,7 @@ class LDAPConnection:
         if description == "invalidCredentials":
             code = _AD_DATA_CODE.search(message)
             reason = code.group(1).lower() if code else None
-            if reason in _AD_BIND_REASONS:
+            if reason is not None and reason in _AD_BIND_REASONS:
                 what, fix = _AD_BIND_REASONS[reason]
                 return LDAPBindError(f"{who} failed: {what} (AD code {reason}); {fix}", reason)
             return LDAPBindError(f"{who} failed: invalid credentials; check bind_user and password")
@@ -333,7 +335,7 @@ class LDAPConnection:
         Values in ``search_filter`` must already be escaped (``ldap3``'s ``escape_filter_chars``).
         Continuation references (AD's DomainDnsZones, ...) are skipped. A missing base yields [].
         """
-        ldap_scope = {"subtree": ldap3.SUBTREE, "level": ldap3.LEVEL, "base": ldap3.BASE}[scope]
+        ldap_scope = _SCOPES[scope]
         entries: list[LDAPEntry] = []
         cookie: bytes | None = None
         while True:
@@ -352,7 +354,7 @@ class LDAPConnection:
         base: str,
         search_filter: str,
         attributes: Sequence[str],
-        scope: str,
+        scope: _Scope,
         page_size: int | None,
         cookie: bytes | None,
     ) -> tuple[list[LDAPEntry], bytes | None] | None:

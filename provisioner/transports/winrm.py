@@ -340,7 +340,7 @@ class WinRMSession:
                 username=endpoint.user or None,
                 password=endpoint.password.reveal() if endpoint.password else None,
                 # None = no extra CA path (documented by pywinrm, missing from its annotation)
-                ca_trust_path=endpoint.ca_file if endpoint.ca_file else None,  # type: ignore[arg-type]
+                ca_trust_path=endpoint.ca_file if endpoint.ca_file else None,
                 server_cert_validation="validate" if verify else "ignore",
                 cert_pem=endpoint.cert_pem,
                 cert_key_pem=endpoint.cert_key_pem,
