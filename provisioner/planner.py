@@ -4,10 +4,13 @@ No I/O happens here. The caller gathers facts (WinRM, LDAP, the CTI API) and pas
 the same inputs always give the same plan, which is what makes saved plans and the
 "second plan after an apply is empty" promise testable.
 
-Order on each host follows dependencies: the package, the firewall, the services, the dialing
-location, the TSP instances, then the handlers (a service restarted once, after the last change
-that needs it), then the line assignments, which need the restarted Telephony service to see
-new lines, and last the remote-TAPI client settings.
+The planner knows no resource kind by name: each kind declares, beside its code, where its
+changes go on a host, whether live resources no manifest names are deleted, and which services
+its changes need restarted (:class:`~provisioner.resources.base.KindSpec`). On a host this gives
+the package, the firewall, the services, the dialing location, the TSP instances, then the
+handlers (a service restarted once, after the last change that needs it), then the line
+assignments, which need the restarted Telephony service to see new lines, and last the
+remote-TAPI client settings.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 
 from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.errors import ProvisionerError
@@ -24,37 +26,17 @@ from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Action, Change, Plan, PlanProblem, Unmanaged
 from provisioner.platform import Profile, default_profile
 from provisioner.remote.contract import HostFacts
-from provisioner.resources import (
-    firewall,
-    line_assignment,
-    location,
-    package,
-    services,
-    tapi_client,
-    tsp_instance,
-    users_group,
+from provisioner.resources import HOST_MODULES, SPECS, line_assignment, restart, users_group
+from provisioner.resources.base import (
+    HostContext,
+    KindProblem,
+    Resource,
+    Restart,
+    diff,
+    facts_digest,
+    pair_up,
 )
-from provisioner.resources.base import HostContext, KindProblem, Resource, diff, digest, pair_up
 from provisioner.secrets import Secret
-
-RESTART = "restart"  # the kind of a handler change: a service restarted once
-
-# The order of the modules is the order of the changes on a host.
-RESOURCE_MODULES: tuple[ModuleType, ...] = (
-    package,
-    firewall,
-    services,
-    location,
-    tsp_instance,
-    line_assignment,
-    tapi_client,
-)
-MODULE_OF = {kind: module for module in RESOURCE_MODULES for kind in module.KINDS}
-_PHASE: dict[str, float] = {
-    kind: number for number, module in enumerate(RESOURCE_MODULES) for kind in module.KINDS
-}
-# handlers run after the TSP instances and before the line assignments, which need new lines
-_PHASE[RESTART] = _PHASE[tsp_instance.KIND] + 0.5
 
 
 @dataclass(frozen=True)
@@ -141,7 +123,7 @@ class HostPlan:
 def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
     changes: list[Change] = []
     desired_by_address: dict[str, Resource] = {}
-    for module in RESOURCE_MODULES:
+    for module in HOST_MODULES:
         try:
             wanted = module.desired(ctx)
             found = module.live(ctx)
@@ -155,14 +137,10 @@ def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
         for want, have in pair_up(wanted, found):
             if want is None:
                 assert have is not None
-                if _prunes(module, ctx, have):
-                    removal = _removal_reason(ctx, have)
-                    change = diff(None, have, reason_prefix=removal)
-                    change.action_reason = (
-                        "delete_because_user_not_in_directory"
-                        if removal
-                        else "delete_because_no_resource_config"
-                    )
+                removal = SPECS[have.kind].prune(ctx, have)
+                if removal is not None:
+                    change = diff(None, have, reason_prefix=removal.reason)
+                    change.action_reason = removal.code
                     changes.append(change)
                 else:
                     plan.unmanaged.append(
@@ -171,57 +149,21 @@ def plan_host(ctx: HostContext, host: Host, plan: Plan) -> HostPlan:
                 continue
             changes.append(diff(want, have))
     changes.extend(handlers(changes, ctx))
-    changes.sort(key=lambda c: _PHASE[c.kind])
+    changes.sort(key=lambda c: SPECS[c.kind].phase)
     return HostPlan(host, ctx, changes, desired_by_address)
-
-
-def _prunes(module: ModuleType, ctx: HostContext, resource: Resource) -> bool:
-    if module is firewall:
-        return firewall.prune(ctx)
-    if module is line_assignment and resource.tenant is not None:
-        tenant = ctx.estate.tenants.get(resource.tenant)
-        user = resource.address.split("/", 3)[3]
-        if user in ctx.removed_users.get(resource.tenant, frozenset()):
-            return True  # on_missing_user: remove_lines
-        return bool(tenant and tenant.prune)
-    return False
-
-
-def _removal_reason(ctx: HostContext, resource: Resource) -> str:
-    """Why a live resource goes: "" (prune) unless the AD policy removes a user's lines."""
-    user = resource.address.split("/", 3)[-1]
-    if resource.tenant and user in ctx.removed_users.get(resource.tenant, frozenset()):
-        return "the user is missing or disabled in AD (on_missing_user: remove_lines)"
-    return ""
 
 
 def handlers(changes: list[Change], ctx: HostContext) -> list[Change]:
     """Restart each service once, after every change that needs it (Ansible's handlers)."""
-    acting = [c for c in changes if c.action is not Action.NOOP]
-    restarts = []
-    if any(c.kind in ("telephony", "tsp_instance") for c in acting):
-        restarts.append(
-            (ctx.profile.telephony_service, "TAPI providers and server settings load at start")
-        )
-    server = ctx.server
-    engine = server.cti_engine if server else None
-    running = server is not None and engine is not None and engine.state.value == "running"
-    if running and any(c.kind == "tsp_instance" for c in acting):
-        assert server is not None
-        name = services.cti_engine_name(server, ctx.profile) or ""
-        restarts.append((name, "TSP instance settings changed"))
-    return [
-        Change(
-            address=f"server/{ctx.name}/restart/{service}",
-            action=Action.RESTART,
-            kind=RESTART,
-            host=ctx.name,
-            # the TSP instances of every tenant on the server stop with either service
-            after={"service": service, "interrupts": [t.name for t in ctx.tenants]},
-            reason=reason,
-        )
-        for service, reason in restarts
-    ]
+    needed: dict[str, Restart] = {}
+    for change in changes:
+        if change.action is Action.NOOP:
+            continue
+        for rule in SPECS[change.kind].restarts:
+            found = rule(ctx)
+            if found is not None:
+                needed.setdefault(found.service.lower(), found)
+    return restart.changes(ctx, needed.values())
 
 
 def build_plan(
@@ -266,9 +208,9 @@ def hold_back(plan: Plan, host_plans: dict[str, HostPlan]) -> None:
     for host_plan in host_plans.values():
         kept = [c for c in host_plan.changes if c.address not in held]
         if len(kept) < len(host_plan.changes):  # a restart only for what still goes ahead
-            needed = handlers([c for c in kept if c.kind != RESTART], host_plan.context)
+            needed = handlers([c for c in kept if c.kind != restart.KIND], host_plan.context)
             wanted = {c.address for c in needed}
-            held |= {c.address for c in kept if c.kind == RESTART and c.address not in wanted}
+            held |= {c.address for c in kept if c.kind == restart.KIND and c.address not in wanted}
             kept = [c for c in kept if c.address not in held]
         host_plan.changes = kept
     plan.held_back = [c.address for c in plan.changes if c.address in held]
@@ -347,16 +289,6 @@ def _check_group_isolation(estate: Estate, directory: DirectoryFacts, plan: Plan
                         found=True,
                     )
                 )
-
-
-def facts_digest(facts: HostFacts) -> str:
-    """What a plan read from a host, minus what changes on every read: the lock, and whether
-    the Telephony service runs (the gather's own ``tsecimp /d`` starts it when it is stopped,
-    after reading it; no resource compares it)."""
-    data = facts.model_dump(mode="json", exclude={"lock"})
-    if data.get("telephony"):
-        data["telephony"]["service"].pop("state", None)
-    return digest(data)
 
 
 def _check_lines_exist(estate: Estate, inputs: PlanInputs, plan: Plan) -> None:

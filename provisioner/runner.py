@@ -27,8 +27,6 @@ from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts, read_pbx, unassigned_extensions
 from provisioner.plan.model import Action, Change, Plan, PlanProblem
 from provisioner.planner import (
-    MODULE_OF,
-    RESTART,
     Host,
     HostPlan,
     PlanInputs,
@@ -45,10 +43,9 @@ from provisioner.remote.contract import (
     HostFacts,
     LockRequest,
     Operation,
-    ServiceControl,
 )
 from provisioner.remote.host import HostError, RemoteHost
-from provisioner.resources import line_assignment
+from provisioner.resources import MODULE_OF, line_assignment
 from provisioner.resources.base import HostContext
 from provisioner.resources.services import cti_engine_name
 from provisioner.resources.users_group import member_dns
@@ -365,11 +362,6 @@ def build_steps(
                 continue
             operations = line_assignment.batch_operations(line_changes, ctx, friendly_names(ctx))
             owners = line_changes
-        elif change.kind == RESTART:
-            operations = [
-                ServiceControl(op="service.restart", name=str((change.after or {})["service"]))
-            ]
-            owners = [change]
         else:
             module = MODULE_OF[change.kind]
             operations = module.operations(change, host_plan.desired.get(change.address), ctx)

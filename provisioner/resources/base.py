@@ -1,4 +1,12 @@
-"""What all resource kinds share: the resource record, the host context, the diff."""
+"""What all resource kinds share: the kind's declaration, the resource record, the host context,
+the diff.
+
+Each resource module declares its kinds in ``SPECS``, so that the planner never switches on a
+kind: where a change goes in a host's batch (``phase``), whether a live resource that no manifest
+names is deleted (``prune``), and which services must restart after a change (``restarts``)::
+
+    SPECS = (KindSpec("tsp_instance", phase=50, restarts=(restart_telephony, restart_cti_engine)),)
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,50 @@ from provisioner.platform import Profile
 from provisioner.remote.contract import Fingerprint, HostFacts, Operation, SealedSecret
 from provisioner.secrets import REDACTED, Secret
 from provisioner.secrets import resolve as resolve_secret
+
+PRUNED = "not in the manifests (prune is on)"
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Why a live resource no manifest names is deleted: in words, and as Terraform's
+    ``action_reason`` code (ours where Terraform has none)."""
+
+    reason: str
+    code: str = "delete_because_no_resource_config"
+
+
+PRUNE = Removal(PRUNED)
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A service to restart once, after the changes that need it, and why."""
+
+    service: str
+    reason: str
+
+
+def never(ctx: HostContext, resource: Resource) -> Removal | None:
+    """The default prune rule: a live resource no manifest names is listed, never deleted."""
+    return None
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """What the planner needs to know about a resource kind, declared in the kind's module.
+
+    ``phase`` orders a host's changes (lower first; kinds of one phase keep their module order).
+    ``prune`` answers for a live resource that no manifest names: why it is deleted (a
+    :class:`Removal`), or None to list it as unmanaged. ``restarts`` give the services (if any,
+    on this host) that a change of this kind needs restarted; each is restarted once, after the
+    last such change.
+    """
+
+    name: str
+    phase: int
+    prune: Callable[[HostContext, Resource], Removal | None] = never
+    restarts: tuple[Callable[[HostContext], Restart | None], ...] = ()
 
 
 class KindProblem(ProvisionerError):
@@ -106,7 +158,7 @@ def diff(desired: Resource | None, live: Resource | None, *, reason_prefix: str 
     )
     if desired is None and live is not None:
         change.action, change.before = Action.DELETE, dict(live.attributes)
-        change.reason = reason_prefix or "not in the manifests (prune is on)"
+        change.reason = reason_prefix or PRUNED
         return change
     assert desired is not None
     after = dict(desired.attributes) | {name: REDACTED for name in desired.secrets}
@@ -155,6 +207,16 @@ def digest(value: Any) -> str:
     """A stable digest of JSON-able data (sorted keys), for fingerprints of what a plan read."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def facts_digest(facts: HostFacts) -> str:
+    """What a plan read from a host, minus what changes on every read: the lock, and whether
+    the Telephony service runs (the gather's own ``tsecimp /d`` starts it when it is stopped,
+    after reading it; no resource compares it)."""
+    data = facts.model_dump(mode="json", exclude={"lock"})
+    if data.get("telephony"):
+        data["telephony"]["service"].pop("state", None)
+    return digest(data)
 
 
 Operations = list[Operation]

@@ -26,10 +26,9 @@ from provisioner.remote.contract import (
     FirewallUpsert,
     Operation,
 )
-from provisioner.resources.base import HostContext, Resource
+from provisioner.resources.base import PRUNE, HostContext, KindSpec, Removal, Resource
 
 KIND = "firewall_rule"
-KINDS = (KIND,)
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmpv4": 1, "icmpv6": 58, "any": 256}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
@@ -193,9 +192,13 @@ def live(ctx: HostContext) -> list[Resource]:
     ]
 
 
-def prune(ctx: HostContext) -> bool:
+def prune(ctx: HostContext, resource: Resource) -> Removal | None:
+    """Rules of the managed group that no manifest names go when the host's firewall says so."""
     firewall = ctx.server.firewall if ctx.server else ctx.clients.firewall if ctx.clients else None
-    return bool(firewall and firewall.prune)
+    return PRUNE if firewall and firewall.prune else None
+
+
+SPECS = (KindSpec(KIND, phase=20, prune=prune),)
 
 
 def operations(change: Change, resource: Resource | None, ctx: HostContext) -> list[Operation]:

@@ -36,12 +36,18 @@ from provisioner.remote.tsecimp import (
     split_glued_users,
 )
 from provisioner.resources import tsp_instance
-from provisioner.resources.base import HostContext, KindProblem, Resource
+from provisioner.resources.base import (
+    PRUNE,
+    HostContext,
+    KindProblem,
+    KindSpec,
+    Removal,
+    Resource,
+)
 
 KIND = "line_assignment"
 # what str.splitlines() breaks a line at, as the listing parser does
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
-KINDS = (KIND,)
 
 
 def address(tenant: str, user: str) -> str:
@@ -210,6 +216,23 @@ def live(ctx: HostContext) -> list[Resource]:
     return resources
 
 
+def prune(ctx: HostContext, resource: Resource) -> Removal | None:
+    """A user's lines the manifests do not name go with the tenant's ``prune``, or when the AD
+    policy removes the user's lines."""
+    tenant = resource.tenant or ""
+    if _user_of_address(resource.address) in ctx.removed_users.get(tenant, frozenset()):
+        return Removal(
+            "the user is missing or disabled in AD (on_missing_user: remove_lines)",
+            "delete_because_user_not_in_directory",
+        )
+    found = ctx.estate.tenants.get(tenant)
+    return PRUNE if found is not None and found.prune else None
+
+
+# after the Telephony restart: a new TSP instance's lines appear only then
+SPECS = (KindSpec(KIND, phase=60, prune=prune),)
+
+
 def _line_order(extension: str) -> tuple[int, str]:
     return (len(extension), extension)
 
@@ -286,7 +309,11 @@ def desired_xml_users(ctx: HostContext, friendly_names: dict[str, str | None]) -
 
 
 def _user_of(change: Change) -> str:
-    return change.address.split("/", 3)[3]
+    return _user_of_address(change.address)
+
+
+def _user_of_address(address: str) -> str:
+    return address.split("/", 3)[3]
 
 
 def _lines_per_user(ctx: HostContext) -> dict[str, int] | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from provisioner.plan.model import Change
 from provisioner.remote.contract import LocationSet, Operation
-from provisioner.resources.base import HostContext, Resource
+from provisioner.resources.base import HostContext, KindSpec, Resource
 
 KIND = "location"
-KINDS = (KIND,)
+SPECS = (KindSpec(KIND, phase=40),)  # before the TSP instances whose number formats need it
 
 
 def _address(ctx: HostContext) -> str:

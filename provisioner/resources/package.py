@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from provisioner.plan.model import Change
 from provisioner.remote.contract import Operation, PackageInstall
-from provisioner.resources.base import HostContext, Resource
+from provisioner.resources.base import HostContext, KindSpec, Resource
 
 KIND = "package"
-KINDS = (KIND,)
+SPECS = (KindSpec(KIND, phase=10),)  # first: the TSP the instances copy comes with it
 
 
 def _address(ctx: HostContext) -> str:

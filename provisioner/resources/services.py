@@ -25,11 +25,10 @@ from provisioner.remote.contract import (
     ServiceFacts,
     TelephonyConfigure,
 )
-from provisioner.resources.base import HostContext, Resource
+from provisioner.resources.base import HostContext, KindSpec, Resource, Restart
 
 TELEPHONY = "telephony"
 CTI_ENGINE = "cti_engine"
-KINDS = (TELEPHONY, CTI_ENGINE)
 
 _LOCAL_SYSTEM = {"localsystem", "local system", "nt authority\\system", ".\\localsystem", "system"}
 
@@ -38,6 +37,27 @@ def cti_engine_name(server: TapiServer, profile: Profile) -> str | None:
     """The CTI engine's service name (the manifest's, else the profile's); None if unmanaged."""
     engine = server.cti_engine
     return None if engine is None else engine.name or profile.cti_engine_service
+
+
+def restart_telephony(ctx: HostContext) -> Restart:
+    return Restart(
+        ctx.profile.telephony_service, "TAPI providers and server settings load at start"
+    )
+
+
+def restart_cti_engine(ctx: HostContext) -> Restart | None:
+    """The CTI engine, when the manifest keeps it running (a stopped one stays stopped)."""
+    server = ctx.server
+    engine = server.cti_engine if server else None
+    if server is None or engine is None or engine.state.value != "running":
+        return None
+    return Restart(cti_engine_name(server, ctx.profile) or "", "TSP instance settings changed")
+
+
+SPECS = (
+    KindSpec(TELEPHONY, phase=30, restarts=(restart_telephony,)),
+    KindSpec(CTI_ENGINE, phase=30),
+)
 
 
 def canonical_account(name: str) -> str:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from provisioner.plan.model import Change
 from provisioner.remote.contract import Operation, TapiClientSet
-from provisioner.resources.base import HostContext, Resource
+from provisioner.resources.base import HostContext, KindSpec, Resource
 
 KIND = "tapi_client"
-KINDS = (KIND,)
+SPECS = (KindSpec(KIND, phase=70),)  # last, after the client's firewall rules
 
 
 def _address(ctx: HostContext) -> str:

@@ -16,10 +16,12 @@ from provisioner.remote.contract import (
     TspInstanceCreate,
     TspInstanceRemove,
 )
-from provisioner.resources.base import HostContext, Resource
+from provisioner.resources.base import HostContext, KindSpec, Resource
+from provisioner.resources.services import restart_cti_engine, restart_telephony
 
 KIND = "tsp_instance"
-KINDS = (KIND,)
+# TapiSrv loads providers at start; the CTI engine reads the instances' settings at start
+SPECS = (KindSpec(KIND, phase=50, restarts=(restart_telephony, restart_cti_engine)),)
 SETTINGS = ("k_account", "number_format", "line_name_format", "debug_level")
 
 
