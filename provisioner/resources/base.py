@@ -21,7 +21,7 @@ from provisioner.manifest.models import SecretRef, TapiClients, TapiServer, Tena
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Action, Change
 from provisioner.platform import Profile
-from provisioner.remote.contract import Fingerprint, HostFacts, Operation, SealedSecret
+from provisioner.remote.contract import Fingerprint, HostFacts, SealedSecret
 from provisioner.secrets import REDACTED, Secret
 from provisioner.secrets import resolve as resolve_secret
 
@@ -217,6 +217,3 @@ def facts_digest(facts: HostFacts) -> str:
     if data.get("telephony"):
         data["telephony"]["service"].pop("state", None)
     return digest(data)
-
-
-Operations = list[Operation]
