@@ -19,6 +19,7 @@ from provisioner.manifest.models import (
     Protocol,
     TapiClients,
     TapiServer,
+    Tenant,
     WinRMAuth,
     WinRMSettings,
     domain_user_key,
@@ -33,6 +34,7 @@ def check_estate(estate: Estate, problems: Problems) -> None:
     _check_sites(estate, problems)
     _check_references(estate, problems)
     _check_tenants(estate, problems)
+    _check_lines(estate, problems)
     _check_isolation(estate, problems)
     _check_firewalls(estate, problems)
     _check_winrm(estate, problems)
@@ -109,7 +111,6 @@ def _check_tenants(estate: Estate, problems: Problems) -> None:
             )
 
         users: dict[str, int] = {}
-        lines: dict[str, tuple[int, bool]] = {}
         for i, assignment in enumerate(tenant.assignments):
             user_key = domain_user_key(assignment.user)
             if user_key in users:
@@ -120,23 +121,45 @@ def _check_tenants(estate: Estate, problems: Problems) -> None:
                     f"{assignment.user} already has an assignment at {first}: list all lines there",
                 )
             users.setdefault(user_key, i)
+
+
+def _check_lines(estate: Estate, problems: Problems) -> None:
+    """A line of a PBX goes to one user unless every assignment that names it says ``shared``.
+
+    One rule for one tenant and for tenants of one K-account on several servers: the lines are
+    the PBX's extensions, whichever server's TSP instance offers them.
+    """
+    owners: dict[tuple[str, str], tuple[Tenant, int]] = {}
+    for tenant in sorted(estate.tenants.values(), key=lambda t: t.name):
+        doc = estate.origin[("Tenant", tenant.name)]
+        for i, assignment in enumerate(tenant.assignments):
+            listed: set[str] = set()
             for j, line in enumerate(assignment.lines):
-                if line in lines:
-                    first_i, first_shared = lines[line]
-                    if first_i == i:
-                        problems.add(
-                            doc, ("assignments", i, "lines", j), f"line {line} is listed twice"
-                        )
-                    elif not (first_shared and assignment.shared):
-                        owner = tenant.assignments[first_i].user
-                        problems.add(
-                            doc,
-                            ("assignments", i, "lines", j),
-                            f"line {line} is already assigned to {owner}: set 'shared: true' on "
-                            "both assignments to give it to several users",
-                        )
-                else:
-                    lines[line] = (i, assignment.shared)
+                where = ("assignments", i, "lines", j)
+                if line in listed:
+                    problems.add(doc, where, f"line {line} is listed twice")
+                    continue
+                listed.add(line)
+                owner_tenant, owner_i = owners.setdefault(
+                    (tenant.k_account.upper(), line), (tenant, i)
+                )
+                owner = owner_tenant.assignments[owner_i]
+                same_user = domain_user_key(owner.user) == domain_user_key(assignment.user)
+                if same_user or (owner.shared and assignment.shared):
+                    continue
+                elsewhere = ""
+                if owner_tenant is not tenant:
+                    first = problems.source_map.locate(
+                        estate.origin[("Tenant", owner_tenant.name)],
+                        ("assignments", owner_i, "user"),
+                    )
+                    elsewhere = f" in tenant {owner_tenant.name!r} of {tenant.k_account} ({first})"
+                problems.add(
+                    doc,
+                    where,
+                    f"line {line} is already assigned to {owner.user}{elsewhere}: set "
+                    "'shared: true' on both assignments to give it to several users",
+                )
 
 
 def _check_isolation(estate: Estate, problems: Problems) -> None:
@@ -146,6 +169,8 @@ def _check_isolation(estate: Estate, problems: Problems) -> None:
     """
     first_seen: dict[str, tuple[str, int]] = {}
     for tenant in estate.tenants.values():
+        if estate.incomplete(tenant):
+            continue  # which accounts its Site allows across tenants is not known
         doc = estate.origin[("Tenant", tenant.name)]
         server = estate.servers.get(tenant.server)
         site = estate.site_of(server) if server is not None else None
@@ -331,26 +356,36 @@ def _check_platform(estate: Estate, problems: Problems) -> None:
                         f"platform: unknown key {key!r} (known: {', '.join(sorted(known))})",
                         key=True,
                     )
-                elif key in _PATTERNS and not _instance_pattern(value):
-                    problems.add(
-                        where,
-                        ("platform", key),
-                        f"platform.{key}: the only placeholder allowed is {{instance}}",
-                    )
+                elif (placeholders := _placeholder_problem(key, value)) is not None:
+                    problems.add(where, ("platform", key), placeholders)
                 elif not value.strip():
                     problems.add(where, ("platform", key), f"platform.{key} may not be empty")
 
 
-_PATTERNS = ("instance_file_pattern", "instance_provider_name", "instance_settings_key")
+# the keys that name one thing per TSP instance, and what goes wrong when they do not
+_PATTERNS = {
+    "instance_file_pattern": "every tenant on a server would copy the TSP to one file",
+    "instance_provider_name": "every tenant on a server would register one provider name",
+    "instance_settings_key": "every tenant on a server would write one registry key",
+}
 
 
-def _instance_pattern(value: str) -> bool:
-    """Only ``{instance}``: no other name, index, attribute, conversion or format spec."""
+def _placeholder_problem(key: str, value: str) -> str | None:
+    """The instance patterns hold ``{instance}`` and nothing else in braces; other keys none."""
     try:
-        parsed = list(Formatter().parse(value))
-    except ValueError:
-        return False
-    return all(f in (None, "instance") and not spec and not conv for _, f, spec, conv in parsed)
+        fields = [(f, spec, conv) for _, f, spec, conv in Formatter().parse(value) if f is not None]
+    except ValueError:  # a lone brace
+        fields = [("", "", "")]
+    if key not in _PATTERNS:
+        if not fields:
+            return None
+        names = ", ".join(_PATTERNS)
+        return f"platform.{key} takes no placeholder: only {names} fill in {{instance}}"
+    if any(name != "instance" or spec or conv for name, spec, conv in fields):
+        return f"platform.{key}: the only placeholder allowed is {{instance}}"
+    if not fields:
+        return f"platform.{key} must contain {{instance}}: without it {_PATTERNS[key]}"
+    return None
 
 
 def _known(registry: Mapping[str, object]) -> str:

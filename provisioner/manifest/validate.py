@@ -61,6 +61,16 @@ class Estate:
         }
         return registries[kind]
 
+    def incomplete(self, tenant: Tenant) -> bool:
+        """Whether a document the tenant depends on (its server, that server's Site) failed its
+        own checks: rules across documents then leave the tenant out rather than guess."""
+        server = self.servers.get(tenant.server)
+        if server is None:
+            return ("TapiServer", tenant.server) in self.invalid
+        if server.site is not None:
+            return ("Site", server.site) in self.invalid
+        return self.any_invalid("Site")
+
     def site_of(self, doc: TapiServer | TapiClients) -> Site | None:
         """The Site a host belongs to: the one it names, or the only one there is."""
         if doc.site is not None:
