@@ -319,18 +319,6 @@ function Invoke-PackageInstall($Op) {
     return @{ exit_code = $code; reboot_required = (@(1641, 3010) -contains $code); log = $log }
 }
 
-function Invoke-PackageUninstall($Op) {
-    $code = [string]$Op['product_code']
-    Assert-Match $code '^\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}$' 'product code'
-    [void][IO.Directory]::CreateDirectory((Join-Path $StateDir 'packages'))
-    $log = Join-Path $StateDir "packages\$code.uninstall.log"
-    $result = Invoke-Native (Join-Path $System32 'msiexec.exe') ('/x {0} /qn /norestart /l*v "{1}"' -f $code, $log)
-    $exit = [int]$result['exit_code']
-    if ($exit -eq 1605) { return @{ exit_code = $exit; note = 'the product was not installed' } }
-    if (@(0, 1641, 3010) -notcontains $exit) { throw "msiexec exited with $exit; see $log" }
-    return @{ exit_code = $exit; reboot_required = (@(1641, 3010) -contains $exit); log = $log }
-}
-
 function Get-CheckedService([string] $Name) {
     Assert-Match $Name '^[A-Za-z0-9_.\- ]+$' 'service name'
     return Get-Service -Name ([Management.Automation.WildcardPattern]::Escape($Name))
@@ -622,7 +610,6 @@ function Invoke-TapiClientSet($Op) {
 function Invoke-Operation($Op) {
     switch -Exact ([string]$Op['op']) {
         'package.install' { return Invoke-PackageInstall $Op }
-        'package.uninstall' { return Invoke-PackageUninstall $Op }
         'service.configure' { return Invoke-ServiceConfigure $Op }
         'service.start' { return Invoke-ServiceControl $Op }
         'service.stop' { return Invoke-ServiceControl $Op }

@@ -51,7 +51,6 @@ from provisioner.remote.contract import (
     Operation,
     PackageFacts,
     PackageInstall,
-    PackageUninstall,
     ProviderFacts,
     SealedSecret,
     SealKey,
@@ -824,23 +823,6 @@ class WindowsHost:
         log = f"{_STATE_DIR}\\packages\\{sha256}.install.log"
         return {"exit_code": 0, "reboot_required": False, "log": log}
 
-    def _package_uninstall(self, op: PackageUninstall) -> dict[str, object]:
-        code = op.product_code
-        _check(code, r"\{[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}", "product code")
-        state = self.state
-        product = next((p for p in state.products if p.product_code.upper() == code.upper()), None)
-        if product is None:
-            return {"exit_code": 1605, "note": "the product was not installed"}
-        state.products.remove(product)
-        for package in self._packages.values():
-            if package.product_code.upper() == code.upper():
-                for file in package.files:
-                    state.system32.pop(file.casefold(), None)
-                for name in package.services:
-                    state.services.pop(name.casefold(), None)
-        log = f"{_STATE_DIR}\\packages\\{code}.uninstall.log"
-        return {"exit_code": 0, "reboot_required": False, "log": log}
-
     def _service_configure(self, op: ServiceConfigure) -> dict[str, object]:
         service = self._service(op.name)
         data: dict[str, object] = {}
@@ -1047,7 +1029,6 @@ class WindowsHost:
 
 _OPERATIONS: dict[str, str] = {
     "package.install": "_package_install",
-    "package.uninstall": "_package_uninstall",
     "service.configure": "_service_configure",
     "service.start": "_service_control",
     "service.stop": "_service_control",

@@ -199,11 +199,6 @@ class PackageInstall(_Strict):
     properties: dict[str, str] = Field(default_factory=dict)
 
 
-class PackageUninstall(_Strict):
-    op: Literal["package.uninstall"] = "package.uninstall"
-    product_code: str
-
-
 class ServiceConfigure(_Strict):
     op: Literal["service.configure"] = "service.configure"
     name: str
@@ -310,7 +305,6 @@ class TapiClientSet(_Strict):
 
 Operation = Annotated[
     PackageInstall
-    | PackageUninstall
     | ServiceConfigure
     | ServiceControl
     | TelephonyConfigure
@@ -328,7 +322,6 @@ Operation = Annotated[
 OPERATION_NAMES: frozenset[str] = frozenset(
     {
         "package.install",
-        "package.uninstall",
         "service.configure",
         "service.start",
         "service.stop",

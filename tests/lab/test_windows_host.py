@@ -31,7 +31,6 @@ from provisioner.remote.contract import (
     LocationSet,
     LockRequest,
     PackageInstall,
-    PackageUninstall,
     ServiceConfigure,
     ServiceControl,
     TapiClientSet,
@@ -242,7 +241,7 @@ def test_a_broken_payload_gets_an_error_document_like_the_bootstrap(host) -> Non
 # --- each operation, seen by the next gather --------------------------------------------------
 
 
-def test_package_install_checks_the_sha256_and_uninstall_removes(host) -> None:
+def test_package_install_checks_the_sha256_and_upgrades(host) -> None:
     bad = PackageInstall(source="\\\\files\\evil.msi", sha256="0" * 64, version="1.0.0")
     response = apply(host, bad)
     assert response.status == "failed" and "sha256" in response.results[0].message
@@ -256,11 +255,6 @@ def test_package_install_checks_the_sha256_and_uninstall_removes(host) -> None:
     newer = LAB_PACKAGES[1]
     apply_ok(host, PackageInstall(source="https://x/y.msi", sha256=newer.sha256, version="1.1.0"))
     assert [p.version for p in gather(host).packages] == ["1.1.0"]  # a major upgrade
-    response = apply_ok(host, PackageUninstall(product_code=newer.product_code))
-    assert response.results[0].data["exit_code"] == "0"
-    assert gather(host).packages == []
-    response = apply_ok(host, PackageUninstall(product_code=newer.product_code))
-    assert response.results[0].data["exit_code"] == "1605"
 
 
 def test_services_and_telephony_are_configured(host) -> None:
