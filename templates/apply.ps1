@@ -9,12 +9,14 @@
 param($request)
 $ErrorActionPreference = 'Stop'
 
-# --- assumptions: no public source states these (DOMAIN.md "Unknowns"); gather.ps1 agrees ----
-# GUESS (unknown 6): the Telephony server settings behind tapimgmt's "Enable telephony server".
+# --- assumptions: no public source states these; gather.ps1 agrees (tests check) ---------------
+# GUESS: the Telephony server settings behind tapimgmt's "Enable telephony server" (MS-TRP
+# documents the flags, not where TapiSrv keeps them).
 $TelephonyServerKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Server'
 $TelephonyServerDisabledValue = 'DisableSharing'      # DWORD, 0 = server mode on
 $TelephonyAdministratorsValue = 'TapiAdministrators'  # REG_MULTI_SZ of DOMAIN\user
-# GUESS (unknown 1): value names inside a TSP instance's settings key; the TSP reads the
+# GUESS: value names inside a TSP instance's settings key (NFON's manual does not name them); the
+# TSP reads the
 # password from there (whether NFON encrypts it is unknown).
 $TspKAccountValue = 'KAccount'
 $TspNumberFormatValue = 'NumberFormat'
@@ -23,14 +25,15 @@ $TspDebugLevelValue = 'DebugLevel'                    # DWORD
 $TspPasswordValue = 'Password'
 $TspPasswordSaltValue = 'PasswordFingerprintSalt'
 $TspPasswordHmacValue = 'PasswordFingerprintHmac'
-# GUESS (unknown 8): no location field holds an international access code; this one is closest.
+# GUESS: no documented location field holds an international access code (TapiUnattendLocation
+# on Microsoft Learn lists the fields); this one is closest.
 $LocationInternationalValue = 'InternationalCarrierCode'
 # From the NFON manual: the install folder; GUESS: verpatch.exe sits in its Tools folder.
 $ProgramFiles32 = ${env:ProgramFiles(x86)}
 if (-not $ProgramFiles32) { $ProgramFiles32 = $env:ProgramFiles }
 $VerpatchPath = Join-Path $ProgramFiles32 'NFON\NFON TAPI\Tools\verpatch.exe'
 
-# --- where things are (documented, DOMAIN.md parts 3 and 5) ----------------------------------
+# --- where things are (documented: Microsoft's TAPI provider and dialing-location keys) --------
 $ProvidersKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Providers'
 $LocationsKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Locations'
 $CountryListKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Country List'
@@ -41,7 +44,8 @@ $SealKeyContainer = 'NFON-Provisioner-Seal'
 
 $System32 = Join-Path $env:windir 'System32'
 if ([Environment]::Is64BitOperatingSystem -and -not [Environment]::Is64BitProcess) {
-    # A 32-bit PowerShell would be redirected to SysWOW64 (DOMAIN.md part 3).
+    # A 32-bit PowerShell would be redirected to SysWOW64 (Microsoft Learn, "File System
+    # Redirector").
     $System32 = Join-Path $env:windir 'Sysnative'
 }
 $utf8 = New-Object Text.UTF8Encoding $false

@@ -10,27 +10,30 @@
 param($request)
 $ErrorActionPreference = 'Stop'
 
-# --- assumptions: no public source states these (DOMAIN.md "Unknowns"); apply.ps1 agrees -----
-# GUESS (unknown 6): the Telephony server settings behind tapimgmt's "Enable telephony server".
+# --- assumptions: no public source states these; apply.ps1 agrees (tests check) ----------------
+# GUESS: the Telephony server settings behind tapimgmt's "Enable telephony server" (MS-TRP
+# documents the flags, not where TapiSrv keeps them).
 $TelephonyServerKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Server'
 $TelephonyServerDisabledValue = 'DisableSharing'      # DWORD, 0 = server mode on
 $TelephonyAdministratorsValue = 'TapiAdministrators'  # REG_MULTI_SZ of DOMAIN\user
-# GUESS (unknown 7): where tcmsetup keeps the remote-TAPI client's server list.
+# GUESS: where tcmsetup keeps the remote-TAPI client's server list (the tcmsetup page on
+# Microsoft Learn does not say).
 $RemoteTapiClientKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\RemoteSP'
 $RemoteTapiServerCountValue = 'NumServers'            # DWORD; servers in Server0..Server<N-1>
 $RemoteTapiConnectionOrientedValue = 'ConnectionOrientedOnly'  # DWORD, 1 = tcmsetup /x
 $RemoteTapiProviderFile = 'remotesp.tsp'
-# GUESS (unknown 1): value names inside a TSP instance's settings key.
+# GUESS: value names inside a TSP instance's settings key (NFON's manual does not name them).
 $TspKAccountValue = 'KAccount'
 $TspNumberFormatValue = 'NumberFormat'
 $TspLineNameFormatValue = 'LineNameFormat'
 $TspDebugLevelValue = 'DebugLevel'                    # DWORD
 $TspPasswordSaltValue = 'PasswordFingerprintSalt'     # the password itself is never read
 $TspPasswordHmacValue = 'PasswordFingerprintHmac'
-# GUESS (unknown 8): no location field holds an international access code; this one is closest.
+# GUESS: no documented location field holds an international access code (TapiUnattendLocation
+# on Microsoft Learn lists the fields); this one is closest.
 $LocationInternationalValue = 'InternationalCarrierCode'
 
-# --- where things are (documented, DOMAIN.md parts 3 and 5) ----------------------------------
+# --- where things are (documented: Microsoft's TAPI provider and dialing-location keys) --------
 $ProvidersKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Providers'
 $LocationsKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Locations'
 $CountryListKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Country List'
@@ -45,7 +48,8 @@ $TelephonyService = 'TapiSrv'
 
 $System32 = Join-Path $env:windir 'System32'
 if ([Environment]::Is64BitOperatingSystem -and -not [Environment]::Is64BitProcess) {
-    # A 32-bit PowerShell would be redirected to SysWOW64 (DOMAIN.md part 3).
+    # A 32-bit PowerShell would be redirected to SysWOW64 (Microsoft Learn, "File System
+    # Redirector").
     $System32 = Join-Path $env:windir 'Sysnative'
 }
 $utf8 = New-Object Text.UTF8Encoding $false

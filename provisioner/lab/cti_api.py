@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 BASE_PATH = "/v1"
 ACCESS_TOKEN_LIFETIME = 300.0  # seconds, as NFON documents
-# GUESS: NFON does not publish the refresh token's lifetime (DOMAIN.md, unknown 10).
+# GUESS: NFON does not publish the refresh token's lifetime (not in its CTI API OpenAPI document
+# nor in the README of github.com/NFON-AG/CTI-API).
 REFRESH_TOKEN_LIFETIME = 3600.0
 ISSUER = "nfon-cti-api-lab"
 LINE_STATES = ("unknown", "offline", "idle", "ringing", "in-use")

@@ -1,6 +1,7 @@
 """Expansion: firewall presets become the concrete rules of the NFON manual.
 
-The manual (DOMAIN.md part 0) lists the rules a TAPI server and its clients need. A preset turns
+NFON's Multiline TAPI manual (its firewall rule tables for the Windows client and the TAPI
+server) lists the rules a TAPI server and its clients need. A preset turns
 that table into rules from the topology: the server's client subnets, the Site's domain
 controllers and DNS servers, the addresses of the servers a client uses. For a server with
 ``client_subnets: [10.0.2.0/24]`` the preset ``nfon-tapi-server`` yields, among others::

@@ -1,10 +1,11 @@
 """Generated estates: a Site, 1-2 TapiServers, 1-4 tenants, written in many valid spellings.
 
 :func:`estates` is a hypothesis strategy of :class:`EstateSpec`; :func:`write_estate` turns one
-into manifest files. The spellings vary where a canonical form must absorb the difference (pain 1
-of ANCHORS.md): ports out of order and overlapping, ``10.0.0.5`` next to ``10.0.0.5-10.0.0.5``,
-a range that is exactly a network, all three profiles instead of ``any``, ``NT AUTHORITY\\SYSTEM``
-for ``LocalSystem``, user names in either case, an upper-case sha256::
+into manifest files. The spellings vary where a canonical form must absorb the difference (or
+plans would show perpetual diffs): ports out of order and overlapping, ``10.0.0.5`` next to
+``10.0.0.5-10.0.0.5``, a range that is exactly a network, all three profiles instead of
+``any``, ``NT AUTHORITY\\SYSTEM`` for ``LocalSystem``, user names in either case, an upper-case
+sha256::
 
     spec = EstateSpec(servers=[ServerSpec("tapi01", 1)], tenants=[TenantSpec("k1001", ...)])
     write_estate(spec, Path("manifests"))   # site.yaml, tapi01.yaml, k1001.yaml

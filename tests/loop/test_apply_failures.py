@@ -1,4 +1,4 @@
-"""When an apply goes wrong: locks, failed steps, lost connections (ANCHORS.md pains 7, 8, 10).
+"""When an apply goes wrong: locks, failed steps, lost connections.
 
 A host stops at its first failure, the other hosts finish, the summary and the journal say what
 was and was not done, the exit code is 1, and the next plan shows exactly what remains.
@@ -282,8 +282,8 @@ def test_a_restart_owed_by_a_failed_apply_is_planned_again(lab_for: LabFor) -> N
     """Telephony settings load when TapiSrv starts: a change to them owes a restart.
 
     Fails today: the batch stops at a later failing step, so the restart never runs; and since
-    the telephony change itself is done, no later plan brings the restart back (ANCHORS.md
-    pain 7: what a failed apply leaves undone must stay visible, or be done).
+    the telephony change itself is done, no later plan brings the restart back (what a failed apply
+    leaves undone must stay visible, or be done).
     """
     estate = lab_for(EXAMPLES / "client-tapi")
     assert estate.apply().code == 0

@@ -1,4 +1,4 @@
-"""Active Directory inside the plan: the whole loop against a real Samba AD DC (DOMAIN.md part 6).
+"""Active Directory inside the plan: the whole loop against a real Samba AD DC.
 
 Each test runs an example estate in a lab of its own whose Active Directory is the session's
 Samba DC. One DC serves every test and every xdist worker, so each test renames the example's

@@ -1,4 +1,4 @@
-"""Drift: what moved behind the tool's back, read-only, without noise (ANCHORS.md pain 2).
+"""Drift: what moved behind the tool's back, read-only, without noise.
 
 A one-line summary first, grouped by host and tenant, each difference once, no restarts, only
 what an apply would change (plus unmanaged objects in the managed scope); a clean estate and an

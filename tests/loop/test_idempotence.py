@@ -1,4 +1,4 @@
-"""Apply, then plan: nothing left to do (ANCHORS.md pain 1, perpetual diffs from normalisation).
+"""Apply, then plan: nothing left to do (no perpetual diffs from normalisation).
 
 For both examples, and for generated estates whose manifests spell the same things in many
 valid ways (ports out of order, ``x`` and ``x-x``, all profiles for ``any``, names in either case).

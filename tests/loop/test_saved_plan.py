@@ -1,4 +1,4 @@
-"""Saved plans: applied exactly as saved, refused when the world moved since (ANCHORS.md pain 8).
+"""Saved plans: applied exactly as saved, refused when the world moved since.
 
 ``plan --out F`` fingerprints what it read; ``apply --plan F`` gathers again and refuses a plan
 whose hosts or manifests changed, naming what moved, before any batch is sent.

@@ -1,4 +1,4 @@
-"""Secrets never show, and a changed secret is seen without being read back (ANCHORS.md pain 6).
+"""Secrets never show, and a changed secret is seen without being read back.
 
 Every output of a full run (plans in every format, apply, drift in every format, saved plans,
 ``render tsecimp``, ``facts``, the journal, log records, error messages) and everything the

@@ -1,5 +1,5 @@
 """``--target``: only the matching changes, and a selector that matches nothing is an error
-(ANCHORS.md pain 9: terraform 30434 silently reports "No changes")."""
+(hashicorp/terraform issue 30434: a target that matches nothing silently reports "No changes")."""
 
 from __future__ import annotations
 

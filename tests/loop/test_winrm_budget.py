@@ -1,4 +1,4 @@
-"""Round trips: a host's cost does not grow with its resources (ANCHORS.md pains 3 and 4).
+"""Round trips: a host's cost does not grow with its resources.
 
 A plan is ONE gather command per host; an apply is the plan's gather, ONE batch and ONE
 verifying gather. The one documented exception: a server whose batch creates a TSP instance
