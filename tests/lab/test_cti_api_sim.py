@@ -395,13 +395,16 @@ def test_spec_overlay_leaves_nfons_document_as_published(cti_spec: dict[str, Any
 def test_missing_spec_fails_under_ci_and_skips_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.support.cti_api import SPEC_PATH, load_cti_spec
+    from tests.support.cti_api import load_cti_spec
+    from tests.support.reference import VARIABLE, reference_dir
 
-    missing = tmp_path / "nfon-cti-api.openapi.json"
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="missing"):
-        load_cti_spec(missing)
+    with pytest.raises(pytest.fail.Exception, match=r"missing at .*nfon-cti-api\.openapi\.json"):
+        load_cti_spec(tmp_path)
     monkeypatch.delenv("CI")
-    with pytest.raises(pytest.skip.Exception, match="missing"):
-        load_cti_spec(missing)
-    assert SPEC_PATH.parts[-3:] == ("shared", "reference", "nfon-cti-api.openapi.json")
+    with pytest.raises(
+        pytest.skip.Exception, match=rf"missing at .* \(set {VARIABLE} to its directory\)"
+    ):
+        load_cti_spec(tmp_path)
+    monkeypatch.setenv(VARIABLE, str(tmp_path))
+    assert reference_dir() == tmp_path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -24,8 +23,7 @@ from provisioner.remote.tsecimp import (
     render_xml,
     split_glued_users,
 )
-
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+from tests.support.reference import TAPI_MANUAL, reference_document
 
 # The sample output of "tsecimp /d" in Microsoft's tsecimp documentation, garbled user included.
 MICROSOFT_SAMPLE = """\
@@ -234,8 +232,7 @@ def test_the_manual_example_renders_as_in_the_manual() -> None:
 
 
 def test_the_german_manuals_example_renders_back_to_the_same_document() -> None:
-    manual = REFERENCE / "nfon-multiline-tapi-manual.de.txt"
-    assert manual.is_file(), f"the NFON manual is expected at {manual}"
+    manual = reference_document(TAPI_MANUAL)
     example = re.search(r"<UserList>.*?</UserList>", manual.read_text(encoding="utf-8"), re.S)
     assert example is not None
     users = parse_xml(example[0])

@@ -1,25 +1,22 @@
-"""Headless Chromium for the report tests: find it (install it with apt-get as root), dump a DOM.
+"""Headless Chromium for the report tests: find it, dump a DOM.
 
     dom = dump_dom(chromium_or_unavailable(), Path("drift.html"), tmp_path)  # serialised DOM
 
-Under ``CI=true`` a Chromium that cannot be found or installed fails the test; elsewhere it
-skips (``scripts/setup.sh --test`` installs it).
+Tests install nothing: ``scripts/setup.sh --test`` installs Chromium. Under ``CI=true`` a
+missing Chromium fails the test; elsewhere it skips.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
 from tests.support.ci import part_unavailable
 
 PROGRAMS = ("chromium", "chromium-browser")
-INSTALL = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
 # No network, no first-run chores, nothing shared with a user's profile.
 FLAGS = [
     "--headless",
@@ -43,30 +40,10 @@ def find_chromium() -> str | None:
 
 
 def chromium_or_unavailable() -> str:
-    """The Chromium program, installed first when missing and this is root on Debian."""
-    found = find_chromium()
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        unavailable(f"chromium is not installed; as root run: {' '.join(INSTALL)}")
-    lock = Path(tempfile.gettempdir()) / "provisioner-tests-chromium.lock"
-    with lock.open("w") as stream:
-        fcntl.flock(stream, fcntl.LOCK_EX)  # xdist workers install one at a time
-        if find_chromium() is None:
-            _install()
     found = find_chromium()
     if found is None:
-        unavailable(f"installing chromium failed; run: {' '.join(INSTALL)}")
+        unavailable("chromium is not installed: run scripts/setup.sh --test")
     return found
-
-
-def _install() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    installed = subprocess.run(INSTALL, env=env, capture_output=True, check=False)
-    if installed.returncode != 0:
-        # usually an empty or outdated package list: refresh it once and try again
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
-        subprocess.run(INSTALL, env=env, capture_output=True, check=False)
 
 
 def unavailable(reason: str) -> NoReturn:

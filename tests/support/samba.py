@@ -8,7 +8,8 @@ uniquely named users and groups in a lab OU so tests never step on each other::
         group = samba_lab.group(members=[jane.dn])
         with LDAPConnection.open(samba_lab.settings_for(jane)) as conn: ...
 
-Under ``CI=true`` a DC that cannot be installed or started fails the tests; elsewhere it skips.
+Tests install nothing (``scripts/setup.sh --test`` installs Samba). Under ``CI=true`` a DC that
+is missing or cannot start fails the tests; elsewhere it skips.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from provisioner.lab.samba import (
     create_group,
     create_users,
     ensure_ou,
-    ensure_samba_installed,
+    samba_missing,
 )
 from provisioner.secrets import Secret
 from provisioner.transports.ldap import LDAPConnection, LDAPSettings
@@ -110,7 +111,12 @@ def samba_unavailable(reason: str) -> NoReturn:
 def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
     """A running lab DC with the base OU layout; stopped when the last worker is done."""
     try:
-        ensure_samba_installed()
+        missing = samba_missing()
+        if missing:
+            samba_unavailable(
+                f"Samba AD DC is not installed (missing {', '.join(missing)}): run "
+                "scripts/setup.sh --test"
+            )
         dc = SambaDC.start(tmp_path_factory.mktemp("samba-dc"), shared=True)
     except ProvisionerError as exc:
         samba_unavailable(f"Samba AD DC unavailable: {exc}")
