@@ -15,7 +15,8 @@ import click
 
 from provisioner.directory.reader import read_directory
 from provisioner.errors import ProvisionerError
-from provisioner.inventory import inventory_file, load_inventory
+from provisioner.inventory import Inventory, inventory_file, load_inventory
+from provisioner.inventory import check as check_inventory
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts
@@ -53,14 +54,28 @@ class Options:
 
 def load(paths: Sequence[Path]) -> Estate:
     estate, errors = load_estate(paths)
+    refuse(errors, "in the manifests: fix them (provisioner validate lists them)")
+    return estate
+
+
+def load_inventory_for(
+    estate: Estate, options: Options, only: Sequence[str] | None = None
+) -> Inventory:
+    """The inventory, checked against the manifests before anything is sent anywhere."""
+    inventory = load_inventory(options.inventory)
+    names = [h.name for h in hosts(estate)] if only is None else only
+    problems = check_inventory(inventory, estate, names, services=only is None)
+    refuse(problems, "in the inventory or the secrets and CA files the run needs")
+    return inventory
+
+
+def refuse(errors: Sequence[ProvisionerError], what: str) -> None:
+    """Print each problem on its own line, then stop with one line that counts them."""
     if errors:
         for error in errors:
             click.echo(str(error), err=True)
-        raise ProvisionerError(
-            f"{len(errors)} problem{'s' if len(errors) != 1 else ''} in the manifests: "
-            "fix them (provisioner validate lists them)"
-        )
-    return estate
+        plural = "s" if len(errors) != 1 else ""
+        raise ProvisionerError(f"{len(errors)} problem{plural} {what}")
 
 
 def make_plan(run: Run, estate: Estate, targets: Sequence[str]) -> tuple[Plan, dict[str, HostPlan]]:
@@ -79,7 +94,7 @@ def plan_command(
     output: Path | None = None,
 ) -> int:
     estate = load(paths)
-    inventory = load_inventory(options.inventory)
+    inventory = load_inventory_for(estate, options)
     with Run(estate, inventory, parallelism=options.parallelism) as run:
         plan, _ = make_plan(run, estate, targets)
     if output is not None:
@@ -122,7 +137,7 @@ def apply_command(
     estate = load(paths)
     if saved is not None:  # every offline check before any host, directory or PBX is contacted
         saved.check_offline(paths, inventory_file(options.inventory))
-    inventory = load_inventory(options.inventory)
+    inventory = load_inventory_for(estate, options)
     with Run(estate, inventory, parallelism=options.parallelism) as run:
         plan, host_plans = make_plan(run, estate, targets)
         if saved is not None:
@@ -232,7 +247,7 @@ def drift_command(
     targets: Sequence[str] = (),
 ) -> int:
     estate = load(paths)
-    inventory = load_inventory(options.inventory)
+    inventory = load_inventory_for(estate, options)
     with Run(estate, inventory, parallelism=options.parallelism) as run:
         plan, _ = make_plan(run, estate, targets)
     report = drift_render.drift_report(plan)
@@ -281,11 +296,11 @@ def render_tsecimp(paths: Sequence[Path], *, tenant: str | None, server: str | N
 
 def facts_command(paths: Sequence[Path], options: Options, *, name: str, output_format: str) -> int:
     estate = load(paths)
-    inventory = load_inventory(options.inventory)
     matching = [h for h in hosts(estate) if h.name == name]
     if not matching:
         known = ", ".join(h.name for h in hosts(estate))
         raise ProvisionerError(f"no server or client host named {name!r} (known: {known})")
+    inventory = load_inventory_for(estate, options, only=[name])
     with Run(estate, inventory, only=[name]) as run:
         facts, problems = run.gather(matching)
     if problems:

@@ -22,7 +22,7 @@ from provisioner.directory.operations import add_group_members, remove_group_mem
 from provisioner.directory.reader import read_directory, settings_for
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
-from provisioner.manifest.models import TapiClients, TapiServer, WinRMSettings, domain_user_key
+from provisioner.manifest.models import domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts, read_pbx, unassigned_extensions
 from provisioner.plan.model import Action, Change, Plan, PlanProblem
@@ -59,16 +59,8 @@ _Out = TypeVar("_Out")
 
 def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpoint:
     """Manifest WinRM settings (Site defaults, then the host's), overlaid by the inventory."""
-    doc: TapiServer | TapiClients | None
-    if host.role == "server":
-        doc = estate.servers[host.name]
-        own = doc.winrm
-    else:
-        doc = next(c for c in estate.clients.values() if host.name in c.hosts)
-        own = doc.winrm.model_copy(update={"host": None})
-    site = estate.site_of(doc)
-    settings = own.merged_over(site.winrm if site else WinRMSettings())
-    settings = inventory.endpoint_settings(host.name, settings)
+    doc = estate.host_documents()[host.name]
+    settings = inventory.endpoint_settings(host.name, estate.winrm_for(doc))
     password = inventory.resolve(settings.password) if settings.password else None
     scheme = settings.scheme or "https"
     return WinRMEndpoint(

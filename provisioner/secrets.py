@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,19 @@ class Secret:
             lambda v: v if isinstance(v, Secret) else Secret(str(v)),
             serialization=core_schema.plain_serializer_function_ser_schema(lambda _: REDACTED),
         )
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret in it shown as ``(sensitive)``, and nothing else changed.
+
+    A secret counts where it stands as a token of its own, not inside a longer word: a
+    one-letter secret "y" leaves "Temporary" alone, while "pw: y." becomes "pw: (sensitive).".
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+        after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+        text = re.sub(before + re.escape(secret) + after, lambda _: REDACTED, text)
+    return text
 
 
 class SecretError(ProvisionerError):

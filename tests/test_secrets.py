@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from provisioner.secrets import REDACTED, Secret, SecretError, resolve
+from provisioner.secrets import REDACTED, Secret, SecretError, redact, resolve
 
 VALUE = "s3cr3t-Pa55"
 
@@ -70,3 +70,25 @@ def test_secret_files_may_carry_a_bom_and_must_be_utf8(tmp_path: Path) -> None:
 def test_non_ascii_secrets_compare() -> None:
     assert Secret("pässwörd") == Secret("pässwörd")
     assert Secret("pässwörd") != Secret("passwort")
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "shown"),
+    [
+        ("Temporary failure", ["y"], "Temporary failure"),
+        ("password y rejected", ["y"], f"password {REDACTED} rejected"),
+        (
+            '{"error": "bad password hunter2."}',
+            ["hunter2"],
+            f'{{"error": "bad password {REDACTED}."}}',
+        ),
+        ("token=ab!c&x=1", ["ab!c"], f"token={REDACTED}&x=1"),
+        ("x!ab", ["!ab"], f"x{REDACTED}"),  # a secret that starts with a symbol needs no boundary
+        ("abcdef abc", ["abc", "abcdef"], f"{REDACTED} {REDACTED}"),
+        ("nothing here", ["", "zz"], "nothing here"),
+    ],
+)
+def test_redaction_hides_each_secret_and_changes_nothing_else(
+    text: str, secrets: list[str], shown: str
+) -> None:
+    assert redact(text, secrets) == shown

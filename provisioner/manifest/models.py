@@ -277,6 +277,22 @@ class WinRMSettings(_Model):
         }
         return base.model_copy(update=own)
 
+    def insecurity(self) -> tuple[str, str] | None:
+        """(field, why) when these settings would give the credentials away, else None."""
+        if self.allow_insecure:
+            return None
+        if self.auth is WinRMAuth.basic:
+            return "auth", (
+                "basic auth sends the password in a form anyone on the path can reuse: use ntlm, "
+                "kerberos or certificate, or set allow_insecure: true"
+            )
+        if self.scheme == "http" and self.auth in (None, WinRMAuth.certificate):
+            return "scheme", (
+                "http is only safe with ntlm, kerberos or credssp message encryption: use https "
+                "or set allow_insecure: true"
+            )
+        return None
+
 
 # --- Site ---------------------------------------------------------------------------------------
 

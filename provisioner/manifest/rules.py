@@ -20,7 +20,6 @@ from provisioner.manifest.models import (
     TapiClients,
     TapiServer,
     Tenant,
-    WinRMAuth,
     WinRMSettings,
     domain_user_key,
 )
@@ -280,25 +279,12 @@ def _check_winrm(estate: Estate, problems: Problems) -> None:
         site = estate.site_of(doc)
         if site is None:
             continue
-        settings = doc.winrm.merged_over(site.winrm)
-        where = estate.origin[(kind, doc.name)]
-        path = ("winrm",) if doc.winrm != WinRMSettings() else ("name",)
-        if settings.allow_insecure:
+        insecure = estate.winrm_for(doc).insecurity()
+        if insecure is None:
             continue
-        if settings.auth is WinRMAuth.basic:
-            problems.add(
-                where,
-                (*path, "auth") if path == ("winrm",) else path,
-                "basic auth sends the password in a form anyone on the path can reuse: use ntlm, "
-                "kerberos or certificate, or set allow_insecure: true",
-            )
-        elif settings.scheme == "http" and settings.auth in (None, WinRMAuth.certificate):
-            problems.add(
-                where,
-                (*path, "scheme") if path == ("winrm",) else path,
-                "http is only safe with ntlm, kerberos or credssp message encryption: use https "
-                "or set allow_insecure: true",
-            )
+        field, message = insecure
+        path = ("winrm", field) if doc.winrm != WinRMSettings() else ("name",)
+        problems.add(estate.origin[(kind, doc.name)], path, message)
 
 
 def _check_hosts(estate: Estate, problems: Problems) -> None:

@@ -18,7 +18,15 @@ from pydantic_core import ErrorDetails
 from provisioner.errors import ManifestError
 from provisioner.manifest import loader
 from provisioner.manifest.loader import Document, PathKey, SourceMap
-from provisioner.manifest.models import KINDS, AnyDocument, Site, TapiClients, TapiServer, Tenant
+from provisioner.manifest.models import (
+    KINDS,
+    AnyDocument,
+    Site,
+    TapiClients,
+    TapiServer,
+    Tenant,
+    WinRMSettings,
+)
 
 _PATTERN_HINTS = {
     "name": "use lower-case letters, digits and '-' (at most 63, not starting or ending with '-')",
@@ -70,6 +78,24 @@ class Estate:
         if server.site is not None:
             return ("Site", server.site) in self.invalid
         return self.any_invalid("Site")
+
+    def winrm_for(self, doc: TapiServer | TapiClients) -> WinRMSettings:
+        """A host's WinRM settings in the manifests: its own over its Site's. A TapiClients
+        ``winrm.host`` means nothing (each host is reached by its own name)."""
+        own = (
+            doc.winrm
+            if isinstance(doc, TapiServer)
+            else doc.winrm.model_copy(update={"host": None})
+        )
+        site = self.site_of(doc)
+        return own.merged_over(site.winrm if site else None)
+
+    def host_documents(self) -> dict[str, TapiServer | TapiClients]:
+        """Every host name the manifests give (servers and workstations) → its document."""
+        hosts: dict[str, TapiServer | TapiClients] = dict(self.servers)
+        for clients in self.clients.values():
+            hosts.update(dict.fromkeys(clients.hosts, clients))
+        return hosts
 
     def site_of(self, doc: TapiServer | TapiClients) -> Site | None:
         """The Site a host belongs to: the one it names, or the only one there is."""

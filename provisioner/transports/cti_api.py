@@ -29,7 +29,7 @@ import jwt
 
 from provisioner import __version__
 from provisioner.errors import TransportError
-from provisioner.secrets import REDACTED, Secret
+from provisioner.secrets import Secret, redact
 
 log = logging.getLogger(__name__)
 
@@ -406,10 +406,7 @@ class CTIClient:
         secrets = [self._password.reveal()]
         if self._tokens is not None:
             secrets += [self._tokens.access, self._tokens.refresh]
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, REDACTED)
-        return text
+        return redact(text, secrets)
 
     def _ssl_context(self, verify: str | bool) -> ssl.SSLContext | bool:
         if not isinstance(verify, str):
