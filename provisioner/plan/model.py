@@ -141,12 +141,11 @@ class Plan:
                 plural = "s" if n != 1 else ""
                 return f"No changes in what could be read; {n} problem{plural} listed above."
             return "No changes. The estate matches the manifests."
-        parts = [
-            f"{counts['create']} to create",
-            f"{counts['update']} to update",
-            f"{counts['delete-then-create']} to replace",
-            f"{counts['delete']} to delete",
-        ]
+        parts = [f"{counts['create']} to create", f"{counts['update']} to update"]
+        # no kind replaces anything today (delete-then-create): the line names it only if one does
+        if counts[Action.REPLACE.value]:
+            parts.append(f"{counts[Action.REPLACE.value]} to replace")
+        parts.append(f"{counts['delete']} to delete")
         if counts["restart"]:
             parts.append(f"{counts['restart']} to restart")
         return "Plan: " + ", ".join(parts) + "."

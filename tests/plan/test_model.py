@@ -1,4 +1,4 @@
-"""The plan's own rules: which changes a problem holds back."""
+"""The plan's own rules: which changes a problem holds back, and the summary line."""
 
 from __future__ import annotations
 
@@ -28,3 +28,31 @@ def test_a_problem_with_a_kind_holds_back_only_that_kind_there() -> None:
     instance = Change("tenant/t1/tsp_instance", Action.UPDATE, "tsp_instance", "h", tenant="t1")
     plan = Plan(problems=[PlanProblem("listing unreadable", host="h", kind="line_assignment")])
     assert plan.holds_back(lines) and not plan.holds_back(instance)
+
+
+def change(action: Action, number: int) -> Change:
+    return Change(address=f"server/h/x/{number}", action=action, kind="x", host="h")
+
+
+def test_the_summary_counts_each_action_and_names_no_replace_that_cannot_happen() -> None:
+    plan = Plan(
+        changes=[
+            change(Action.CREATE, 1),
+            change(Action.CREATE, 2),
+            change(Action.UPDATE, 3),
+            change(Action.DELETE, 4),
+            change(Action.NOOP, 5),
+        ]
+    )
+    assert plan.summary() == "Plan: 2 to create, 1 to update, 1 to delete."
+    plan.changes.append(change(Action.RESTART, 6))
+    assert plan.summary() == "Plan: 2 to create, 1 to update, 1 to delete, 1 to restart."
+
+
+def test_a_replace_is_named_when_a_plan_holds_one() -> None:
+    plan = Plan(changes=[change(Action.REPLACE, 1)])
+    assert plan.summary() == "Plan: 0 to create, 0 to update, 1 to replace, 0 to delete."
+
+
+def test_nothing_to_do_and_problems_say_so() -> None:
+    assert Plan().summary() == "No changes. The estate matches the manifests."
