@@ -58,8 +58,6 @@ ACCESS_TOKEN_LIFETIME = 300.0  # seconds, as NFON documents
 # nor in the README of github.com/NFON-AG/CTI-API).
 REFRESH_TOKEN_LIFETIME = 3600.0
 ISSUER = "nfon-cti-api-lab"
-LINE_STATES = ("unknown", "offline", "idle", "ringing", "in-use")
-PRESENCE_STATES = ("offline", "available", "away", "busy", "dnd", "null")
 
 OutageMode = Literal["error", "reset"]
 
