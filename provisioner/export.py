@@ -253,7 +253,9 @@ def _live_context(
     ctx = context(estate, host, inputs)
     current = next((loc for loc in facts.locations if loc.current), None)
     if current is not None and ctx.server is not None:  # manage the current dialing location
-        probe_location = DialingLocation.model_construct(name=current.name)
+        probe_location = DialingLocation.model_construct(
+            name=current.name, country_code=current.country_code, area_code=current.area_code
+        )
         ctx.server = ctx.server.model_copy(update={"location": probe_location})
     return ctx
 
@@ -597,7 +599,7 @@ def _spelling(user: str, directory: DirectoryFacts) -> str:
 
 def _document(model: BaseModel, comment: str) -> CommentedMap:
     data = model.model_dump(mode="json", exclude_defaults=True)
-    document = _mapping({"kind": data.pop("kind", None), **data})
+    document: CommentedMap = _mapping({"kind": data.pop("kind", None), **data})
     document.yaml_set_start_comment(comment)
     return document
 
