@@ -208,9 +208,13 @@ def hold_back(plan: Plan, host_plans: dict[str, HostPlan]) -> None:
     for host_plan in host_plans.values():
         kept = [c for c in host_plan.changes if c.address not in held]
         if len(kept) < len(host_plan.changes):  # a restart only for what still goes ahead
-            needed = handlers([c for c in kept if c.kind != restart.KIND], host_plan.context)
+            needed = handlers(
+                [c for c in kept if c.action is not Action.RESTART], host_plan.context
+            )
             wanted = {c.address for c in needed}
-            held |= {c.address for c in kept if c.kind == restart.KIND and c.address not in wanted}
+            held |= {
+                c.address for c in kept if c.action is Action.RESTART and c.address not in wanted
+            }
             kept = [c for c in kept if c.address not in held]
         host_plan.changes = kept
     plan.held_back = [c.address for c in plan.changes if c.address in held]

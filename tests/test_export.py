@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 from provisioner.directory.model import ADUser, DirectoryFacts
 from provisioner.export import firewall_rules, tenant_manifest
@@ -34,14 +35,28 @@ def export(estate: LabEstate, *args: str | Path) -> Path:
     return out
 
 
+def server_inventory(estate: LabEstate) -> Path:
+    """The lab's inventory for the exported server alone: an inventory entry that names a host
+    the manifests do not (the lab's workstations) is an error."""
+    yaml = YAML()
+    inventory = yaml.load(estate.lab.inventory_path.read_text(encoding="utf-8"))
+    inventory["hosts"] = {server_of(estate): inventory["hosts"][server_of(estate)]}
+    inventory.setdefault("base_dir", str(estate.lab.inventory_path.parent))
+    path = estate.directory / "server-inventory.yaml"
+    with path.open("w", encoding="utf-8") as stream:
+        yaml.dump(inventory, stream)
+    return path
+
+
 def assert_adopted(estate: LabEstate, *paths: Path, drift: int = 0) -> None:
     """validate passes, plan has nothing to do, drift finds nothing (or what it should)."""
     validated = estate.cli("validate", *paths)
     assert validated.code == 0, validated.output
-    planned = estate.cli("plan", *paths, "--detailed-exitcode")
+    inventory = ("--inventory", server_inventory(estate))
+    planned = estate.cli("plan", *paths, "--detailed-exitcode", *inventory)
     assert planned.code == 0, planned.output
     assert "No changes" in planned.out
-    drifted = estate.cli("drift", *paths)
+    drifted = estate.cli("drift", *paths, *inventory)
     assert drifted.code == drift, drifted.output
 
 
@@ -167,7 +182,8 @@ def test_a_user_the_directory_does_not_know_is_written_commented_out(ad_lab: ADL
     ) in text
     assert f"  - user: NFON\\{ad.sam('jdoe')}\n" in text  # spelled as the directory spells it
     assert_adopted(estate, out, drift=2)
-    items = estate.cli("drift", out, "--format", "json").json()["items"]
+    inventory = server_inventory(estate)
+    items = estate.cli("drift", out, "--format", "json", "--inventory", inventory).json()["items"]
     assert [(i["category"], i["address"]) for i in items] == [
         ("unmanaged", "tenant/k6732/line_assignment/NFON\\GHOST")
     ]
