@@ -1,7 +1,7 @@
-"""A WS-Management (WinRS shell) server on loopback that unmodified pywinrm accepts.
+"""A WS-Management (WinRS shell) server on loopback that plays a Windows WinRM listener.
 
-It knows nothing about Windows: every finished command goes to the handler it was given, which
-plays the host. A handler that upper-cases its input::
+It knows nothing about Windows itself: every finished command goes to the handler it was given,
+which plays the host. A handler that upper-cases its input::
 
     def upper(command: str, arguments: list[str], stdin: bytes) -> CommandResult:
         return CommandResult(stdout=stdin.upper())
@@ -10,18 +10,94 @@ plays the host. A handler that upper-cases its input::
         server.url            # 'http://127.0.0.1:40123/wsman'
         server.counters       # ServerCounters(messages={'Create': 1, ...}, commands=1, ...)
 
-What it implements (MS-WSMV, the subset WinRS clients use):
+A handler reads the variables the client set with ``rsp:Environment`` through
+:func:`command_environment`, as a Windows process reads its environment block.
 
-* the shell life cycle: Create, Command, Send (stdin, many chunks, ``End="true"``), Receive
-  (stdout/stderr split so no reply exceeds the client's ``MaxEnvelopeSize``), Signal, Delete;
-* ``OperationTimeout``: a Receive that waits longer answers with the operation-timeout fault,
-  which WinRS clients retry, so a slow command completes through retries as on Windows;
-* auth: Basic (over HTTPS, or plain HTTP while ``allow_unencrypted``), and NTLM with
-  ``multipart/encrypted`` message encryption over plain HTTP (pyspnego as the acceptor);
-* quotas MaxShellsPerUser and MaxConcurrentOperationsPerUser, with Windows' fault codes;
-* fault injection (:class:`Faults`), changeable while the server runs;
-* :class:`ServerCounters`: messages per action, commands, and every command line and stdin
-  payload received, so tests can search them for secrets.
+What it implements (MS-WSMV, the subset WinRS clients use): the shell life cycle (Create,
+Command, Send, Receive, Signal, Delete), ``OperationTimeout``, Basic, NTLM and Negotiate
+(SPNEGO) auth with ``multipart/encrypted`` message encryption over plain HTTP (pyspnego as the
+acceptor), fault injection (:class:`Faults`, changeable while the server runs) and
+:class:`ServerCounters` (messages per action, every command line, stdin payload and option set,
+so tests can search them for secrets). Two independent clients, pywinrm and pypsrp, are tested
+against it, so it cannot lean on one client's habits.
+
+Windows' rules it enforces, each from a public source, written down before the client's
+handling of them was looked at (sources listed below the table):
+
+===  ==========================================================================  ==============
+#    rule                                                                        source
+===  ==========================================================================  ==============
+Q1   A request larger than MaxEnvelopeSizekb x 1024 bytes (default 500 KB) is    [MS-WSMV]
+     refused before any SOAP processing: HTTP 413, empty body.                   2.2.4.10,
+                                                                                 [INST], [413]
+Q2   A reply never exceeds the smaller of the client's ``wsman:MaxEnvelopeSize`` [MS-WSMV]
+     and MaxEnvelopeSizekb x 1024; a client asking for fewer than 8192 octets    3.1.4.1.7,
+     gets ``w:EncodingLimit`` (ERROR_WSMAN_MAXENVELOPE_SIZE_NOT_SUPPORTED).      [WSMERR]
+Q3   MaxShellsPerUser 30: the 31st open shell of one user is refused by Create   [QUOTAS],
+     with ``w:QuotaLimit``, code 2150859173 (0x803381A5).                        [MS-WSMV]
+                                                                                 3.1.4.5.2.1,
+                                                                                 [SHELLS]
+Q4   MaxConcurrentOperationsPerUser 1500: beyond it a Create or Command is       [INST], [OPS]
+     refused with ``w:QuotaLimit``, code 2150859174 (0x803381A6). What counts
+     as an operation is not documented; the model counts open shells and
+     commands not yet ended by a Signal (GUESS).
+F1   Receive, Send or Signal naming an unknown CommandId: HTTP 500,              [REC]
+     ``s:Sender`` / ``w:InvalidSelectors``, ``w:FaultDetail`` ending in          bad_cmd_id,
+     ``UnexpectedSelectors``, WSManFault code 2150858843, message about a        receive_failure
+     command identifier that does not exist.
+F2   Any request naming an unknown ShellId (deleted, expired, service            [REC]
+     restarted): the same subcode, FaultDetail and code, the message nested in   is_alive_invalid
+     an ``f:ProviderFault`` of the "Shell provider".                             _selectors
+F3   A Receive with nothing to return within ``OperationTimeout``: HTTP 500,     [REC]
+     ``s:Receiver`` / ``w:TimedOut``, code 2150858793; the command runs on.      operation_timeout
+F4   Fault detail elements declare ``xmlns:f`` on ``f:WSManFault`` itself, with  [REC]
+     the listener's ``Machine`` attribute.
+H1   Reply headers carry ``p:ActivityId`` (an upper-case GUID, ``p`` bound to    [REC]
+     the Microsoft wsman.xsd namespace) besides Action, MessageID, To and        bad_cmd_id,
+     RelatesTo; clients must ignore it.                                          environment
+C1   CreateResponse: ``x:ResourceCreated`` with the listener's URL as            [REC] standard,
+     ``a:Address``; ``rsp:Shell`` with ShellId, ResourceUri, Owner (the user),   environment
+     ClientIP, the Environment asked for, IdleTimeOut ``PT7200.000S``,
+     InputStreams, OutputStreams, ShellRunTime and ShellInactivity
+     ``P0DT0H0M0S``, in that order.
+C2   Variables sent in ``rsp:Environment`` at Create are in the environment of   [CREATE], [REC]
+     every command started in that shell (``cmd /c set`` lists them); names      environment
+     and values may hold any character.
+C3   Send accepts ``End`` as ``true``/``True``; Signal of a finished command     [REC] send,
+     answers SignalResponse (pypsrp signals ctrl_c after Done); Delete answers   standard;
+     an empty body.                                                              [PYWINRM]
+S1   powershell.exe that fails before its script runs (Constrained Language      [PYWINRM]
+     Mode, a missing assembly) writes ``#< CLIXML`` and an ``<Objs>`` document   test_session,
+     to stderr: progress records, then one ``<S S="Error">`` element per line,   [ANSIBLE]
+     control characters as ``_xHHHH_`` (CR LF as ``_x000D__x000A_``, a literal
+     ``_x`` as ``_x005F_x``); exit code 1, nothing on stdout.
+===  ==========================================================================  ==============
+
+Sources:
+
+* [INST] Microsoft Learn, "Installation and configuration for Windows Remote Management":
+  MaxEnvelopeSizekb 500, MaxConcurrentOperationsPerUser 1500 (winrm/config/service).
+  https://learn.microsoft.com/windows/win32/winrm/installation-and-configuration-for-windows-remote-management
+* [QUOTAS] Microsoft Learn, "Quota Management for Remote Shells": MaxShellsPerUser 30.
+  https://learn.microsoft.com/windows/win32/winrm/quotas
+* [MS-WSMV] Microsoft Open Specifications, Web Services Management Protocol Extensions for
+  Windows Vista: 2.2.4.10 ConfigType (MaxEnvelopeSizekb also limits request packets),
+  3.1.4.1.7 wsman:MaxEnvelopeSize, 3.1.4.5.2.1 wsman:QuotaLimit.
+* [WSMERR] the Win32 metadata's RemoteManagement constants (as published in Microsoft's
+  windows-rs documentation): ERROR_WSMAN_MAXENVELOPE_SIZE_NOT_SUPPORTED = 2150858862.
+* [413] ansible-collections/ansible.windows issues 391 and 620: a request over the default
+  MaxEnvelopeSizekb is answered with HTTP 413 by the WinRM service (maintainer's analysis).
+* [SHELLS], [OPS] the fault codes as real hosts report them: test-kitchen issue 656
+  (2150859173, "maximum number of ... concurrent shells"), masterzen/winrm issue 129 and
+  dmitry-zaets/vagrantfile-windows-iis-mssql issue 7 (2150859174, "... concurrent operations").
+* [REC] envelopes recorded from real Windows hosts in pypsrp's test suite,
+  ``tests/tests_pypsrp/responses/test_winrs_*.yml`` and ``test_psrp_*.yml`` (file suffixes
+  named in the table).
+* [PYWINRM] pywinrm's ``winrm/tests/conftest.py`` (DeleteResponse) and
+  ``winrm/tests/test_session.py`` (a CLIXML error document from a real host).
+* [ANSIBLE] Ansible's ``_parse_clixml`` (``plugins/shell/powershell.py``) and its unit tests:
+  several ``<Objs>`` documents, ``S="Error"`` lines, ``_xHHHH_`` escapes incl. surrogate pairs.
+* [CREATE] Microsoft Learn, WSManCreateShell and WSMAN_ENVIRONMENT_VARIABLE (wsman.h).
 """
 
 from __future__ import annotations
