@@ -105,6 +105,7 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
+import contextvars
 import hmac
 import logging
 import os
@@ -130,38 +131,48 @@ from provisioner.secrets import Secret
 log = logging.getLogger(__name__)
 
 # WSMan fault codes as Windows reports them in <f:WSManFault Code="..."> (wsmerror.h).
-OPERATION_TIMEOUT = 2150858793  # 0x80338029: nothing to return within OperationTimeout
-SHELL_NOT_FOUND = 2150858843  # 0x8033805B: the ShellId is unknown (deleted, expired, restarted)
-ENVELOPE_TOO_LARGE = 2150859025  # 0x80338111: request larger than MaxEnvelopeSize
-MAX_SHELLS_EXCEEDED = 2150859173  # 0x803381A5 ERROR_WSMAN_QUOTA_MAX_SHELLS: MaxShellsPerUser
-MAX_OPERATIONS_EXCEEDED = (
-    2150859174  # 0x803381A6 ..._MAX_OPERATIONS: MaxConcurrentOperationsPerUser
-)
+OPERATION_TIMEOUT = 2150858793  # 0x80338029: nothing to return within OperationTimeout (F3)
+INVALID_SELECTORS = 2150858843  # 0x8033805B: unknown ShellId or CommandId (F1, F2)
+ENVELOPE_SIZE_NOT_SUPPORTED = 2150858862  # 0x8033806E: MaxEnvelopeSize below 8192 (Q2)
+MAX_SHELLS_EXCEEDED = 2150859173  # 0x803381A5 ERROR_WSMAN_QUOTA_MAX_SHELLS (Q3)
+MAX_OPERATIONS_EXCEEDED = 2150859174  # 0x803381A6 ERROR_WSMAN_QUOTA_MAX_OPERATIONS (Q4)
 INVALID_PARAMETER = 87  # Win32 ERROR_INVALID_PARAMETER, which Windows puts in some WSMan faults
+
+MAX_ENVELOPE_KB = 500  # MaxEnvelopeSizekb (Q1)
+MAX_SHELLS_PER_USER = 30  # MaxShellsPerUser (Q3)
+MAX_OPERATIONS_PER_USER = 1_500  # MaxConcurrentOperationsPerUser (Q4)
+IDLE_TIMEOUT = "PT7200.000S"  # what a default listener reports in CreateResponse (C1)
+_MIN_CLIENT_ENVELOPE = 8_192  # Q2
 
 _SOAP = "http://www.w3.org/2003/05/soap-envelope"
 _ADDRESSING = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
 _WSMAN = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
+_MS_WSMAN = "http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd"
 _SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 _TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
 _FAULT_NS = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
 _WMI_ERROR_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/MSFT_WmiError"
+_FAULT_DETAIL = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail"
 _SHELL_URI = f"{_SHELL}/cmd"
 _ANONYMOUS = f"{_ADDRESSING}/role/anonymous"
 _COMMAND_DONE = f"{_SHELL}/CommandState/Done"
 _COMMAND_RUNNING = f"{_SHELL}/CommandState/Running"
 _FAULT_ACTION = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
 
-_ENCRYPTED_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
-_ENCRYPTED_CONTENT_TYPE = (
-    f'multipart/encrypted;protocol="{_ENCRYPTED_PROTOCOL}";boundary="Encrypted Boundary"'
-)
+_ENCRYPTED_CONTENT_TYPE = 'multipart/encrypted;protocol="{protocol}";boundary="Encrypted Boundary"'
 _BOUNDARY = b"--Encrypted Boundary"
-_DEFAULT_MAX_ENVELOPE = 153_600
+_DEFAULT_CLIENT_ENVELOPE = 153_600  # what a client that names no MaxEnvelopeSize gets
 # Bytes a Receive reply needs besides its stream data (header, CommandState, End markers).
 _RECEIVE_SKELETON_RESERVE = 2_048
 
 Action = Literal["Create", "Command", "Send", "Receive", "Signal", "Delete"]
+
+_ENVIRONMENT: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("wsman_environment")
+
+
+def command_environment() -> dict[str, str]:
+    """Inside a handler: the variables the client set with ``rsp:Environment`` (rule C2)."""
+    return dict(_ENVIRONMENT.get({}))
 
 
 @dataclass
@@ -193,6 +204,40 @@ CommandHandler = Callable[[str, list[str], bytes], CommandOutput]
 """``handler(command, arguments, stdin) -> CommandResult``, called once stdin has ended."""
 
 
+def clixml_error(lines: list[str]) -> bytes:
+    """What powershell.exe writes to stderr when it fails before its script runs (rule S1).
+
+    A progress record first, as a host that loads modules writes one, then each line as one
+    error string; characters XML 1.0 cannot carry, and a literal ``_x``, as ``_xHHHH_``.
+    """
+
+    def escaped(text: str) -> str:
+        out = []
+        for char in text:
+            code = ord(char)
+            if char == "_":
+                out.append("_x005F_")
+            elif code < 0x20 or 0xD800 <= code <= 0xDFFF:
+                out.append(f"_x{code:04X}_")
+            elif code > 0xFFFF:  # a surrogate pair, one escape per UTF-16 code unit
+                high, low = divmod(code - 0x10000, 0x400)
+                out.append(f"_x{0xD800 + high:04X}__x{0xDC00 + low:04X}_")
+            else:
+                out.append(char)
+        return escape("".join(out))
+
+    strings = "".join(f'<S S="Error">{escaped(line + chr(13) + chr(10))}</S>' for line in lines)
+    return (
+        "#< CLIXML\r\n"
+        '<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+        '<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject'
+        '</T><T>System.Object</T></TN><MS><I64 N="SourceId">1</I64><PR N="Record">'
+        "<AV>Preparing modules for first use.</AV><AI>0</AI><Nil /><PI>-1</PI><PC>-1</PC>"
+        "<T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj>"
+        f"{strings}</Objs>"
+    ).encode()
+
+
 @dataclass
 class Faults:
     """Trouble to inject; change the fields while the server runs.
@@ -200,7 +245,7 @@ class Faults:
     Message numbers count WSMan messages since start (or the last ``counters.reset()``), from 1.
     ``*_times`` fields count down as faults fire; ``None`` means "every time".
 
-    >>> faults = Faults(fault_on_action="Receive", fault_code=SHELL_NOT_FOUND, fault_times=1)
+    >>> faults = Faults(fault_on_action="Receive", fault_code=INVALID_SELECTORS, fault_times=1)
     >>> faults.fault_on_action, faults.fault_code, faults.fault_times   # the next Receive faults
     ('Receive', 2150858843, 1)
     """
@@ -215,8 +260,13 @@ class Faults:
     # Send injected faults as MSFT_WmiError (error_Code) instead of a WSManFault element: how
     # Windows often reports the MaxConcurrentOperationsPerUser quota.
     fault_as_wmi_error: bool = False
+    http_status_on_action: tuple[str, int] | None = None  # ("Receive", 503): a bare HTTP error
+    http_status_times: int | None = None
     reject_credentials: bool = False  # every request gets HTTP 401
     handler_delay_s: float = 0.0  # hold each command's result back this long
+    # powershell.exe fails before its script runs (Constrained Language Mode, a missing
+    # assembly): these lines go to stderr as CLIXML, exit code 1, the handler is not called.
+    powershell_fails_with: list[str] | None = None
 
 
 @dataclass
@@ -226,7 +276,9 @@ class ServerCounters:
     messages: dict[str, int] = field(default_factory=dict)  # {"Create": 1, "Receive": 12, ...}
     commands: int = 0
     command_lines: list[str] = field(default_factory=list)  # "powershell -NoProfile -"
+    command_options: list[dict[str, str]] = field(default_factory=list)  # wsman:OptionSet each
     stdin_payloads: list[bytes] = field(default_factory=list)  # one whole stdin per command
+    signals: list[str] = field(default_factory=list)  # the last segment of each Signal code
     largest_request_bytes: int = 0  # largest SOAP envelope received (decrypted)
     largest_reply_bytes: int = 0  # largest SOAP envelope sent (before encryption)
     unauthorized_replies: int = 0  # HTTP 401s sent (NTLM's first round trip is one)
@@ -237,14 +289,9 @@ class ServerCounters:
         return sum(self.messages.values())
 
     def reset(self) -> None:
-        self.messages.clear()
-        self.commands = 0
-        self.command_lines.clear()
-        self.stdin_payloads.clear()
-        self.largest_request_bytes = 0
-        self.largest_reply_bytes = 0
-        self.unauthorized_replies = 0
-        self.connections = 0
+        fresh = ServerCounters()
+        for name in vars(fresh):
+            setattr(self, name, getattr(fresh, name))
 
 
 class WSManServer:
@@ -252,7 +299,8 @@ class WSManServer:
 
     ``ssl_context`` makes it HTTPS (see :mod:`provisioner.lab.tls`); without it the server
     speaks plain HTTP, where Basic is accepted only while ``allow_unencrypted`` (Windows'
-    AllowUnencrypted) and NTLM requests are message-encrypted.
+    AllowUnencrypted) and NTLM or Negotiate requests are message-encrypted. The quotas are
+    Windows' defaults unless given (rules Q1 to Q4).
     """
 
     def __init__(
@@ -266,10 +314,10 @@ class WSManServer:
         allow_unencrypted: bool = True,
         ntlm: bool = True,
         faults: Faults | None = None,
-        max_shells: int = 30,
-        max_operations: int = 1_500,
+        max_shells: int = MAX_SHELLS_PER_USER,
+        max_operations: int = MAX_OPERATIONS_PER_USER,
+        max_envelope_kb: int = MAX_ENVELOPE_KB,
         max_output_per_receive: int = 100_000,
-        max_envelope_bytes: int = 153_600,
     ) -> None:
         self.handler = handler
         self.username = username
@@ -280,9 +328,8 @@ class WSManServer:
         self.faults = faults or Faults()
         self.max_shells = max_shells
         self.max_operations = max_operations
+        self.max_envelope_kb = max_envelope_kb
         self.max_output_per_receive = max_output_per_receive
-        # Larger requests are refused: one pywinrm Send over ~150 KB fails on Windows too.
-        self.max_envelope_bytes = max_envelope_bytes
         self.counters = ServerCounters()
         self.handler_errors: list[BaseException] = []  # exceptions the handler raised
 
@@ -366,7 +413,13 @@ class WSManServer:
         with self._lock:
             return len(self._shells)
 
-    # -- HTTP: auth and encryption -----------------------------------------------------------
+    @property
+    def operations(self) -> int:
+        """Operations held against MaxConcurrentOperationsPerUser now (rule Q4)."""
+        with self._lock:
+            return self._operations_held()
+
+    # -- HTTP: size, auth and encryption -------------------------------------------------------
 
     def _handle_post(self, request: _RequestHandler, body: bytes) -> None:
         if request.path.split("?")[0] != "/wsman":
@@ -375,17 +428,20 @@ class WSManServer:
         if not self._authenticated(request):
             return
         if not body:
-            # The empty request pywinrm sends to set up the NTLM security context.
+            # The empty request clients send to set up the NTLM security context.
             request.send_reply(200, b"")
+            return
+        if len(body) > self.max_envelope_kb * 1024:
+            request.send_reply(413, b"")  # Q1: refused before any SOAP processing
             return
         content_type = request.headers.get("Content-Type", "")
         encrypted = content_type.startswith("multipart/encrypted")
         if encrypted:
-            if request.ntlm_context is None or not request.ntlm_context.complete:
+            if request.auth_context is None or not request.auth_context.complete:
                 request.send_reply(400, b"")
                 return
             try:
-                body = _unwrap_message(request.ntlm_context, body)
+                body = _unwrap_message(request.auth_context, body)
             except Exception:
                 log.debug("could not decrypt a WSMan message", exc_info=True)
                 request.send_reply(400, b"")
@@ -395,16 +451,19 @@ class WSManServer:
             request.send_reply(500, b"")
             return
 
-        outcome = self._handle_envelope(body)
+        outcome = self._handle_envelope(body, _Client(request.client_address[0], request.user))
         if outcome is None:
             request.drop()
             return
         status, reply = outcome
-        if encrypted and request.ntlm_context is not None:
+        if status != 200 and not reply:
+            request.send_reply(status, b"")
+        elif encrypted and request.auth_context is not None:
+            protocol = content_type.split('protocol="', 1)[-1].split('"', 1)[0]
             request.send_reply(
                 status,
-                _wrap_message(request.ntlm_context, reply),
-                _ENCRYPTED_CONTENT_TYPE,
+                _wrap_message(request.auth_context, reply, protocol),
+                _ENCRYPTED_CONTENT_TYPE.format(protocol=protocol),
             )
         else:
             request.send_reply(status, reply)
@@ -414,10 +473,13 @@ class WSManServer:
         scheme, _, token = header.partition(" ")
         if self.faults.reject_credentials:
             return self._refuse(request)
-        if request.ntlm_context is not None and request.ntlm_context.complete and not header:
+        if request.auth_context is not None and request.auth_context.complete and not header:
             return True  # NTLM authenticates the connection, not each request
         if scheme.lower() == "basic":
-            return self._check_basic(token) or self._refuse(request)
+            if self._check_basic(token):
+                request.user = self.username
+                return True
+            return self._refuse(request)
         if scheme.lower() in ("negotiate", "ntlm") and self.ntlm:
             return self._step_ntlm(request, scheme, token)
         return self._refuse(request)
@@ -433,23 +495,29 @@ class WSManServer:
         return user_ok and password_ok
 
     def _step_ntlm(self, request: _RequestHandler, scheme: str, token: str) -> bool:
+        """One step of NTLM, raw or wrapped in SPNEGO (what ``Negotiate`` clients send)."""
         import spnego  # imported here: only servers with NTLM need it
 
         try:
             in_token = base64.b64decode(token)
             with _ntlm_user_file(self._ntlm_file):
-                if request.ntlm_context is None or request.ntlm_context.complete:
-                    request.ntlm_context = spnego.server(
-                        protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+                if request.auth_context is None or request.auth_context.complete:
+                    # The negotiate acceptor takes both a SPNEGO token and a bare NTLM one.
+                    request.auth_context = spnego.server(
+                        protocol="negotiate", options=spnego.NegotiateOptions.use_negotiate
                     )
-                out_token = request.ntlm_context.step(in_token)
+                out_token = request.auth_context.step(in_token)
         except Exception:
-            request.ntlm_context = None
+            log.debug("NTLM step refused", exc_info=True)
+            request.auth_context = None
             return self._refuse(request)
-        if not request.ntlm_context.complete:
-            challenge = f"{scheme} {base64.b64encode(out_token or b'').decode()}"
-            request.send_reply(401, b"", extra_headers={"WWW-Authenticate": challenge})
+        answer = f"{scheme} {base64.b64encode(out_token).decode()}" if out_token else None
+        if not request.auth_context.complete:
+            request.send_reply(401, b"", extra_headers={"WWW-Authenticate": answer or scheme})
             return False
+        # SPNEGO ends with a token the client needs (mechListMIC): it rides on the reply.
+        request.pending_auth_header = answer
+        request.user = str(request.auth_context.client_principal or self.username)
         return True
 
     def _refuse(self, request: _RequestHandler) -> bool:
@@ -468,7 +536,7 @@ class WSManServer:
 
     # -- WSMan: faults injected, then the shell protocol ----------------------------------------
 
-    def _handle_envelope(self, body: bytes) -> tuple[int, bytes] | None:
+    def _handle_envelope(self, body: bytes, client: _Client) -> tuple[int, bytes] | None:
         """``(HTTP status, SOAP reply)``, or ``None`` to drop the connection unanswered."""
         try:
             message = _Message.parse(body)
@@ -489,32 +557,44 @@ class WSManServer:
                 injected = faults.fault_code
             elif _fire(faults, "fault_times", faults.fault_on_action == message.action):
                 injected = faults.fault_code
+            status_fault = faults.http_status_on_action
+            bare_status = _fire(
+                faults,
+                "http_status_times",
+                status_fault is not None and status_fault[0] == message.action,
+            )
         if faults.latency_s:
             time.sleep(faults.latency_s)
         if drop:
             return None
-        if injected is None and len(body) > self.max_envelope_bytes:
-            injected = ENVELOPE_TOO_LARGE
-        if injected is not None:
-            reason = self._fault_reason(injected, message)
-            status, reply = 500, _fault(message, injected, reason, wmi=faults.fault_as_wmi_error)
-        else:
-            try:
-                status, reply = 200, self._dispatch(message)
-            except _WSManFault as fault:
-                status, reply = 500, _fault(message, fault.code, fault.reason, fault.subcode)
+        if bare_status and status_fault is not None:
+            return status_fault[1], b""
+        try:
+            if injected is not None:
+                raise self._fault_for(injected, message)
+            reply = self._dispatch(message, client)
+            status = 200
+        except _WSManFault as fault:
+            status, reply = (
+                500,
+                _fault(message, fault, wmi=injected is not None and faults.fault_as_wmi_error),
+            )
         with self._lock:
             self.counters.largest_reply_bytes = max(self.counters.largest_reply_bytes, len(reply))
         return status, reply
 
-    def _dispatch(self, message: _Message) -> bytes:
+    def _dispatch(self, message: _Message, client: _Client) -> bytes:
         if message.resource_uri != _SHELL_URI:
-            raise _WSManFault(INVALID_PARAMETER, "unknown resource URI", "w:InvalidParameter")
+            raise _WSManFault(
+                INVALID_PARAMETER, "The resource URI is not supported.", "w:InvalidParameter"
+            )
+        if message.max_envelope_bytes < _MIN_CLIENT_ENVELOPE:
+            raise self._fault_for(ENVELOPE_SIZE_NOT_SUPPORTED, message)  # Q2
         if message.action == "Create":
-            return self._create(message)
-        if message.action == "Delete":
-            return self._delete(message)
+            return self._create(message, client)
         shell = self._shell(message)
+        if message.action == "Delete":
+            return self._delete(message, shell)
         if message.action == "Command":
             return self._command(message, shell)
         if message.action == "Send":
@@ -524,54 +604,74 @@ class WSManServer:
         if message.action == "Signal":
             return self._signal(message, shell)
         raise _WSManFault(
-            INVALID_PARAMETER, f"unsupported action {message.action}", "a:ActionNotSupported"
+            INVALID_PARAMETER,
+            f"The action {message.action} is not supported.",
+            "a:ActionNotSupported",
         )
 
-    def _create(self, message: _Message) -> bytes:
+    def _create(self, message: _Message, client: _Client) -> bytes:
         codepage = int(message.options.get("WINRS_CODEPAGE") or 437)
         try:
             encoding = codecs.lookup(f"cp{codepage}").name
         except LookupError:
             raise _WSManFault(
-                INVALID_PARAMETER, f"WINRS_CODEPAGE {codepage} is not valid", "w:InvalidOptions"
+                INVALID_PARAMETER, f"WINRS_CODEPAGE {codepage} is not valid.", "w:InvalidOptions"
             ) from None
-        shell = _Shell(id=_new_id(), codepage=codepage, encoding=encoding)
+        variables = message.body.findall(
+            f"{{{_SHELL}}}Shell/{{{_SHELL}}}Environment/{{{_SHELL}}}Variable"
+        )
+        environment = {v.get("Name", ""): v.text or "" for v in variables}
+        shell = _Shell(id=_new_id(), codepage=codepage, encoding=encoding, environment=environment)
         with self._lock:
             if len(self._shells) >= self.max_shells:
-                raise _WSManFault(
-                    MAX_SHELLS_EXCEEDED, self._fault_reason(MAX_SHELLS_EXCEEDED, message)
-                )
+                raise self._fault_for(MAX_SHELLS_EXCEEDED, message)
+            if self._operations_held() >= self.max_operations:
+                raise self._fault_for(MAX_OPERATIONS_EXCEEDED, message)
             self._shells[shell.id] = shell
+        echoed = "".join(
+            f"<rsp:Variable Name={quoteattr(name)}>{escape(value)}</rsp:Variable>"
+            for name, value in environment.items()
+        )
         return _envelope(
             f"{_TRANSFER}/CreateResponse",
             message,
-            f"<x:ResourceCreated><a:Address>{_ANONYMOUS}</a:Address><a:ReferenceParameters>"
+            f"<x:ResourceCreated><a:Address>{escape(self.url)}</a:Address><a:ReferenceParameters>"
             f"<w:ResourceURI>{_SHELL_URI}</w:ResourceURI><w:SelectorSet>"
             f'<w:Selector Name="ShellId">{shell.id}</w:Selector></w:SelectorSet>'
             f"</a:ReferenceParameters></x:ResourceCreated>"
-            f"<rsp:Shell><rsp:ShellId>{shell.id}</rsp:ShellId><rsp:ResourceUri>{_SHELL_URI}"
-            f"</rsp:ResourceUri><rsp:InputStreams>stdin</rsp:InputStreams>"
-            f"<rsp:OutputStreams>stdout stderr</rsp:OutputStreams></rsp:Shell>",
+            f'<rsp:Shell xmlns:rsp="{_SHELL}"><rsp:ShellId>{shell.id}</rsp:ShellId>'
+            f"<rsp:ResourceUri>{_SHELL_URI}</rsp:ResourceUri>"
+            f"<rsp:Owner>{escape(client.user)}</rsp:Owner>"
+            f"<rsp:ClientIP>{escape(client.address)}</rsp:ClientIP>"
+            + (f"<rsp:Environment>{echoed}</rsp:Environment>" if environment else "")
+            + f"<rsp:IdleTimeOut>{IDLE_TIMEOUT}</rsp:IdleTimeOut>"
+            "<rsp:InputStreams>stdin</rsp:InputStreams>"
+            "<rsp:OutputStreams>stdout stderr</rsp:OutputStreams>"
+            "<rsp:ShellRunTime>P0DT0H0M0S</rsp:ShellRunTime>"
+            "<rsp:ShellInactivity>P0DT0H0M0S</rsp:ShellInactivity></rsp:Shell>",
         )
 
-    def _delete(self, message: _Message) -> bytes:
-        with self._lock:
-            if self._shells.pop(message.shell_id or "", None) is None:
-                raise _WSManFault(SHELL_NOT_FOUND, self._fault_reason(SHELL_NOT_FOUND, message))
+    def _delete(self, message: _Message, shell: _Shell) -> bytes:
+        with self._changed:
+            self._shells.pop(shell.id, None)
+            shell.commands.clear()
+            self._changed.notify_all()  # a Receive waiting in this shell answers F2 now
         return _envelope(f"{_TRANSFER}/DeleteResponse", message, "")
 
     def _shell(self, message: _Message) -> _Shell:
         with self._lock:
             shell = self._shells.get(message.shell_id or "")
         if shell is None:
-            raise _WSManFault(SHELL_NOT_FOUND, self._fault_reason(SHELL_NOT_FOUND, message))
+            raise self._fault_for(INVALID_SELECTORS, message)  # F2
         return shell
 
     def _command(self, message: _Message, shell: _Shell) -> bytes:
         line = message.body.find(f"{{{_SHELL}}}CommandLine")
         if line is None:
             raise _WSManFault(
-                INVALID_PARAMETER, "Command without rsp:CommandLine", "w:InvalidParameter"
+                INVALID_PARAMETER,
+                "The Command request holds no rsp:CommandLine.",
+                "w:InvalidParameter",
             )
         command = _Command(
             id=_new_id(),
@@ -579,14 +679,13 @@ class WSManServer:
             arguments=[a.text or "" for a in line.iterfind(f"{{{_SHELL}}}Arguments")],
         )
         with self._lock:
-            live = sum(len(s.commands) for s in self._shells.values())
-            if live >= self.max_operations:
-                raise _WSManFault(
-                    MAX_OPERATIONS_EXCEEDED, self._fault_reason(MAX_OPERATIONS_EXCEEDED, message)
-                )
+            if self._operations_held() >= self.max_operations:
+                raise self._fault_for(MAX_OPERATIONS_EXCEEDED, message)
             shell.commands[command.id] = command
+            shell.operations += 1  # held until the shell is deleted (Q4)
             self.counters.commands += 1
             self.counters.command_lines.append(" ".join([command.command, *command.arguments]))
+            self.counters.command_options.append(dict(message.options))
         return _envelope(
             f"{_SHELL}/CommandResponse",
             message,
@@ -597,39 +696,46 @@ class WSManServer:
         stream = message.body.find(f"{{{_SHELL}}}Send/{{{_SHELL}}}Stream")
         if stream is None or stream.get("Name") != "stdin":
             raise _WSManFault(
-                INVALID_PARAMETER, "Send without a stdin rsp:Stream", "w:InvalidParameter"
+                INVALID_PARAMETER,
+                "The Send request holds no stdin rsp:Stream.",
+                "w:InvalidParameter",
             )
         command = self._command_of(shell, stream.get("CommandId"), message)
         with self._lock:
             if command.stdin_ended:
                 raise _WSManFault(
-                    INVALID_PARAMETER, "stdin of this command has ended", "w:InvalidParameter"
+                    INVALID_PARAMETER, "The stdin of this command has ended.", "w:InvalidParameter"
                 )
             command.stdin.append(base64.b64decode(stream.text or ""))
-            command.stdin_ended = stream.get("End", "false").lower() == "true"
+            command.stdin_ended = stream.get("End", "false").lower() == "true"  # C3
             if command.stdin_ended:
                 self._start(shell, command)
         return _envelope(f"{_SHELL}/SendResponse", message, "<rsp:SendResponse/>")
 
     def _receive(self, message: _Message, shell: _Shell) -> bytes:
         desired = message.body.find(f"{{{_SHELL}}}Receive/{{{_SHELL}}}DesiredStream")
-        command = self._command_of(
-            shell, None if desired is None else desired.get("CommandId"), message
-        )
+        command_id = None if desired is None else desired.get("CommandId")
+        command = self._command_of(shell, command_id, message)
         with self._changed:
             if not command.started and not command.stdin:
                 self._start(shell, command)  # a command that got no stdin runs at once
             waited = self._changed.wait_for(
-                lambda: command.finished or bool(command.output) or self._stopping,
+                lambda: (
+                    command.finished
+                    or bool(command.output)
+                    or self._stopping
+                    or shell.commands.get(command.id) is not command
+                ),
                 timeout=message.operation_timeout_s,
             )
+            if self._stopping or shell.id not in self._shells:
+                raise self._fault_for(INVALID_SELECTORS, message)  # F2: the shell went away
+            if shell.commands.get(command.id) is not command:
+                raise self._fault_for(INVALID_SELECTORS, message, command=True)  # F1
             if not waited:
-                raise _WSManFault(
-                    OPERATION_TIMEOUT, self._fault_reason(OPERATION_TIMEOUT, message), "w:TimedOut"
-                )
-            if self._stopping:
-                raise _WSManFault(SHELL_NOT_FOUND, "the WinRM service is stopping")
-            streams = self._take_output(command, message.max_envelope_bytes)
+                raise self._fault_for(OPERATION_TIMEOUT, message)  # F3
+            limit = min(message.max_envelope_bytes, self.max_envelope_kb * 1024)  # Q2
+            streams = self._take_output(command, limit)
             done = command.finished and not command.output
         state = _COMMAND_DONE if done else _COMMAND_RUNNING
         exit_code = f"<rsp:ExitCode>{command.exit_code}</rsp:ExitCode>" if done else ""
@@ -670,22 +776,28 @@ class WSManServer:
 
     def _signal(self, message: _Message, shell: _Shell) -> bytes:
         signal = message.body.find(f"{{{_SHELL}}}Signal")
-        command_id = None if signal is None else signal.get("CommandId")
-        with self._lock:
-            # terminate (or any other code) ends the operation and frees its quota slot
-            shell.commands.pop(command_id or "", None)
+        command = self._command_of(
+            shell, None if signal is None else signal.get("CommandId"), message
+        )
+        code = "" if signal is None else signal.findtext(f"{{{_SHELL}}}Code") or ""
+        with self._changed:
+            # The command ends (a Receive waiting on it answers F1), but its operation stays
+            # counted until the shell is deleted (Q4).
+            shell.commands.pop(command.id, None)
+            self.counters.signals.append(code.rsplit("/", 1)[-1])
+            self._changed.notify_all()
         return _envelope(f"{_SHELL}/SignalResponse", message, "<rsp:SignalResponse/>")
 
     def _command_of(self, shell: _Shell, command_id: str | None, message: _Message) -> _Command:
         with self._lock:
             command = shell.commands.get(command_id or "")
         if command is None:
-            raise _WSManFault(
-                INVALID_PARAMETER,
-                f"the command {command_id} is not running in shell {shell.id}",
-                "w:InvalidSelectors",
-            )
+            raise self._fault_for(INVALID_SELECTORS, message, command=True)  # F1
         return command
+
+    def _operations_held(self) -> int:
+        """Operations against MaxConcurrentOperationsPerUser (lock held; Q4, a GUESS)."""
+        return sum(shell.operations for shell in self._shells.values())
 
     def _start(self, shell: _Shell, command: _Command) -> None:
         """Run the handler in its own thread, so a slow one makes Receives time out (lock held)."""
@@ -702,12 +814,17 @@ class WSManServer:
         worker.start()
 
     def _run_handler(self, shell: _Shell, command: _Command, stdin: bytes) -> None:
+        _ENVIRONMENT.set(dict(shell.environment))  # what the command's process inherits (C2)
         try:
             if self.faults.handler_delay_s:
                 time.sleep(self.faults.handler_delay_s)
-            result = self.handler(command.command, list(command.arguments), stdin)
-            stdout, stderr = shell.encode(result.stdout), shell.encode(result.stderr)
-            exit_code = result.exit_code
+            fails_with = self.faults.powershell_fails_with
+            if fails_with is not None and _is_powershell(command.command):
+                stdout, stderr, exit_code = b"", clixml_error(fails_with), 1  # S1
+            else:
+                result = self.handler(command.command, list(command.arguments), stdin)
+                stdout, stderr = shell.encode(result.stdout), shell.encode(result.stderr)
+                exit_code = result.exit_code
         except Exception as exc:
             # A broken simulated host shows up as a failed command, and in handler_errors.
             self.handler_errors.append(exc)
@@ -722,27 +839,51 @@ class WSManServer:
             self._changed.notify_all()
             self._workers.discard(threading.current_thread())
 
-    def _fault_reason(self, code: int, request: _Message) -> str:
-        """The text Windows gives with a fault code."""
+    def _fault_for(self, code: int, request: _Message, *, command: bool = False) -> _WSManFault:
+        """The fault Windows answers with ``code``, in its documented shape (F1 to F4, Q2 to Q4)."""
+        if code == INVALID_SELECTORS:
+            # F1 names the command in a plain message; F2 wraps it in the shell provider's fault.
+            return _WSManFault(
+                code,
+                "The WS-Management service cannot process the request: its selectors name no "
+                "resource that exists.",
+                "w:InvalidSelectors",
+                sender=True,
+                detail="UnexpectedSelectors",
+                provider=None if command else "Shell provider",
+                message="The Windows Remote Shell got a request for a command identifier that "
+                "does not exist: the command has ended, or the identifier is wrong."
+                if command
+                else f"The shell {request.shell_id} does not exist on this host.",
+            )
         reasons = {
-            OPERATION_TIMEOUT: "The WS-Management service cannot complete the operation within "
-            "the time specified in OperationTimeout.",
-            SHELL_NOT_FOUND: "The request for the Windows Remote Shell with ShellId "
-            f"{request.shell_id} failed because the shell was not found on the server. Possible "
-            "causes are: the specified ShellId is incorrect or the shell no longer exists on the "
-            "server.",
-            ENVELOPE_TOO_LARGE: "The WinRM client sent a request to the remote WS-Management "
-            "service and was notified that the request size exceeded the configured "
-            "MaxEnvelopeSize quota.",
-            MAX_SHELLS_EXCEEDED: "The WS-Management service cannot process the request. This user "
-            f"is allowed a maximum number of {self.max_shells} concurrent shells, which has been "
-            "exceeded. Close existing shells or raise the quota for this user.",
-            MAX_OPERATIONS_EXCEEDED: "The WS-Management service cannot process the request. This "
-            f"user is allowed a maximum number of {self.max_operations} concurrent operations, "
-            "which has been exceeded. Close existing operations for this user, or raise the quota "
-            "for this user.",
+            OPERATION_TIMEOUT: (
+                "w:TimedOut",
+                "The WS-Management service cannot complete the operation within the time "
+                "given in OperationTimeout.",
+            ),
+            ENVELOPE_SIZE_NOT_SUPPORTED: (
+                "w:EncodingLimit",
+                f"The MaxEnvelopeSize of the request ({request.max_envelope_bytes}) is below "
+                f"the {_MIN_CLIENT_ENVELOPE} octets the service supports.",
+            ),
+            MAX_SHELLS_EXCEEDED: (
+                "w:QuotaLimit",
+                "The WS-Management service cannot process the request. This user may hold at "
+                f"most {self.max_shells} concurrent shells, which has been exceeded. Close "
+                "existing shells or raise the quota for this user.",
+            ),
+            MAX_OPERATIONS_EXCEEDED: (
+                "w:QuotaLimit",
+                "The WS-Management service cannot process the request. This user may run at "
+                f"most {self.max_operations} concurrent operations, which has been exceeded. "
+                "Close existing operations for this user, or raise the quota for this user.",
+            ),
         }
-        return reasons.get(code, f"The WS-Management service failed with error {code}.")
+        subcode, reason = reasons.get(
+            code, ("w:InternalError", f"The WS-Management service failed with error {code}.")
+        )
+        return _WSManFault(code, reason, subcode)
 
 
 # -- state -------------------------------------------------------------------------------------
@@ -753,7 +894,9 @@ class _Shell:
     id: str
     codepage: int
     encoding: str
+    environment: dict[str, str] = field(default_factory=dict)
     commands: dict[str, _Command] = field(default_factory=dict)
+    operations: int = 1  # the shell and every command started in it (Q4)
 
     def encode(self, text: bytes | str) -> bytes:
         return text if isinstance(text, bytes) else text.encode(self.encoding, errors="replace")
@@ -774,8 +917,19 @@ class _Command:
     output: deque[tuple[str, bytes]] = field(default_factory=deque)
 
 
+@dataclass(frozen=True)
+class _Client:
+    address: str  # ClientIP in CreateResponse
+    user: str  # Owner in CreateResponse
+
+
 def _new_id() -> str:
     return str(uuid.uuid4()).upper()
+
+
+def _is_powershell(command: str) -> bool:
+    name = command.replace("/", "\\").rsplit("\\", 1)[-1].lower()
+    return name in ("powershell", "powershell.exe")
 
 
 def _fire(faults: Faults, times_field: str, condition: bool) -> bool:
@@ -829,7 +983,7 @@ class _Message:
                 header.findtext(f"{{{_WSMAN}}}OperationTimeout") or "PT60S"
             ),
             max_envelope_bytes=int(
-                header.findtext(f"{{{_WSMAN}}}MaxEnvelopeSize") or _DEFAULT_MAX_ENVELOPE
+                header.findtext(f"{{{_WSMAN}}}MaxEnvelopeSize") or _DEFAULT_CLIENT_ENVELOPE
             ),
             body=body,
         )
@@ -848,56 +1002,70 @@ def _duration_s(text: str) -> float:
 
 
 def _envelope(action_uri: str, request: _Message, body: str) -> bytes:
+    """A reply envelope with the header fields a real listener sends (H1)."""
     return (
         f'<s:Envelope xml:lang="en-US" xmlns:s="{_SOAP}" xmlns:a="{_ADDRESSING}" '
-        f'xmlns:x="{_TRANSFER}" xmlns:w="{_WSMAN}" xmlns:rsp="{_SHELL}" xmlns:f="{_FAULT_NS}">'
+        f'xmlns:x="{_TRANSFER}" xmlns:w="{_WSMAN}" xmlns:rsp="{_SHELL}" xmlns:p="{_MS_WSMAN}">'
         f"<s:Header><a:Action>{action_uri}</a:Action>"
-        f"<a:MessageID>uuid:{_new_id()}</a:MessageID><a:To>{_ANONYMOUS}</a:To>"
-        f"<a:RelatesTo>{escape(request.message_id)}</a:RelatesTo></s:Header>"
-        f"<s:Body>{body}</s:Body></s:Envelope>"
+        f"<a:MessageID>uuid:{_new_id()}</a:MessageID><p:ActivityId>{_new_id()}</p:ActivityId>"
+        f"<a:To>{_ANONYMOUS}</a:To><a:RelatesTo>{escape(request.message_id)}</a:RelatesTo>"
+        f"</s:Header><s:Body>{body}</s:Body></s:Envelope>"
     ).encode()
 
 
 class _WSManFault(Exception):
-    def __init__(self, code: int, reason: str, subcode: str = "w:InternalError") -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        subcode: str = "w:InternalError",
+        *,
+        sender: bool = False,
+        detail: str | None = None,
+        provider: str | None = None,
+        message: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.subcode = subcode
+        self.sender = sender  # s:Sender (the request is wrong) or s:Receiver
+        self.detail = detail  # the w:FaultDetail URI's last segment
+        self.provider = provider  # the plug-in whose f:ProviderFault wraps the message
+        self.message = message or reason  # f:Message
 
 
-_SUBCODES = {
-    OPERATION_TIMEOUT: "w:TimedOut",
-    SHELL_NOT_FOUND: "w:InvalidSelectors",
-    MAX_SHELLS_EXCEEDED: "w:QuotaLimit",
-    MAX_OPERATIONS_EXCEEDED: "w:QuotaLimit",
-    ENVELOPE_TOO_LARGE: "w:EncodingLimit",
-}
-
-
-def _fault(
-    request: _Message, code: int, reason: str, subcode: str | None = None, *, wmi: bool = False
-) -> bytes:
-    subcode = subcode or _SUBCODES.get(code, "w:InternalError")
+def _fault(request: _Message, fault: _WSManFault, *, wmi: bool = False) -> bytes:
     if wmi:
         detail = (
             f'<p:MSFT_WmiError xmlns:p="{_WMI_ERROR_NS}"><p:CIMStatusCode>27</p:CIMStatusCode>'
-            f"<p:Message>{escape(reason)}</p:Message>"
-            f"<p:MessageID>HRESULT 0x{code:08x}</p:MessageID>"
-            f"<p:error_Code>{code}</p:error_Code><p:error_Type>HRESULT</p:error_Type>"
+            f"<p:Message>{escape(fault.reason)}</p:Message>"
+            f"<p:MessageID>HRESULT 0x{fault.code:08x}</p:MessageID>"
+            f"<p:error_Code>{fault.code}</p:error_Code><p:error_Type>HRESULT</p:error_Type>"
             "</p:MSFT_WmiError>"
         )
     else:
+        inner = f"<f:Message>{escape(fault.message)}</f:Message>"
+        if fault.provider is not None:
+            inner = (
+                f"<f:Message><f:ProviderFault provider={quoteattr(fault.provider)} "
+                'path="%systemroot%\\system32\\WsmSvc.dll">'
+                f'<f:WSManFault xmlns:f="{_FAULT_NS}" Code="{fault.code}" Machine="127.0.0.1">'
+                f"{inner}</f:WSManFault></f:ProviderFault></f:Message>"
+            )
         detail = (
-            f'<f:WSManFault Code={quoteattr(str(code))} Machine="127.0.0.1">'
-            f"<f:Message>{escape(reason)}</f:Message></f:WSManFault>"
+            f"<w:FaultDetail>{_FAULT_DETAIL}/{fault.detail}</w:FaultDetail>" if fault.detail else ""
+        ) + (
+            f'<f:WSManFault xmlns:f="{_FAULT_NS}" Code="{fault.code}" Machine="127.0.0.1">'
+            f"{inner}</f:WSManFault>"
         )
+    code = "s:Sender" if fault.sender else "s:Receiver"
     return _envelope(
         _FAULT_ACTION,
         request,
-        f"<s:Fault><s:Code><s:Value>s:Receiver</s:Value><s:Subcode><s:Value>{subcode}</s:Value>"
-        f'</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">{escape(reason)}</s:Text>'
-        f"</s:Reason><s:Detail>{detail}</s:Detail></s:Fault>",
+        f"<s:Fault><s:Code><s:Value>{code}</s:Value><s:Subcode><s:Value>{fault.subcode}"
+        f'</s:Value></s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">'
+        f"{escape(fault.reason)}</s:Text></s:Reason><s:Detail>{detail}</s:Detail></s:Fault>",
     )
 
 
@@ -944,12 +1112,12 @@ def _unwrap_message(context: Any, body: bytes) -> bytes:
     return bytes(message)
 
 
-def _wrap_message(context: Any, message: bytes) -> bytes:
+def _wrap_message(context: Any, message: bytes, protocol: str) -> bytes:
     sealed: bytes = context.wrap(message, encrypt=True).data
     signature, data = sealed[:16], sealed[16:]
     return (
         _BOUNDARY + b"\r\n"
-        b"\tContent-Type: " + _ENCRYPTED_PROTOCOL.encode() + b"\r\n"
+        b"\tContent-Type: " + protocol.encode() + b"\r\n"
         b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
         + str(len(message)).encode()
         + b"\r\n"
@@ -977,7 +1145,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.ntlm_context: Any = None  # NTLM authenticates a connection, so it lives here
+        self.auth_context: Any = None  # NTLM authenticates a connection, so it lives here
+        self.user = ""  # who the connection authenticated as
+        self.pending_auth_header: str | None = None  # SPNEGO's last token, for the next reply
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -998,6 +1168,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if body:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.pending_auth_header is not None:
+            self.send_header("WWW-Authenticate", self.pending_auth_header)
+            self.pending_auth_header = None
         for name, value in (extra_headers or {}).items():
             self.send_header(name, value)
         self.end_headers()

@@ -16,8 +16,8 @@ from typing import Any
 
 from provisioner.lab.windows_host import LockRecord, WindowsHost
 from provisioner.lab.wsman_server import (
+    INVALID_SELECTORS,
     MAX_OPERATIONS_EXCEEDED,
-    SHELL_NOT_FOUND,
     WSManServer,
 )
 from provisioner.remote import scripts
@@ -262,7 +262,7 @@ def test_an_apply_whose_answer_is_lost_is_unknown_not_repeated(lab_for: LabFor) 
         estate.server("ws-0102"),
         payload=b'"steps"',  # the apply batch: it ran, its answer is lost
         action="Receive",
-        code=SHELL_NOT_FOUND,
+        code=INVALID_SELECTORS,
         times=1,
     )
     estate.reset_counters()
