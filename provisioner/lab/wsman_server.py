@@ -262,6 +262,8 @@ class Faults:
     fault_as_wmi_error: bool = False
     http_status_on_action: tuple[str, int] | None = None  # ("Receive", 503): a bare HTTP error
     http_status_times: int | None = None
+    cut_reply_on_action: str | None = None  # send half of this action's reply, then hang up
+    cut_reply_times: int | None = None
     reject_credentials: bool = False  # every request gets HTTP 401
     handler_delay_s: float = 0.0  # hold each command's result back this long
     # powershell.exe fails before its script runs (Constrained Language Mode, a missing
@@ -339,6 +341,7 @@ class WSManServer:
         self._shells: dict[str, _Shell] = {}
         self._workers: set[threading.Thread] = set()
         self._stopping = False
+        self._stopped = threading.Event()  # ends handler delays at stop()
         self._http: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._ntlm_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -349,6 +352,7 @@ class WSManServer:
         if self._http is not None:
             raise RuntimeError("the WSMan server is already running")
         self._stopping = False
+        self._stopped.clear()
         if self.ntlm:
             self._ntlm_dir = tempfile.TemporaryDirectory(prefix="wsman-ntlm-")
             _write_ntlm_user_file(self._ntlm_file, self.username, self._password)
@@ -370,6 +374,7 @@ class WSManServer:
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
+        self._stopped.set()
         http.shutdown()
         http.close_connections()
         http.server_close()  # joins the connection threads
@@ -434,8 +439,8 @@ class WSManServer:
         if len(body) > self.max_envelope_kb * 1024:
             request.send_reply(413, b"")  # Q1: refused before any SOAP processing
             return
-        content_type = request.headers.get("Content-Type", "")
-        encrypted = content_type.startswith("multipart/encrypted")
+        content_type_of_request = request.headers.get("Content-Type", "")
+        encrypted = content_type_of_request.startswith("multipart/encrypted")
         if encrypted:
             if request.auth_context is None or not request.auth_context.complete:
                 request.send_reply(400, b"")
@@ -455,18 +460,13 @@ class WSManServer:
         if outcome is None:
             request.drop()
             return
-        status, reply = outcome
-        if status != 200 and not reply:
-            request.send_reply(status, b"")
-        elif encrypted and request.auth_context is not None:
-            protocol = content_type.split('protocol="', 1)[-1].split('"', 1)[0]
-            request.send_reply(
-                status,
-                _wrap_message(request.auth_context, reply, protocol),
-                _ENCRYPTED_CONTENT_TYPE.format(protocol=protocol),
-            )
-        else:
-            request.send_reply(status, reply)
+        status, reply, cut = outcome
+        content_type = "application/soap+xml;charset=UTF-8"
+        if encrypted and request.auth_context is not None and reply:
+            protocol = content_type_of_request.split('protocol="', 1)[-1].split('"', 1)[0]
+            reply = _wrap_message(request.auth_context, reply, protocol)
+            content_type = _ENCRYPTED_CONTENT_TYPE.format(protocol=protocol)
+        request.send_reply(status, reply, content_type, cut=cut)
 
     def _authenticated(self, request: _RequestHandler) -> bool:
         header = request.headers.get("Authorization", "")
@@ -536,12 +536,12 @@ class WSManServer:
 
     # -- WSMan: faults injected, then the shell protocol ----------------------------------------
 
-    def _handle_envelope(self, body: bytes, client: _Client) -> tuple[int, bytes] | None:
-        """``(HTTP status, SOAP reply)``, or ``None`` to drop the connection unanswered."""
+    def _handle_envelope(self, body: bytes, client: _Client) -> tuple[int, bytes, bool] | None:
+        """``(HTTP status, SOAP reply, cut it off)``, or ``None`` to drop the connection."""
         try:
             message = _Message.parse(body)
         except (ET.ParseError, ValueError) as exc:
-            return 400, f"malformed WSMan message: {exc}".encode()
+            return 400, f"malformed WSMan message: {exc}".encode(), False
 
         faults = self.faults
         with self._lock:
@@ -563,12 +563,13 @@ class WSManServer:
                 "http_status_times",
                 status_fault is not None and status_fault[0] == message.action,
             )
+            cut = _fire(faults, "cut_reply_times", faults.cut_reply_on_action == message.action)
         if faults.latency_s:
             time.sleep(faults.latency_s)
         if drop:
             return None
         if bare_status and status_fault is not None:
-            return status_fault[1], b""
+            return status_fault[1], b"", False
         try:
             if injected is not None:
                 raise self._fault_for(injected, message)
@@ -581,7 +582,7 @@ class WSManServer:
             )
         with self._lock:
             self.counters.largest_reply_bytes = max(self.counters.largest_reply_bytes, len(reply))
-        return status, reply
+        return status, reply, cut
 
     def _dispatch(self, message: _Message, client: _Client) -> bytes:
         if message.resource_uri != _SHELL_URI:
@@ -817,7 +818,7 @@ class WSManServer:
         _ENVIRONMENT.set(dict(shell.environment))  # what the command's process inherits (C2)
         try:
             if self.faults.handler_delay_s:
-                time.sleep(self.faults.handler_delay_s)
+                self._stopped.wait(self.faults.handler_delay_s)
             fails_with = self.faults.powershell_fails_with
             if fails_with is not None and _is_powershell(command.command):
                 stdout, stderr, exit_code = b"", clixml_error(fails_with), 1  # S1
@@ -1163,7 +1164,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body: bytes,
         content_type: str = "application/soap+xml;charset=UTF-8",
         extra_headers: dict[str, str] | None = None,
+        *,
+        cut: bool = False,
     ) -> None:
+        """Answer; ``cut`` sends half the body under the full Content-Length and hangs up."""
         self.send_response(status)
         if body:
             self.send_header("Content-Type", content_type)
@@ -1174,7 +1178,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         for name, value in (extra_headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        if body:
+        if cut:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.drop()
+        elif body:
             self.wfile.write(body)
 
     def drop(self) -> None:

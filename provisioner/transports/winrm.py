@@ -1,9 +1,9 @@
 """WinRM transport: one WinRS shell per host, commands fed over stdin, errors that say what to fix.
 
 Built on pywinrm's :class:`winrm.protocol.Protocol` rather than ``Session.run_ps``, whose
-``-EncodedCommand`` line overflows cmd.exe's 8,191 characters: scripts and data go over stdin, in
-chunks below the envelope limit (pywinrm never splits, and one Send over ~150 KB fails on
-Windows)::
+``-EncodedCommand`` line overflows cmd.exe's 8,191 characters: scripts and data go over stdin
+(console mode off, as Ansible sends it), in chunks below the host's MaxEnvelopeSizekb (pywinrm
+never splits; 500 KB is the default, some hosts have 150 KB)::
 
     endpoint = WinRMEndpoint("tapi01.example.net", user="EXAMPLE\\\\svc-prov",
                              password=Secret("..."), ca_file="ca/example-root.pem")
@@ -14,13 +14,17 @@ Windows)::
         session.counters                       # SessionCounters(commands=1, messages=5)
 
 The first ``run`` opens the shell (Create); each command costs Command, its Sends, Receives and a
-Signal; closing the session deletes the shell.
+Signal; closing the session deletes the shell. Every command has an overall deadline
+(``command_timeout_s``), and :meth:`WinRMSession.abort` stops a session from another thread (on
+Ctrl-C): it signals the running command and deletes the shell over a connection of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import threading
 import time
 import traceback
 import xml.etree.ElementTree as ET
@@ -55,8 +59,8 @@ _FAULT_ADVICE = {
     "overloaded or the command hangs; raise operation_timeout_s or check the host",
     SHELL_NOT_FOUND: "the WinRS shell is gone (host restarted, WinRM service restarted, or the "
     "shell passed IdleTimeout): run again",
-    ENVELOPE_TOO_LARGE: "a request exceeded the host's MaxEnvelopeSizekb: lower max_send_bytes "
-    'or raise it (winrm set winrm/config @{MaxEnvelopeSizekb="500"})',
+    ENVELOPE_TOO_LARGE: "a request exceeded the host's MaxEnvelopeSizekb: raise it to Windows' "
+    'default (winrm set winrm/config @{MaxEnvelopeSizekb="500"})',
     MAX_SHELLS_EXCEEDED: "quota MaxShellsPerUser exceeded: close other WinRM sessions of this user "
     'or raise it (winrm set winrm/config/winrs @{MaxShellsPerUser="30"})',
     MAX_OPERATIONS_EXCEEDED: "quota MaxConcurrentOperationsPerUser exceeded: wait for other "
@@ -75,7 +79,8 @@ _CODE_ALIASES = {2144108120: MAX_OPERATIONS_EXCEEDED}
 _MAX_ENVELOPE = Protocol.DEFAULT_MAX_ENV_SIZE
 _SEND_ENVELOPE_RESERVE = 4_096
 _MAX_SEND_BYTES = (_MAX_ENVELOPE - _SEND_ENVELOPE_RESERVE) // 4 * 3
-_RETRY_DELAYS_S = (0.2, 0.5)  # three tries in all
+_RETRY_DELAY_S = 0.5  # before the one retry of a read-only command
+_ABORT_OPERATION_TIMEOUT_S = 5  # Signal and Delete sent by abort() wait no longer than this
 
 Auth = Literal["ntlm", "kerberos", "credssp", "basic", "certificate"]
 
@@ -109,7 +114,27 @@ class WinRMFaultError(WinRMError):
 
 
 class WinRMConnectionError(WinRMError):
-    """The host could not be reached: refused, timed out, unknown name, or connection lost."""
+    """The host could not be reached: refused, unknown name, or connection lost."""
+
+
+class WinRMReadTimeoutError(WinRMConnectionError):
+    """The host did not answer one message within ``read_timeout_s``."""
+
+
+class WinRMHTTPError(WinRMError):
+    """The host answered an HTTP error without a WSMan fault; ``status`` is its code."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WinRMDeadlineError(WinRMError):
+    """A command outlived ``command_timeout_s`` and was stopped on the host."""
+
+
+class WinRMInterrupted(WinRMError):
+    """The session was aborted (Ctrl-C) while a command ran; its shell was closed."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +156,7 @@ class WinRMEndpoint:
     allow_insecure: bool = False  # basic over http, or https without verification (labs only)
     operation_timeout_s: int = 20
     read_timeout_s: int = 30
+    command_timeout_s: int = 1800  # one command, all its messages and its retry together
     cert_pem: str | None = None  # client certificate and key, for auth="certificate"
     cert_key_pem: str | None = None
 
@@ -161,10 +187,11 @@ class SessionCounters:
 
 
 class WinRMSession:
-    """One WinRS shell on one host, reused by every command of a run; not thread-safe.
+    """One WinRS shell on one host, reused by every command of a run.
 
     ``codepage`` is the shell's ``WINRS_CODEPAGE`` (65001 = UTF-8 output); ``max_send_bytes``
-    is the most stdin one Send carries.
+    is the most stdin one Send carries. Commands run one at a time from one thread;
+    :meth:`abort` is the one method another thread may call.
     """
 
     def __init__(
@@ -183,6 +210,9 @@ class WinRMSession:
         self.counters = SessionCounters()
         self._protocol: Protocol | None = None
         self._shell_id: str | None = None
+        self._running: tuple[str, str] | None = None  # (shell, command) while one runs
+        self._lock = threading.Lock()  # guards _shell_id and _running against abort()
+        self._interrupted = threading.Event()
 
     def __repr__(self) -> str:
         return f"WinRMSession({self.endpoint.url}, auth={self.endpoint.auth})"
@@ -204,59 +234,86 @@ class WinRMSession:
         stdin: bytes = b"",
         *,
         retry: bool = False,
+        on_retry: Callable[[WinRMError], None] | None = None,
     ) -> CommandResult:
         """Run ``command`` in the session's shell, feed it ``stdin`` and wait for its output.
 
-        ``retry=True`` is for read-only commands: connection failures and a lost shell are tried
-        again (three tries, a new shell when needed). Other commands are never repeated blindly;
-        they are only tried again in a new shell when the shell was gone before they started.
+        ``retry=True`` is for read-only commands: after a transient failure (connection reset,
+        broken stream, HTTP 5xx, the shell gone) the command runs once more in a fresh shell,
+        and ``on_retry`` hears why. Other commands are never repeated blindly; they only move to
+        a fresh shell when the old one failed them before they started. All tries together
+        must end within ``command_timeout_s``.
         """
-        attempt = 0  # tries used up by retry=True
-        reopened = False
+        deadline = time.monotonic() + self.endpoint.command_timeout_s
+        retried = False
+        replaced = False  # the shell was replaced before the command started
         while True:
             started = False
             try:
                 shell_id = self._ensure_shell()
-                command_id = self._call(Protocol.run_command, shell_id, command, list(arguments))
+                command_id = self._call(
+                    Protocol.run_command,
+                    shell_id,
+                    command,
+                    list(arguments),
+                    console_mode_stdin=False,
+                )
                 started = True
                 self.counters.commands += 1
-                return self._finish(shell_id, command_id, stdin)
-            except WinRMFaultError as error:
-                if error.code == MAX_OPERATIONS_EXCEEDED and not started and not reopened:
-                    # Windows counts operations per shell even after Signal (pywinrm issue 124):
-                    # a fresh shell starts from zero, and the command never ran.
-                    reopened = True
+                return self._finish(command, shell_id, command_id, stdin, deadline)
+            except WinRMError as error:
+                if self._interrupted.is_set() and not isinstance(error, WinRMInterrupted):
+                    raise self._interruption() from None
+                unstarted = isinstance(error, WinRMFaultError) and error.code in (
+                    MAX_OPERATIONS_EXCEEDED,  # Windows counts operations until Delete
+                    SHELL_NOT_FOUND,
+                )
+                if unstarted and not started and not replaced:
+                    replaced = True  # the command never ran: running it now is no repeat
                     self._drop_shell()
                     continue
-                if error.code != SHELL_NOT_FOUND:
+                if not retry or retried or not _transient(error):
                     raise
-                self._shell_id = None  # gone on the host: the next try opens a new one
-                if not started and not reopened:
-                    reopened = True  # the command never ran: running it now is no repeat
-                    continue
-                if not retry or attempt >= len(_RETRY_DELAYS_S):
-                    raise
-            except WinRMConnectionError:
-                if not retry or attempt >= len(_RETRY_DELAYS_S):
-                    raise
-            log.info("WinRM %s: %s failed, trying again", self.endpoint.address, command)
-            time.sleep(_RETRY_DELAYS_S[attempt])
-            attempt += 1
+                retried = True
+                log.info(
+                    "WinRM %s: %s failed (%s), trying again", self.endpoint.address, command, error
+                )
+                if on_retry is not None:
+                    on_retry(error)
+                self._drop_shell()
+                time.sleep(_RETRY_DELAY_S)
+                self._check_deadline(command, deadline)
 
-    def _drop_shell(self) -> None:
-        """Delete the current shell but keep the connection; errors are swallowed."""
-        shell_id, self._shell_id = self._shell_id, None
-        if shell_id is not None and self._protocol is not None:
-            try:
-                self._call(Protocol.close_shell, shell_id, close_session=False)
-            except WinRMError:
-                log.debug("WinRM %s: deleting shell failed", self.endpoint.address, exc_info=True)
+    def abort(self) -> None:
+        """Stop this session from any thread: Signal its command, Delete its shell, now.
+
+        Both go over a connection of their own (the session's may be waiting in a Receive). The
+        thread running a command gets :class:`WinRMInterrupted`; later commands are refused.
+        Errors are swallowed: the host drops idle shells anyway.
+        """
+        self._interrupted.set()
+        with self._lock:
+            shell_id, self._shell_id = self._shell_id, None
+            running = self._running
+        if shell_id is None:
+            return
+        endpoint = dataclasses.replace(
+            self.endpoint,
+            operation_timeout_s=min(self.endpoint.operation_timeout_s, _ABORT_OPERATION_TIMEOUT_S),
+            read_timeout_s=min(self.endpoint.read_timeout_s, _ABORT_OPERATION_TIMEOUT_S + 5),
+        )
+        protocol = self._make_protocol(endpoint)
+        if running is not None and running[0] == shell_id:
+            _quietly(endpoint, "Signal", lambda: protocol.cleanup_command(shell_id, running[1]))
+        _quietly(endpoint, "Delete", lambda: protocol.close_shell(shell_id))
+        protocol.transport.close_session()
 
     def close(self) -> None:
         """Delete the shell. Errors are swallowed: the host drops idle shells anyway."""
-        protocol, shell_id = self._protocol, self._shell_id
-        self._shell_id = None
-        self._protocol = None
+        with self._lock:
+            protocol, shell_id = self._protocol, self._shell_id
+            self._shell_id = None
+            self._protocol = None
         if protocol is None:
             return
         try:
@@ -269,37 +326,48 @@ class WinRMSession:
 
     # -- inside ------------------------------------------------------------------------------
 
-    def _finish(self, shell_id: str, command_id: str, stdin: bytes) -> CommandResult:
-        host_unreachable = False
+    def _finish(
+        self, command: str, shell_id: str, command_id: str, stdin: bytes, deadline: float
+    ) -> CommandResult:
+        with self._lock:
+            self._running = (shell_id, command_id)
+        signal = True
         try:
-            if stdin:
-                chunks = [
-                    stdin[i : i + self.max_send_bytes]
-                    for i in range(0, len(stdin), self.max_send_bytes)
-                ]
-                for index, chunk in enumerate(chunks):
-                    end = index == len(chunks) - 1
-                    self._call(Protocol.send_command_input, shell_id, command_id, chunk, end)
-            return self._receive_all(shell_id, command_id)
+            chunks = [
+                stdin[i : i + self.max_send_bytes]
+                for i in range(0, len(stdin), self.max_send_bytes)
+            ]
+            for index, chunk in enumerate(chunks):
+                self._check_deadline(command, deadline)
+                end = index == len(chunks) - 1
+                self._call(Protocol.send_command_input, shell_id, command_id, chunk, end)
+            return self._receive_all(command, shell_id, command_id, deadline)
         except WinRMConnectionError:
-            host_unreachable = True
+            # No Signal after a lost connection: a hung host would make it wait read_timeout_s
+            # again, and deleting the shell at close releases the command anyway.
+            signal = False
+            raise
+        except BaseException as exc:
+            signal = isinstance(exc, Exception)  # Ctrl-C: abort() signals over its own line
             raise
         finally:
-            # Signal even after a WSMan fault: on Windows an unsignalled command keeps holding
-            # one of the user's MaxConcurrentOperationsPerUser slots while the shell lives. Not
-            # after a lost connection: a hung host would make the Signal wait read_timeout_s
-            # again, and deleting the shell at close releases the command anyway.
-            if not host_unreachable:
+            with self._lock:
+                self._running = None
+            # Signal even after a WSMan fault, and after the deadline: it stops the command.
+            if signal and not self._interrupted.is_set():
                 try:
                     self._call(Protocol.cleanup_command, shell_id, command_id)
                 except WinRMError:
                     log.debug("WinRM %s: Signal failed", self.endpoint.address, exc_info=True)
 
-    def _receive_all(self, shell_id: str, command_id: str) -> CommandResult:
+    def _receive_all(
+        self, command: str, shell_id: str, command_id: str, deadline: float
+    ) -> CommandResult:
         """pywinrm's ``get_command_output`` loop: Receive until Done, each reply ~100 KB."""
         stdout: list[bytes] = []
         stderr: list[bytes] = []
         while True:
+            self._check_deadline(command, deadline)
             try:
                 out, err, exit_code, done = self._call(
                     Protocol.get_command_output_raw,
@@ -314,21 +382,55 @@ class WinRMSession:
             if done:
                 return CommandResult(b"".join(stdout), b"".join(stderr), exit_code)
 
-    def _ensure_shell(self) -> str:
-        if self._shell_id is None:
-            if self._protocol is None:
-                self._protocol = self._make_protocol()
-                if self.endpoint.allow_insecure and _insecure(self.endpoint):
-                    log.warning(
-                        "WinRM %s: %s (allow_insecure is set)",
-                        self.endpoint.address,
-                        _insecure(self.endpoint),
-                    )
-            self._shell_id = self._call(Protocol.open_shell, noprofile=True, codepage=self.codepage)
-        return self._shell_id
+    def _check_deadline(self, command: str, deadline: float) -> None:
+        if time.monotonic() < deadline:
+            return
+        limit = self.endpoint.command_timeout_s
+        raise WinRMDeadlineError(
+            f"WinRM {self.endpoint.address}: {command} did not finish within "
+            f"winrm.command_timeout_s={limit} s and was stopped: the host kept answering "
+            "OperationTimeout or sent its output too slowly; check the host, or raise "
+            "command_timeout_s in the winrm settings of the Site, the TapiServer or the inventory"
+        )
 
-    def _make_protocol(self) -> Protocol:
-        endpoint = self.endpoint
+    def _interruption(self) -> WinRMInterrupted:
+        return WinRMInterrupted(f"WinRM {self.endpoint.address}: interrupted; the shell was closed")
+
+    def _drop_shell(self) -> None:
+        """Delete the current shell but keep the connection; errors are swallowed."""
+        with self._lock:
+            shell_id, self._shell_id = self._shell_id, None
+        if shell_id is not None and self._protocol is not None:
+            try:
+                self._call(Protocol.close_shell, shell_id, close_session=False)
+            except WinRMError:
+                log.debug("WinRM %s: deleting shell failed", self.endpoint.address, exc_info=True)
+
+    def _ensure_shell(self) -> str:
+        with self._lock:
+            if self._shell_id is not None:
+                return self._shell_id
+        if self._protocol is None:
+            self._protocol = self._make_protocol(self.endpoint)
+            if self.endpoint.allow_insecure and _insecure(self.endpoint):
+                log.warning(
+                    "WinRM %s: %s (allow_insecure is set)",
+                    self.endpoint.address,
+                    _insecure(self.endpoint),
+                )
+        shell_id = self._call(Protocol.open_shell, noprofile=True, codepage=self.codepage)
+        with self._lock:
+            if not self._interrupted.is_set():
+                self._shell_id = shell_id
+                return shell_id
+        # aborted while the shell was being made: nobody else knows it, so delete it here
+        protocol = self._protocol
+        _quietly(
+            self.endpoint, "Delete", lambda: protocol.close_shell(shell_id, close_session=False)
+        )
+        raise self._interruption()
+
+    def _make_protocol(self, endpoint: WinRMEndpoint) -> Protocol:
         verify = endpoint.scheme == "https" and not (
             endpoint.allow_insecure and not endpoint.ca_file
         )
@@ -359,6 +461,8 @@ class WinRMSession:
         **kwargs: Any,
     ) -> _T:
         """``operation(protocol, *args, **kwargs)``, its failures translated."""
+        if self._interrupted.is_set():
+            raise self._interruption()
         assert self._protocol is not None
         try:
             with _translated_errors(self.endpoint, operation_timeout_is_fault):
@@ -369,6 +473,26 @@ class WinRMSession:
             # and sets up encryption again (pywinrm would resend under the old keys).
             self._protocol.transport.close_session()
             raise
+
+
+def _quietly(endpoint: WinRMEndpoint, what: str, send: Callable[[], object]) -> None:
+    """Send one clean-up message; a failure is logged, not raised."""
+    try:
+        with _translated_errors(endpoint, operation_timeout_is_fault=True):
+            send()
+    except WinRMError:
+        log.debug("WinRM %s: %s failed", endpoint.address, what, exc_info=True)
+
+
+def _transient(error: WinRMError) -> bool:
+    """Whether a read-only command may run once more in a fresh shell after ``error``."""
+    if isinstance(error, WinRMReadTimeoutError):
+        return False  # a hung host: another try only doubles the wait
+    if isinstance(error, WinRMConnectionError):
+        return True  # reset, refused, broken stream
+    if isinstance(error, WinRMHTTPError):
+        return 500 <= error.status < 600
+    return isinstance(error, WinRMFaultError) and error.code == SHELL_NOT_FOUND
 
 
 _T = TypeVar("_T")
@@ -437,6 +561,11 @@ def _check_endpoint(endpoint: WinRMEndpoint) -> None:
     if endpoint.auth == "credssp" and not pywinrm_transport.HAVE_CREDSSP:
         raise WinRMConfigError(
             f"{where}: auth credssp needs extra packages: pip install 'provisioner[credssp]'"
+        )
+    if endpoint.command_timeout_s < endpoint.operation_timeout_s:
+        raise WinRMConfigError(
+            f"{where}: command_timeout_s ({endpoint.command_timeout_s}) must be at least "
+            f"operation_timeout_s ({endpoint.operation_timeout_s})"
         )
     if endpoint.operation_timeout_s < 1 or endpoint.read_timeout_s <= endpoint.operation_timeout_s:
         raise WinRMConfigError(
@@ -507,8 +636,19 @@ def _translated_errors(endpoint: WinRMEndpoint, operation_timeout_is_fault: bool
                 f"unencrypted transport (auth {endpoint.auth} over {endpoint.scheme}): use "
                 "scheme https, or auth ntlm (encrypted over http)"
             ) from None
-        raise WinRMError(
-            f"{where} answered HTTP {exc.code}: check that {endpoint.url} is a WinRM listener"
+        if exc.code == 413:
+            advice = _FAULT_ADVICE[ENVELOPE_TOO_LARGE]
+            raise WinRMHTTPError(f"{where}: {advice} (HTTP 413)", exc.code) from None
+        if 500 <= exc.code < 600:
+            raise WinRMHTTPError(
+                f"{where} answered HTTP {exc.code} without a WSMan fault: the WinRM service "
+                "failed or is restarting; run again, and check the host's WinRM event log if "
+                "it lasts",
+                exc.code,
+            ) from None
+        raise WinRMHTTPError(
+            f"{where} answered HTTP {exc.code}: check that {endpoint.url} is a WinRM listener",
+            exc.code,
         ) from None
     except requests.exceptions.SSLError as exc:
         trust = f"CA file {endpoint.ca_file}" if endpoint.ca_file else "the default CA bundle"
@@ -523,7 +663,7 @@ def _translated_errors(endpoint: WinRMEndpoint, operation_timeout_is_fault: bool
             f"listens on port {endpoint.port} ({endpoint.scheme}) and that the firewall allows it"
         ) from None
     except requests.exceptions.Timeout as exc:
-        raise WinRMConnectionError(
+        raise WinRMReadTimeoutError(
             f"{where} did not answer within read_timeout_s={endpoint.read_timeout_s} "
             f"({_reason(exc)}): check the host, or raise read_timeout_s"
         ) from None

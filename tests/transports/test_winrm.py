@@ -6,6 +6,9 @@ import dataclasses
 import hashlib
 import logging
 import socket
+import threading
+import time
+from typing import Any
 
 import pytest
 from winrm import transport as pywinrm_transport
@@ -24,9 +27,13 @@ from provisioner.transports.winrm import (
     WinRMAuthError,
     WinRMConfigError,
     WinRMConnectionError,
+    WinRMDeadlineError,
     WinRMEncryptionError,
     WinRMEndpoint,
+    WinRMError,
     WinRMFaultError,
+    WinRMHTTPError,
+    WinRMInterrupted,
     WinRMSession,
     WinRMTLSError,
 )
@@ -213,26 +220,174 @@ def test_dropped_connection_is_not_retried_for_a_changing_command(
 
 
 @pytest.mark.parametrize("transport", ["https-basic", "http-ntlm"])
-def test_dropped_connection_is_retried_for_a_read_only_command(
+def test_dropped_connection_is_retried_once_in_a_fresh_shell_for_a_read_only_command(
     start_wsman: StartWSMan, lab_tls: LabTLS, transport: str
 ) -> None:
     server, endpoint = serve(start_wsman, lab_tls, transport)
     server.faults.drop_after_messages = 3
     server.faults.drop_times = 1
+    causes: list[WinRMError] = []
     with WinRMSession(endpoint) as session:
         # NTLM: the new connection authenticates again and gets new encryption keys
-        assert session.run("upper", stdin=b"read", retry=True).stdout == b"READ"
+        assert session.run("upper", stdin=b"read", retry=True, on_retry=causes.append).stdout == (
+            b"READ"
+        )
         assert session.run("upper", stdin=b"more").stdout == b"MORE"
     assert server.counters.commands == 3
-    assert server.counters.messages["Create"] == 1  # the shell survived the lost connection
+    assert server.counters.messages["Create"] == 2  # the retry ran in a fresh shell
+    assert [type(c) for c in causes] == [WinRMConnectionError]
+    assert server.open_shells == 0
 
 
-def test_retries_stop_after_three_tries(start_wsman: StartWSMan, lab_tls: LabTLS) -> None:
+def test_a_read_only_command_is_retried_once_only(start_wsman: StartWSMan, lab_tls: LabTLS) -> None:
     server, endpoint = serve(start_wsman, lab_tls, "https-basic")
-    server.faults.drop_after_messages = 1  # only Create is answered
+    server.faults.drop_after_messages = 1  # only the first Create is answered
+    causes: list[WinRMError] = []
     with pytest.raises(WinRMConnectionError), WinRMSession(endpoint) as session:
-        session.run("echo", retry=True)
-    assert server.counters.messages["Command"] == 3
+        session.run("echo", retry=True, on_retry=causes.append)
+    assert server.counters.messages["Command"] == 1
+    assert server.counters.messages["Create"] == 2  # the retry's fresh shell was never made
+    assert len(causes) == 1
+
+
+@pytest.mark.parametrize(("retry", "creates"), [(True, 2), (False, 1)])
+def test_http_5xx_is_retried_once_for_a_read_only_command_only(
+    start_wsman: StartWSMan, lab_tls: LabTLS, retry: bool, creates: int
+) -> None:
+    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+    server.faults.http_status_on_action = ("Receive", 503)
+    server.faults.http_status_times = 1
+    causes: list[WinRMError] = []
+    with WinRMSession(endpoint) as session:
+        if retry:
+            assert session.run("echo", ["x"], retry=True, on_retry=causes.append).stdout == b"x\r\n"
+        else:
+            with pytest.raises(WinRMHTTPError) as caught:
+                session.run("echo", ["x"], on_retry=causes.append)
+            assert caught.value.status == 503
+            assert "HTTP 503 without a WSMan fault" in str(caught.value)
+    assert server.counters.messages["Create"] == creates
+    assert [str(c) for c in causes] == (
+        [
+            f"WinRM 127.0.0.1:{server.port} answered HTTP 503 without a WSMan fault: the WinRM "
+            "service failed or is restarting; run again, and check the host's WinRM event log if "
+            "it lasts"
+        ]
+        if retry
+        else []
+    )
+
+
+def test_a_reply_cut_off_midway_is_retried_for_a_read_only_command(
+    start_wsman: StartWSMan, lab_tls: LabTLS
+) -> None:
+    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+    server.faults.cut_reply_on_action = "Receive"
+    server.faults.cut_reply_times = 1
+    causes: list[WinRMError] = []
+    with WinRMSession(endpoint) as session:
+        assert session.run("repeat", ["50000", "y"], retry=True, on_retry=causes.append).stdout == (
+            b"y" * 50_000
+        )
+    assert len(causes) == 1 and "the HTTP exchange failed" in str(causes[0])
+
+
+def test_a_request_over_the_hosts_max_envelope_size_is_explained(
+    start_wsman: StartWSMan, lab_tls: LabTLS
+) -> None:
+    server = start_wsman(tls=True, max_envelope_kb=100)  # lowered on this host
+    endpoint = endpoint_for(server, ca_file=lab_tls.ca_file)
+    with pytest.raises(WinRMHTTPError) as caught, WinRMSession(endpoint) as session:
+        session.run("digest", stdin=b"z" * 100_000)  # one Send of ~134 KB
+    assert caught.value.status == 413
+    assert "MaxEnvelopeSizekb" in str(caught.value)
+    assert "WinRM listener" not in str(caught.value)
+
+
+def test_stdin_goes_with_console_mode_off(start_wsman: StartWSMan, lab_tls: LabTLS) -> None:
+    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+    with WinRMSession(endpoint) as session:
+        session.run("upper", stdin=b"data")
+    assert server.counters.command_options[0]["WINRS_CONSOLEMODE_STDIN"] == "FALSE"
+
+
+def run_in_thread(
+    session: WinRMSession, *args: Any, **kwargs: Any
+) -> tuple[threading.Thread, list[Any]]:
+    """``session.run(...)`` in a daemon thread; the list gets its result or exception."""
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append(session.run(*args, **kwargs))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["silent", "trickling"])
+def test_a_command_that_does_not_finish_is_stopped_at_command_timeout(
+    start_wsman: StartWSMan, lab_tls: LabTLS, trickle: bool
+) -> None:
+    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+    endpoint = dataclasses.replace(
+        endpoint, operation_timeout_s=1, read_timeout_s=3, command_timeout_s=2
+    )
+    if trickle:  # a byte every 20 ms: each Receive has output, none finishes the command
+        server.max_output_per_receive = 1
+        server.faults.latency_s = 0.02
+    else:  # nothing ever: every Receive answers the OperationTimeout fault
+        server.faults.handler_delay_s = 60
+    session = WinRMSession(endpoint)
+    thread, outcome = run_in_thread(session, "repeat", ["100000", "t"], retry=True)
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the command was not stopped"
+    assert isinstance(outcome[0], WinRMDeadlineError)
+    assert "winrm.command_timeout_s=2" in str(outcome[0])
+    assert "the Site, the TapiServer or the inventory" in str(outcome[0])
+    assert server.counters.signals == ["terminate"]  # it was told to stop
+    assert server.counters.commands == 1  # a deadline is not retried
+    session.close()
+
+
+def test_abort_from_another_thread_stops_the_command_and_deletes_the_shell(
+    start_wsman: StartWSMan, lab_tls: LabTLS
+) -> None:
+    server, endpoint = serve(start_wsman, lab_tls, "http-ntlm")
+    server.faults.handler_delay_s = 60  # a command that hangs
+    endpoint = dataclasses.replace(endpoint, operation_timeout_s=5, read_timeout_s=10)
+    session = WinRMSession(endpoint)
+    thread, outcome = run_in_thread(session, "echo", ["never"])
+    while server.counters.messages.get("Receive", 0) < 1:
+        time.sleep(0.01)
+    started = time.monotonic()
+    session.abort()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 3  # not the 5 s OperationTimeout, nor the 60 s command
+    assert isinstance(outcome[0], WinRMInterrupted)
+    assert server.open_shells == 0
+    assert server.counters.signals == ["terminate"]
+    with pytest.raises(WinRMInterrupted):
+        session.run("echo", ["later"])
+    session.close()
+    assert server.counters.messages["Delete"] == 1
+
+
+def test_abort_of_an_idle_session_deletes_its_shell(
+    start_wsman: StartWSMan, lab_tls: LabTLS
+) -> None:
+    server, endpoint = serve(start_wsman, lab_tls, "https-basic")
+    session = WinRMSession(endpoint)
+    session.run("echo", ["one"])
+    session.abort()
+    assert server.open_shells == 0
+    assert server.counters.signals == ["terminate"]  # the first command's own Signal only
+    session.close()
+    session.abort()  # twice is harmless
 
 
 def test_lost_shell_is_reopened_for_a_read_only_command(
