@@ -340,15 +340,19 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every user error into one line and exit code 1."""
     try:
         code = app.main(args=argv, prog_name="provisioner", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        code = EXIT_ERROR
+    except click.exceptions.Abort as exc:
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)  # click's word for Ctrl-C
+        click.echo("interrupted" if interrupted else "aborted", err=True)
+        code = EXIT_INTERRUPTED if interrupted else EXIT_ERROR
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         code = EXIT_ERROR
@@ -357,5 +361,5 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_ERROR
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        code = EXIT_ERROR
+        code = EXIT_INTERRUPTED
     sys.exit(code if isinstance(code, int) else EXIT_OK)

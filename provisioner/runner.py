@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -44,7 +45,7 @@ from provisioner.remote.contract import (
     LockRequest,
     Operation,
 )
-from provisioner.remote.host import HostError, RemoteHost
+from provisioner.remote.host import HostError, RemoteHost, RetryEvent
 from provisioner.resources import MODULE_OF, line_assignment
 from provisioner.resources.base import HostContext
 from provisioner.resources.services import cti_engine_name
@@ -72,6 +73,7 @@ def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpo
         password=password,
         ca_file=settings.ca_file,
         allow_insecure=bool(settings.allow_insecure),
+        **({"command_timeout_s": settings.command_timeout_s} if settings.command_timeout_s else {}),
     )
 
 
@@ -131,7 +133,9 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.abort()  # Ctrl-C: stop and delete every shell over fresh connections
         self.close()
 
     def close(self) -> None:
@@ -139,10 +143,20 @@ class Run:
             remote.close()
         self._remote.clear()
 
+    def abort(self) -> None:
+        """From any thread: stop every host's running command and delete its shell."""
+        remotes = list(self._remote.values())
+        self._parallel(lambda remote: remote.abort(), remotes)
+
+    @property
+    def retries(self) -> list[RetryEvent]:
+        """Every gather that ran again in a fresh shell during this run, and why."""
+        return [event for remote in self._remote.values() for event in remote.retries]
+
     def remote(self, host: Host) -> RemoteHost:
         if host.key not in self._remote:
             endpoint = endpoint_for(self.estate, self.inventory, host)
-            self._remote[host.key] = RemoteHost(host.name, endpoint)
+            self._remote[host.key] = RemoteHost(host.name, endpoint, on_retry=_print_retry)
         return self._remote[host.key]
 
     def gather(
@@ -299,8 +313,19 @@ class Run:
     def _parallel(self, function: Callable[[_In], _Out], items: Sequence[_In]) -> list[_Out]:
         if len(items) <= 1:
             return [function(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(self.parallelism, len(items))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self.parallelism, len(items)))
+        try:
             return list(pool.map(function, items))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self.abort()  # Ctrl-C: the workers wait on their hosts until the shells close
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _print_retry(event: RetryEvent) -> None:
+    print(event.line(), file=sys.stderr)
 
 
 def _acting_of(changes: Iterable[Change]) -> list[Change]:

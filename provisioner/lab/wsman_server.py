@@ -119,7 +119,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -344,7 +344,6 @@ class WSManServer:
         self._stopped = threading.Event()  # ends handler delays at stop()
         self._http: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
-        self._ntlm_dir: tempfile.TemporaryDirectory[str] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -353,10 +352,14 @@ class WSManServer:
             raise RuntimeError("the WSMan server is already running")
         self._stopping = False
         self._stopped.clear()
+        http = _HTTPServer(("127.0.0.1", self._requested_port), self)
         if self.ntlm:
-            self._ntlm_dir = tempfile.TemporaryDirectory(prefix="wsman-ntlm-")
-            _write_ntlm_user_file(self._ntlm_file, self.username, self._password)
-        self._http = _HTTPServer(("127.0.0.1", self._requested_port), self)
+            try:
+                _NTLM_ACCOUNTS.add(self)
+            except ValueError:
+                http.server_close()
+                raise
+        self._http = http
         self._serve_thread = threading.Thread(
             target=self._http.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -387,9 +390,7 @@ class WSManServer:
             worker.join(timeout=5)
         with self._lock:
             self._shells.clear()
-        if self._ntlm_dir is not None:
-            self._ntlm_dir.cleanup()
-            self._ntlm_dir = None
+        _NTLM_ACCOUNTS.remove(self)
         self._http = None
         self._serve_thread = None
 
@@ -500,13 +501,12 @@ class WSManServer:
 
         try:
             in_token = base64.b64decode(token)
-            with _ntlm_user_file(self._ntlm_file):
-                if request.auth_context is None or request.auth_context.complete:
-                    # The negotiate acceptor takes both a SPNEGO token and a bare NTLM one.
-                    request.auth_context = spnego.server(
-                        protocol="negotiate", options=spnego.NegotiateOptions.use_negotiate
-                    )
-                out_token = request.auth_context.step(in_token)
+            if request.auth_context is None or request.auth_context.complete:
+                # The negotiate acceptor takes both a SPNEGO token and a bare NTLM one.
+                request.auth_context = spnego.server(
+                    protocol="negotiate", options=spnego.NegotiateOptions.use_negotiate
+                )
+            out_token = request.auth_context.step(in_token)
         except Exception:
             log.debug("NTLM step refused", exc_info=True)
             request.auth_context = None
@@ -528,11 +528,6 @@ class WSManServer:
             challenges.append("Negotiate")
         request.send_reply(401, b"", extra_headers={"WWW-Authenticate": ", ".join(challenges)})
         return False
-
-    @property
-    def _ntlm_file(self) -> Path:
-        assert self._ntlm_dir is not None
-        return Path(self._ntlm_dir.name) / "ntlm-users"
 
     # -- WSMan: faults injected, then the shell protocol ----------------------------------------
 
@@ -1072,30 +1067,56 @@ def _fault(request: _Message, fault: _WSManFault, *, wmi: bool = False) -> bytes
 
 # -- NTLM message encryption (MS-WSMV 2.2.9.1.1) -----------------------------------------------
 
-# pyspnego's NTLM acceptor reads its accounts only from the file named by NTLM_USER_FILE, at
-# each step; one lock serialises that environment variable between servers in one process.
-_NTLM_ENV_LOCK = threading.Lock()
+
+class _NTLMAccounts:
+    """The one NTLM account file of this process: the accounts of every running lab server.
+
+    pyspnego's NTLM acceptor reads its accounts only from the file that ``NTLM_USER_FILE``
+    names. The variable is set once, when the first server starts, and the file is replaced
+    whole as servers start and stop: no request ever changes the process environment, which
+    the provisioner's threads read in the same process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._accounts: dict[int, tuple[str, str, Secret]] = {}  # id(server) → domain, user, pw
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+
+    def add(self, server: WSManServer) -> None:
+        domain, _, user = server.username.rpartition("\\")
+        with self._lock:
+            for other_domain, other_user, password in self._accounts.values():
+                same = (other_domain.casefold(), other_user.casefold()) == (
+                    domain.casefold(),
+                    user.casefold(),
+                )
+                if same and password.reveal() != server._password.reveal():
+                    raise ValueError(
+                        f"another running lab server has account {server.username} with "
+                        "another password: NTLM accounts are per process"
+                    )
+            self._accounts[id(server)] = (domain, user, server._password)
+            self._write()
+
+    def remove(self, server: WSManServer) -> None:
+        with self._lock:
+            if self._accounts.pop(id(server), None) is not None:
+                self._write()
+
+    def _write(self) -> None:
+        if self._directory is None:
+            self._directory = tempfile.TemporaryDirectory(prefix="wsman-ntlm-")
+            os.environ["NTLM_USER_FILE"] = str(Path(self._directory.name) / "accounts")
+        path = Path(self._directory.name) / "accounts"
+        staged = path.with_suffix(".new")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            for domain, user, password in self._accounts.values():
+                file.write(f"{domain}:{user}:{password.reveal()}\n")
+        os.replace(staged, path)  # a reader sees the old file or the new one, never half
 
 
-@contextlib.contextmanager
-def _ntlm_user_file(path: Path) -> Iterator[None]:
-    with _NTLM_ENV_LOCK:
-        previous = os.environ.get("NTLM_USER_FILE")
-        os.environ["NTLM_USER_FILE"] = str(path)
-        try:
-            yield
-        finally:
-            if previous is None:
-                os.environ.pop("NTLM_USER_FILE", None)
-            else:
-                os.environ["NTLM_USER_FILE"] = previous
-
-
-def _write_ntlm_user_file(path: Path, username: str, password: Secret) -> None:
-    domain, _, user = username.rpartition("\\")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(f"{domain}:{user}:{password.reveal()}\n")
+_NTLM_ACCOUNTS = _NTLMAccounts()
 
 
 def _unwrap_message(context: Any, body: bytes) -> bytes:

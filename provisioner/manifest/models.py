@@ -265,6 +265,9 @@ class WinRMSettings(_Model):
     allow_insecure: bool | None = Field(
         None, description="permit http without message encryption, or basic auth; warns"
     )
+    command_timeout_s: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="the most one remote command may take, in seconds; default 1800"
+    )
 
     def merged_over(self, base: WinRMSettings | None) -> WinRMSettings:
         """This host's settings, with the gaps filled from ``base``."""

@@ -4,11 +4,17 @@
         facts = host.gather(GatherRequest(role="server", firewall_group="NFON-TAPI-Provisioner"))
         response = host.apply(ApplyRequest(lock=..., steps=[...]))
 
-Each call is ONE command over the host's one WinRM shell, whatever the number of resources.
+Each call is ONE command over the host's one WinRM shell, whatever the number of resources. A
+gather that meets a transient transport failure runs once more in a fresh shell; the host keeps
+a :class:`RetryEvent` for each such retry (``host.retries``), for the output and the state store.
+An apply is never retried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -16,7 +22,7 @@ from pydantic import BaseModel
 from provisioner.errors import ProvisionerError
 from provisioner.remote import scripts
 from provisioner.remote.contract import ApplyRequest, ApplyResponse, GatherRequest, HostFacts
-from provisioner.transports.winrm import WinRMEndpoint, WinRMSession
+from provisioner.transports.winrm import WinRMEndpoint, WinRMError, WinRMSession
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -30,10 +36,31 @@ class HostError(ProvisionerError):
         self.cause = cause
 
 
+@dataclass(frozen=True)
+class RetryEvent:
+    """A read-only command that failed on the way and ran once more in a fresh shell."""
+
+    host: str
+    operation: str  # "gather"
+    cause: str  # the transport's message for the failure
+    at: datetime
+
+    def line(self) -> str:
+        return f"{self.host}: {self.operation} retried in a fresh shell after: {self.cause}"
+
+
 class RemoteHost:
-    def __init__(self, name: str, endpoint: WinRMEndpoint) -> None:
+    def __init__(
+        self,
+        name: str,
+        endpoint: WinRMEndpoint,
+        *,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+    ) -> None:
         self.name = name
         self.session = WinRMSession(endpoint)
+        self.retries: list[RetryEvent] = []
+        self.on_retry = on_retry
 
     def __enter__(self) -> RemoteHost:
         return self
@@ -43,6 +70,10 @@ class RemoteHost:
 
     def close(self) -> None:
         self.session.close()
+
+    def abort(self) -> None:
+        """From any thread: stop the running command and delete the shell (see WinRMSession)."""
+        self.session.abort()
 
     def gather(self, request: GatherRequest) -> HostFacts:
         """Read everything managed on the host (read-only, so retried on transport faults)."""
@@ -57,10 +88,23 @@ class RemoteHost:
     ) -> T:
         script = scripts.load(name)
         command, arguments = scripts.command_line()
+
+        def retried(cause: WinRMError) -> None:
+            event = RetryEvent(self.name, name, str(cause), datetime.now(UTC))
+            self.retries.append(event)
+            if self.on_retry is not None:
+                self.on_retry(event)
+
         try:
             result = self.session.run(
-                command, arguments, scripts.stdin_payload(script, request), retry=retry
+                command,
+                arguments,
+                scripts.stdin_payload(script, request),
+                retry=retry,
+                on_retry=retried,
             )
-            return scripts.parse_output(result.stdout, model)
+            return scripts.parse_output(
+                result.stdout, model, stderr=result.stderr, exit_code=result.exit_code
+            )
         except ProvisionerError as exc:
             raise HostError(self.name, exc) from None

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import re
+import unicodedata
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -46,6 +49,11 @@ POWERSHELL = "powershell.exe"
 _POWERSHELL_OPTIONS = ("-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass")
 _HEADER = re.compile(r"\A# provisioner-contract: (?P<name>[a-z]+) (?P<version>\d+)\r?\n")
 _REQUEST_MODELS: dict[str, type[BaseModel]] = {"gather": GatherRequest, "apply": ApplyRequest}
+_CLIXML_MARKER = "#< CLIXML"
+_CLIXML_DOCUMENT = re.compile(r"<Objs\b.*?(?:</Objs>|\Z)", re.DOTALL)  # cut short: to the end
+_CLIXML_ERROR_STRING = re.compile(r'<S\s+S="Error"\s*>(.*?)</S>', re.DOTALL)
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+_MAX_ERROR_TEXT = 600  # characters of a host's error text that a message carries
 
 
 class RemoteScriptError(ProvisionerError):
@@ -175,18 +183,18 @@ def failure_document(message: str, line: int | None = None) -> bytes:
     return failure.model_dump_json().encode()
 
 
-def parse_output(stdout: bytes, model: type[T]) -> T:
-    """The script's one JSON document, validated against ``model``; a clear error if it is not."""
+def parse_output(stdout: bytes, model: type[T], *, stderr: bytes = b"", exit_code: int = 0) -> T:
+    """The script's one JSON document, validated against ``model``; a clear error if it is not.
+
+    Without a document, what powershell.exe said on stderr (CLIXML decoded) and its exit code
+    are the error: PowerShell that fails before the bootstrap's own error handling runs
+    (Constrained Language Mode, a missing assembly) writes only there.
+    """
     text = stdout.decode("utf-8-sig", errors="replace").strip()
-    if not text:
-        raise RemoteScriptError("the remote script printed nothing (was it killed?)")
     try:
         document = json.loads(text)
     except json.JSONDecodeError:
-        snippet = text[:120].replace("\n", " ")
-        raise RemoteScriptError(
-            f"the remote script printed no JSON document: {snippet!r}"
-        ) from None
+        raise RemoteScriptError(_no_document(text, stderr, exit_code)) from None
     if not isinstance(document, dict):
         raise RemoteScriptError("the remote script printed JSON that is not an object")
     if "error" in document:
@@ -213,3 +221,61 @@ def parse_output(stdout: bytes, model: type[T]) -> T:
         raise RemoteScriptError(
             f"the host's answer is not a valid {model.__name__} document: {problems}"
         ) from None
+
+
+def _no_document(stdout: str, stderr: bytes, exit_code: int) -> str:
+    said = clixml_errors(stderr)
+    if said:
+        return f"powershell.exe failed before the script ran (exit code {exit_code}): {said}"
+    if said is not None:
+        stderr = b""  # CLIXML without an error record (progress only) says nothing
+    if stdout:
+        return f"the remote script printed no JSON document (exit code {exit_code}): " + (
+            one_line(stdout)
+        )
+    if stderr.strip():
+        text = one_line(stderr.decode("utf-8", errors="replace"))
+        return f"the remote script printed nothing (exit code {exit_code}); stderr: {text}"
+    return f"the remote script printed nothing (exit code {exit_code}; was it killed?)"
+
+
+def clixml_errors(stderr: bytes) -> str | None:
+    """The error records powershell.exe wrote as CLIXML on stderr, as one line of text.
+
+    ``#< CLIXML`` precedes one or more ``<Objs>`` documents; each ``<S S="Error">`` string is
+    part of an error, with characters XML cannot carry written as ``_xHHHH_`` (UTF-16 code
+    units, so a surrogate pair is two escapes) and a literal ``_x`` as ``_x005F_x``. Progress
+    and other streams are left out. ``None`` when stderr is not CLIXML, ``""`` when it holds no
+    error record.
+    """
+    text = stderr.decode("utf-8", errors="replace")
+    if _CLIXML_MARKER not in text:
+        return None
+    strings: list[str] = []
+    for document in _CLIXML_DOCUMENT.findall(text):
+        try:
+            root = ET.fromstring(document)
+        except ET.ParseError:  # cut short or malformed: take what looks like error strings
+            strings += [html.unescape(s) for s in _CLIXML_ERROR_STRING.findall(document)]
+            continue
+        strings += [
+            element.text or ""
+            for element in root
+            if element.tag.rpartition("}")[2] == "S" and element.get("S") == "Error"
+        ]
+    return one_line(_clixml_unescape("".join(strings)))
+
+
+def _clixml_unescape(text: str) -> str:
+    units = _CLIXML_ESCAPE.sub(lambda match: chr(int(match[1], 16)), text)
+    return units.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def one_line(text: str) -> str:
+    """Untrusted host text for a one-line message: lines joined, control characters shown as
+    U+FFFD (no terminal escapes, no bidi overrides), cut at a few hundred characters."""
+    words = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    shown = "".join(
+        "\ufffd" if unicodedata.category(char) in ("Cc", "Cf") else char for char in words
+    )
+    return shown if len(shown) <= _MAX_ERROR_TEXT else shown[: _MAX_ERROR_TEXT - 1] + "…"

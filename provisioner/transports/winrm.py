@@ -331,7 +331,7 @@ class WinRMSession:
     ) -> CommandResult:
         with self._lock:
             self._running = (shell_id, command_id)
-        signal = True
+        ending = "signal"  # after a result or a failure, the command is signalled to end
         try:
             chunks = [
                 stdin[i : i + self.max_send_bytes]
@@ -345,16 +345,18 @@ class WinRMSession:
         except WinRMConnectionError:
             # No Signal after a lost connection: a hung host would make it wait read_timeout_s
             # again, and deleting the shell at close releases the command anyway.
-            signal = False
+            ending = "lost"
             raise
         except BaseException as exc:
-            signal = isinstance(exc, Exception)  # Ctrl-C: abort() signals over its own line
+            if not isinstance(exc, Exception):
+                ending = "interrupted"  # Ctrl-C: abort() signals it, over its own connection
             raise
         finally:
-            with self._lock:
-                self._running = None
+            if ending != "interrupted":
+                with self._lock:
+                    self._running = None
             # Signal even after a WSMan fault, and after the deadline: it stops the command.
-            if signal and not self._interrupted.is_set():
+            if ending == "signal" and not self._interrupted.is_set():
                 try:
                     self._call(Protocol.cleanup_command, shell_id, command_id)
                 except WinRMError:

@@ -306,3 +306,78 @@ def test_templates_are_found_in_the_repository() -> None:
     directory = scripts.templates_dir()
     assert (directory / "bootstrap.ps1").is_file()
     assert (directory / "tsecimp.xml.j2").is_file()
+
+
+# -- what powershell.exe says on stderr when it fails before the bootstrap runs -------------------
+
+_OBJS = '<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+_PROGRESS = (
+    '<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T>'
+    '<T>System.Object</T></TN><MS><I64 N="SourceId">1</I64><PR N="Record"><AV>Loading</AV>'
+    "<AI>0</AI><Nil /><PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD></PR></MS></Obj>"
+)
+
+
+def clixml(*strings: str, stream: str = "Error") -> bytes:
+    records = "".join(f'<S S="{stream}">{s}</S>' for s in strings)
+    return f"#< CLIXML\r\n{_OBJS}{_PROGRESS}{records}</Objs>".encode()
+
+
+def test_a_failure_before_the_script_is_decoded_from_clixml_with_the_exit_code() -> None:
+    stderr = clixml(
+        "Could not load file or assembly &apos;System.Text.Json&apos; or one of its _x000D__x000A_",
+        "dependencies._x000D__x000A_",
+        "    + FullyQualifiedErrorId : FileNotFoundException_x000D__x000A_",
+    ) + clixml("verbose text", stream="verbose")
+    with pytest.raises(scripts.RemoteScriptError) as caught:
+        scripts.parse_output(b"", HostFacts, stderr=stderr, exit_code=1)
+    assert str(caught.value) == (
+        "powershell.exe failed before the script ran (exit code 1): Could not load file or "
+        "assembly 'System.Text.Json' or one of its dependencies. + FullyQualifiedErrorId : "
+        "FileNotFoundException"
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "shown"),
+    [
+        ("pair _xD83D__xDCDE_ dialled", "pair 📞 dialled"),  # a surrogate pair: two escapes
+        ("lone _xD83D_ half", "lone \ufffd half"),
+        ("literal _x005F_x0041_", "literal _x0041_"),  # an escaped underscore
+        ("then _x005F__x000A_next", "then _ next"),
+        ("lower _x0061_ and upper _x0041_", "lower a and upper A"),
+        ("not hex _x00G1_", "not hex _x00G1_"),
+        ("terminal _x001B_[2J cleared", "terminal \ufffd[2J cleared"),  # no escape sequences
+        ("bidi \u202egnp.exe", "bidi \ufffdgnp.exe"),  # no reordering either
+        ("&lt;tag&gt; &amp; more", "<tag> & more"),
+    ],
+)
+def test_clixml_escapes_and_hostile_text(record: str, shown: str) -> None:
+    assert scripts.clixml_errors(clixml(record)) == shown
+
+
+def test_several_clixml_documents_and_a_document_cut_short() -> None:
+    two = b"#< CLIXML\r\n" + clixml("first") + clixml("second")
+    assert scripts.clixml_errors(two) == "firstsecond"
+    cut = clixml("whole record", "half rec")[:-20]  # the stream ended inside the second record
+    assert scripts.clixml_errors(cut) == "whole record"
+
+
+@pytest.mark.parametrize(
+    ("stderr", "message"),
+    [
+        (b"", "printed nothing (exit code 5; was it killed?)"),
+        (clixml("only progress", stream="progress"), "printed nothing (exit code 5; was it"),
+        (b"Access is denied.\r\n", "printed nothing (exit code 5); stderr: Access is denied."),
+    ],
+)
+def test_no_document_and_no_clixml_error_says_what_is_known(stderr: bytes, message: str) -> None:
+    with pytest.raises(scripts.RemoteScriptError) as caught:
+        scripts.parse_output(b"", HostFacts, stderr=stderr, exit_code=5)
+    assert message in str(caught.value)
+
+
+def test_a_document_wins_over_progress_on_stderr() -> None:
+    document = scripts.failure_document("boom", 3)
+    with pytest.raises(scripts.RemoteScriptError, match="the remote script failed: boom"):
+        scripts.parse_output(document, HostFacts, stderr=clixml("noise"), exit_code=1)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
+import shutil
 import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from provisioner.lab.tls import LabTLS
 from provisioner.secrets import Secret
 from provisioner.transports.winrm import WinRMEndpoint, WinRMError, WinRMSession
+from tests.support.lab import EXAMPLES, running_lab
 from tests.support.wsman import StartWSMan, endpoint_for
 
 HOSTS = 20
@@ -119,3 +123,28 @@ def test_a_reply_that_is_not_ws_management_is_named_with_its_parse_error() -> No
     message = str(caught.value)
     assert "not valid WS-Management (ParseError" in message
     assert "is a WinRM listener" in message
+
+
+def estate_with_workstations(directory: Path, count: int) -> Path:
+    """The client-TAPI example with ``count`` workstations instead of three."""
+    manifests = directory / "manifests"
+    shutil.copytree(EXAMPLES / "client-tapi", manifests)
+    hosts = ", ".join(f"ws-{n:04d}" for n in range(101, 101 + count))
+    clients = manifests / "workstations.yaml"
+    clients.write_text(re.sub(r"hosts: \[.*\]", f"hosts: [{hosts}]", clients.read_text()))
+    return manifests
+
+
+def test_a_plan_over_24_lab_hosts_loses_none_under_constant_thread_switching(
+    tmp_path: Path, tiny_switch_interval: None
+) -> None:
+    """Issue 14: real WindowsHosts behind real listeners, ``plan`` working them all at once."""
+    manifests = estate_with_workstations(tmp_path, 23)
+    with running_lab(tmp_path, manifests) as estate:
+        result = estate.plan("--parallelism", "24")
+        commands = estate.commands()
+    assert len(commands) == 24
+    assert result.code == 2, result.output  # changes everywhere, and no problem
+    assert commands == dict.fromkeys(commands, 1)  # one gather per host, none lost or repeated
+    assert "retried" not in result.err
+    assert "error" not in result.output.lower()
