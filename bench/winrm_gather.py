@@ -1,7 +1,8 @@
-"""What one gather of a big TAPI server costs over WinRM: commands, WSMan messages, bytes, time.
+"""What one gather and one apply of a big TAPI server cost over WinRM; plans that lose no host.
 
     .venv/bin/python bench/winrm_gather.py
     .venv/bin/python bench/winrm_gather.py --latency-ms 0,20,50 --tenants 50 --users 100
+    .venv/bin/python bench/winrm_gather.py --plans 20          # + 20 large plans in a row
 
 The host is built the honest way: generated manifests for one server (``--tenants`` tenants, so
 as many TSP instances, ``--users`` assigned lines each, ``--rules`` managed firewall rules
@@ -18,12 +19,19 @@ latency per WSMan message:
 "first" opens the shell (Create; NTLM's 401 round trip is an HTTP reply, not a WSMan
 message), as every plan does once per host; "open shell" is a further gather in the same shell.
 Budget: one command per gather, and messages that grow only with the output (one Receive per
-~100 KB of output, one Send per 100 KB of stdin), never with the number of resources.
+~100 KB of output, one Send per 100 KB of stdin), never with the number of resources. The
+apply that builds the host is counted too (its gather, batches and verifying gather).
+
+``--plans N`` then runs ``provisioner plan`` N times in a row (child processes) against a lab
+of the large generated estate (``--plan-servers`` servers with ``--plan-tenants`` tenants of
+``--users`` users), and fails unless every plan reached every host with exactly one gather
+and without a problem ("20 consecutive large plans lose no host", issue 14).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -107,6 +115,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=50, help="TSP instances on the server")
     parser.add_argument("--users", type=int, default=100, help="assigned lines per tenant")
     parser.add_argument("--rules", type=int, default=200, help="managed firewall rules")
+    parser.add_argument("--plans", type=int, default=0, help="consecutive large plans to run")
+    parser.add_argument("--plan-servers", type=int, default=20, help="servers of the plans' lab")
+    parser.add_argument("--plan-tenants", type=int, default=1_000, help="tenants, all servers")
     args = parser.parse_args()
     latencies = [int(x) for x in args.latency_ms.split(",") if x.strip()]
     if args.rules < PRESET_RULES:
@@ -126,7 +137,9 @@ def main() -> None:
             results: list[Measurement] = []
             for ms in latencies:
                 results += measure(lab, estate, host, meter, "empty", ms)
+            host.server.counters.reset()
             apply_through_provisioner(lab, manifests, work)
+            print_apply(host)
             facts = gather_once(lab, estate)
             describe_host(facts, shape)
             for ms in latencies:
@@ -143,6 +156,91 @@ def main() -> None:
     if problems:
         raise SystemExit(1)
     print("budget met: one command per gather; messages follow the output size only")
+    if args.plans:
+        shape = EstateShape(args.plan_servers, args.plan_tenants, args.users)
+        consecutive_plans(args.plans, shape)
+
+
+def print_apply(host: LabHost) -> None:
+    """What the apply that built the host cost it: its gathers and batches, message by message."""
+    counters = host.server.counters
+    actions = " ".join(f"{name} {count}" for name, count in sorted(counters.messages.items()))
+    print(
+        f"apply of {SERVER}: {counters.commands} commands, {counters.total_messages} messages "
+        f"({actions}; Delete ends the run's shell)"
+    )
+
+
+@dataclass
+class PlanRun:
+    number: int
+    wall_s: float
+    code: int
+    hosts: int  # hosts that got exactly one gather
+    problems: list[str]
+    retries: list[str]  # the "retried in a fresh shell" lines on stderr
+
+
+def consecutive_plans(count: int, shape: EstateShape) -> None:
+    with tempfile.TemporaryDirectory(prefix="winrm-plans-") as workdir:
+        work = Path(workdir)
+        manifests = write_estate(work / "manifests", shape)
+        with Lab(work / "lab", [manifests]) as lab:
+            print(
+                f"\n{count} consecutive plans: {shape.servers} servers, {shape.tenants} tenants, "
+                f"{shape.assignments} assignments"
+            )
+            environment = os.environ | {
+                "PROVISIONER_INVENTORY": str(lab.inventory_path),
+                "PROVISIONER_STATE_DIR": str(work / "state"),
+            }
+            runs = [plan_once(lab, manifests, environment, n) for n in range(1, count + 1)]
+    lost = [run for run in runs if run.code != 2 or run.problems or run.hosts != shape.servers]
+    walls = sorted(run.wall_s for run in runs)
+    print(
+        f"plans: {len(runs)}, hosts reached: {sum(r.hosts for r in runs)} of "
+        f"{len(runs) * shape.servers}, plans with a problem: {len(lost)}, retries: "
+        f"{sum(len(r.retries) for r in runs)}, wall median {walls[len(walls) // 2]:.1f} s, "
+        f"max {walls[-1]:.1f} s"
+    )
+    for run in lost:
+        print(f"LOST: plan {run.number} exit {run.code}: {'; '.join(run.problems)[:300]}")
+    if lost:
+        raise SystemExit(1)
+    print(f"no host lost in {len(runs)} consecutive plans")
+
+
+def plan_once(lab: Lab, manifests: Path, environment: dict[str, str], number: int) -> PlanRun:
+    for host in lab.hosts.values():
+        host.server.counters.reset()
+    argv = ["plan", "--detailed-exitcode", "--format", "json", str(manifests)]
+    started = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, "-m", "provisioner", *argv],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    try:
+        problems = [p["message"] for p in json.loads(child.stdout).get("problems", [])]
+    except json.JSONDecodeError:
+        problems = [child.stderr.strip().splitlines()[-1] if child.stderr.strip() else "no JSON"]
+    run = PlanRun(
+        number,
+        wall,
+        child.returncode,
+        sum(1 for host in lab.hosts.values() if host.server.counters.commands == 1),
+        problems,
+        [line for line in child.stderr.splitlines() if "retried in a fresh shell" in line],
+    )
+    print(
+        f"  plan {number:>2}: exit {run.code}, {run.hosts} hosts, {len(run.problems)} problems, "
+        f"{len(run.retries)} retries, {wall:.1f} s",
+        flush=True,
+    )
+    return run
 
 
 def apply_through_provisioner(lab: Lab, manifests: Path, work: Path) -> None:
