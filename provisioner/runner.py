@@ -173,7 +173,7 @@ class Run:
 
         facts: dict[str, HostFacts] = {}
         problems: list[PlanProblem] = []
-        for host, found, error in self._parallel(one, targets):
+        for host, found, error in self._parallel(one, targets, interruptible=True):
             if found is not None:
                 facts[host.key] = found
             else:
@@ -310,14 +310,19 @@ class Run:
         by_address = {r.change.address: r for r in forced}
         return [by_address.get(r.change.address, r) for r in results]
 
-    def _parallel(self, function: Callable[[_In], _Out], items: Sequence[_In]) -> list[_Out]:
+    def _parallel(
+        self, function: Callable[[_In], _Out], items: Sequence[_In], *, interruptible: bool = False
+    ) -> list[_Out]:
+        """``function`` over ``items`` in worker threads. On Ctrl-C an ``interruptible`` call
+        (a read) aborts every session so the workers return at once; others let the running
+        calls (apply batches) finish first."""
         if len(items) <= 1:
             return [function(item) for item in items]
         pool = ThreadPoolExecutor(max_workers=min(self.parallelism, len(items)))
         try:
             return list(pool.map(function, items))
         except BaseException as exc:
-            if not isinstance(exc, Exception):
+            if interruptible and not isinstance(exc, Exception):
                 self.abort()  # Ctrl-C: the workers wait on their hosts until the shells close
             raise
         finally:

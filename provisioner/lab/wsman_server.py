@@ -1135,7 +1135,7 @@ def _unwrap_message(context: Any, body: bytes) -> bytes:
 
 
 def _wrap_message(context: Any, message: bytes, protocol: str) -> bytes:
-    sealed: bytes = context.wrap(message, encrypt=True).data
+    sealed = bytes(context.wrap(message, encrypt=True).data)
     signature, data = sealed[:16], sealed[16:]
     return (
         _BOUNDARY + b"\r\n"
@@ -1253,7 +1253,7 @@ class _HTTPServer(ThreadingHTTPServer):
                     return  # e.g. the client rejected our certificate
                 with self._connections_lock:
                     self._connections.add(connection)
-            super().finish_request(connection, client_address)
+            _RequestHandler(connection, client_address, self)
         finally:
             with self._connections_lock:
                 self._connections.discard(request)

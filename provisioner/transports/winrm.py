@@ -347,9 +347,8 @@ class WinRMSession:
             # again, and deleting the shell at close releases the command anyway.
             ending = "lost"
             raise
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                ending = "interrupted"  # Ctrl-C: abort() signals it, over its own connection
+        except (KeyboardInterrupt, SystemExit):
+            ending = "interrupted"  # Ctrl-C: abort() signals it, over its own connection
             raise
         finally:
             if ending != "interrupted":
@@ -427,6 +426,7 @@ class WinRMSession:
                 return shell_id
         # aborted while the shell was being made: nobody else knows it, so delete it here
         protocol = self._protocol
+        assert protocol is not None
         _quietly(
             self.endpoint, "Delete", lambda: protocol.close_shell(shell_id, close_session=False)
         )
@@ -443,8 +443,7 @@ class WinRMSession:
                 transport=endpoint.auth,
                 username=endpoint.user or None,
                 password=endpoint.password.reveal() if endpoint.password else None,
-                # None = no extra CA path (documented by pywinrm, missing from its annotation)
-                ca_trust_path=endpoint.ca_file if endpoint.ca_file else None,
+                ca_trust_path=endpoint.ca_file or None,  # None: no extra CA path
                 server_cert_validation="validate" if verify else "ignore",
                 cert_pem=endpoint.cert_pem,
                 cert_key_pem=endpoint.cert_key_pem,

@@ -10,6 +10,7 @@ from provisioner.lab.windows_host import WindowsHost
 from provisioner.lab.wsman_server import WSManServer
 from provisioner.remote.contract import ApplyRequest, GatherRequest, LockRequest
 from provisioner.remote.host import HostError, RemoteHost, RetryEvent
+from tests.support.lab import EXAMPLES, LabFor
 from tests.support.wsman import StartWSMan, endpoint_for
 
 GATHER = GatherRequest(role="client", firewall_group="NFON-TAPI-Provisioner")
@@ -78,3 +79,19 @@ def test_an_apply_is_never_retried(start_wsman: StartWSMan, lab_tls: LabTLS) -> 
         host.apply(request)
     assert host.retries == []
     assert server.counters.commands == 1
+
+
+def test_a_plan_says_in_one_line_which_host_was_retried_and_why(lab_for: LabFor) -> None:
+    estate = lab_for(EXAMPLES / "client-tapi")
+    server = estate.server("tapi01")
+    server.faults.http_status_on_action = ("Receive", 503)
+    server.faults.http_status_times = 1
+    result = estate.plan()
+    assert result.code == 2, result.output  # the plan is whole: nothing lost, no problem
+    retried = [line for line in result.err.splitlines() if "retried" in line]
+    assert retried == [
+        f"tapi01: gather retried in a fresh shell after: WinRM 127.0.0.1:{server.port} answered "
+        "HTTP 503 without a WSMan fault: the WinRM service failed or is restarting; run again, "
+        "and check the host's WinRM event log if it lasts"
+    ]
+    assert estate.commands()["tapi01"] == 2
