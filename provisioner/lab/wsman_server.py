@@ -37,10 +37,11 @@ Q3   MaxShellsPerUser 30: the 31st open shell of one user is refused by Create  
      with ``w:QuotaLimit``, code 2150859173 (0x803381A5).                        [MS-WSMV]
                                                                                  3.1.4.5.2.1,
                                                                                  [SHELLS]
-Q4   MaxConcurrentOperationsPerUser 1500: beyond it a Create or Command is       [INST], [OPS]
-     refused with ``w:QuotaLimit``, code 2150859174 (0x803381A6). What counts
-     as an operation is not documented; the model counts open shells and
-     commands not yet ended by a Signal (GUESS).
+Q4   MaxConcurrentOperationsPerUser 1500: beyond it a Create or Command is       [INST], [OPS],
+     refused with ``w:QuotaLimit``, code 2150859174 (0x803381A6). A Signal       [MS-WSMV]
+     (Terminate) does not give a text shell's operation back; deleting the       note 118
+     shell does. The model counts the shell and every command started in it
+     (which other requests count is not documented: GUESS).
 F1   Receive, Send or Signal naming an unknown CommandId: HTTP 500,              [REC]
      ``s:Sender`` / ``w:InvalidSelectors``, ``w:FaultDetail`` ending in          bad_cmd_id,
      ``UnexpectedSelectors``, WSManFault code 2150858843, message about a        receive_failure
@@ -82,7 +83,9 @@ Sources:
   https://learn.microsoft.com/windows/win32/winrm/quotas
 * [MS-WSMV] Microsoft Open Specifications, Web Services Management Protocol Extensions for
   Windows Vista: 2.2.4.10 ConfigType (MaxEnvelopeSizekb also limits request packets),
-  3.1.4.1.7 wsman:MaxEnvelopeSize, 3.1.4.5.2.1 wsman:QuotaLimit.
+  3.1.4.1.7 wsman:MaxEnvelopeSize, 3.1.4.5.2.1 wsman:QuotaLimit, and product behaviour note
+  118 to 3.1.4.12 (Signal Terminate does not decrement MaxConcurrentOperationsPerUser for a
+  text-based command shell; cited by ansible/ansible pull request 83656).
 * [WSMERR] the Win32 metadata's RemoteManagement constants (as published in Microsoft's
   windows-rs documentation): ERROR_WSMAN_MAXENVELOPE_SIZE_NOT_SUPPORTED = 2150858862.
 * [413] ansible-collections/ansible.windows issues 391 and 620: a request over the default
