@@ -122,7 +122,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -345,6 +345,7 @@ class WSManServer:
         self._workers: set[threading.Thread] = set()
         self._stopping = False
         self._stopped = threading.Event()  # ends handler delays at stop()
+        self._ntlm_dir: tempfile.TemporaryDirectory[str] | None = None
         self._http: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
 
@@ -355,14 +356,11 @@ class WSManServer:
             raise RuntimeError("the WSMan server is already running")
         self._stopping = False
         self._stopped.clear()
-        http = _HTTPServer(("127.0.0.1", self._requested_port), self)
         if self.ntlm:
-            try:
-                _NTLM_ACCOUNTS.add(self)
-            except ValueError:
-                http.server_close()
-                raise
-        self._http = http
+            _teach_account_lookup()
+            self._ntlm_dir = tempfile.TemporaryDirectory(prefix="wsman-ntlm-")
+            _write_ntlm_user_file(self._ntlm_file, self.username, self._password)
+        self._http = _HTTPServer(("127.0.0.1", self._requested_port), self)
         self._serve_thread = threading.Thread(
             target=self._http.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -393,7 +391,9 @@ class WSManServer:
             worker.join(timeout=5)
         with self._lock:
             self._shells.clear()
-        _NTLM_ACCOUNTS.remove(self)
+        if self._ntlm_dir is not None:
+            self._ntlm_dir.cleanup()
+            self._ntlm_dir = None
         self._http = None
         self._serve_thread = None
 
@@ -504,12 +504,13 @@ class WSManServer:
 
         try:
             in_token = base64.b64decode(token)
-            if request.auth_context is None or request.auth_context.complete:
-                # The negotiate acceptor takes both a SPNEGO token and a bare NTLM one.
-                request.auth_context = spnego.server(
-                    protocol="negotiate", options=spnego.NegotiateOptions.use_negotiate
-                )
-            out_token = request.auth_context.step(in_token)
+            with _accounts_for_this_thread(self._ntlm_file):
+                if request.auth_context is None or request.auth_context.complete:
+                    # The negotiate acceptor takes both a SPNEGO token and a bare NTLM one.
+                    request.auth_context = spnego.server(
+                        protocol="negotiate", options=spnego.NegotiateOptions.use_negotiate
+                    )
+                out_token = request.auth_context.step(in_token)
         except Exception:
             log.debug("NTLM step refused", exc_info=True)
             request.auth_context = None
@@ -522,6 +523,11 @@ class WSManServer:
         request.pending_auth_header = answer
         request.user = str(request.auth_context.client_principal or self.username)
         return True
+
+    @property
+    def _ntlm_file(self) -> Path:
+        assert self._ntlm_dir is not None
+        return Path(self._ntlm_dir.name) / "ntlm-users"
 
     def _refuse(self, request: _RequestHandler) -> bool:
         with self._lock:
@@ -1071,55 +1077,46 @@ def _fault(request: _Message, fault: _WSManFault, *, wmi: bool = False) -> bytes
 # -- NTLM message encryption (MS-WSMV 2.2.9.1.1) -----------------------------------------------
 
 
-class _NTLMAccounts:
-    """The one NTLM account file of this process: the accounts of every running lab server.
-
-    pyspnego's NTLM acceptor reads its accounts only from the file that ``NTLM_USER_FILE``
-    names. The variable is set once, when the first server starts, and the file is replaced
-    whole as servers start and stop: no request ever changes the process environment, which
-    the provisioner's threads read in the same process.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._accounts: dict[int, tuple[str, str, Secret]] = {}  # id(server) → domain, user, pw
-        self._directory: tempfile.TemporaryDirectory[str] | None = None
-
-    def add(self, server: WSManServer) -> None:
-        domain, _, user = server.username.rpartition("\\")
-        with self._lock:
-            for other_domain, other_user, password in self._accounts.values():
-                same = (other_domain.casefold(), other_user.casefold()) == (
-                    domain.casefold(),
-                    user.casefold(),
-                )
-                if same and password.reveal() != server._password.reveal():
-                    raise ValueError(
-                        f"another running lab server has account {server.username} with "
-                        "another password: NTLM accounts are per process"
-                    )
-            self._accounts[id(server)] = (domain, user, server._password)
-            self._write()
-
-    def remove(self, server: WSManServer) -> None:
-        with self._lock:
-            if self._accounts.pop(id(server), None) is not None:
-                self._write()
-
-    def _write(self) -> None:
-        if self._directory is None:
-            self._directory = tempfile.TemporaryDirectory(prefix="wsman-ntlm-")
-            os.environ["NTLM_USER_FILE"] = str(Path(self._directory.name) / "accounts")
-        path = Path(self._directory.name) / "accounts"
-        staged = path.with_suffix(".new")
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            for domain, user, password in self._accounts.values():
-                file.write(f"{domain}:{user}:{password.reveal()}\n")
-        os.replace(staged, path)  # a reader sees the old file or the new one, never half
+# pyspnego's NTLM acceptor reads its accounts only from the file that the environment variable
+# NTLM_USER_FILE names (spnego._ntlm._get_credential_file, looked up at each handshake). Setting
+# the variable around each handshake changed the process environment under the provisioner's
+# threads, which read it in the same process, and lost hosts. Instead the look-up is taught, once,
+# to prefer the file of the server whose thread is stepping a handshake; the environment is
+# never touched. (A private function of pyspnego, pinned below 0.13; the NTLM tests catch a
+# change.)
+_HANDSHAKE = threading.local()  # .accounts: the account file of this thread's server
+_LOOKUP_LOCK = threading.Lock()
 
 
-_NTLM_ACCOUNTS = _NTLMAccounts()
+def _teach_account_lookup() -> None:
+    from spnego import _ntlm
+
+    with _LOOKUP_LOCK:
+        original = _ntlm._get_credential_file
+        if getattr(original, "lab_accounts", False):
+            return
+
+        def accounts_of_this_thread() -> str | None:
+            return getattr(_HANDSHAKE, "accounts", None) or original()
+
+        accounts_of_this_thread.lab_accounts = True  # type: ignore[attr-defined]
+        _ntlm._get_credential_file = accounts_of_this_thread
+
+
+@contextlib.contextmanager
+def _accounts_for_this_thread(path: Path) -> Iterator[None]:
+    _HANDSHAKE.accounts = str(path)
+    try:
+        yield
+    finally:
+        _HANDSHAKE.accounts = None
+
+
+def _write_ntlm_user_file(path: Path, username: str, password: Secret) -> None:
+    domain, _, user = username.rpartition("\\")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(f"{domain}:{user}:{password.reveal()}\n")
 
 
 def _unwrap_message(context: Any, body: bytes) -> bytes:

@@ -8,6 +8,7 @@ read from envelopes posted by hand (``soap``).
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import threading
 import xml.etree.ElementTree as ET
@@ -29,6 +30,7 @@ from provisioner.lab.wsman_server import (
     CommandResult,
     WSManServer,
 )
+from provisioner.secrets import Secret
 from tests.support.wsman import (
     LAB_PASSWORD,
     LAB_USER,
@@ -545,3 +547,19 @@ def test_wrong_ntlm_password_is_refused(start_wsman: StartWSMan, lab_tls: LabTLS
     server = start_wsman(allow_unencrypted=False)
     with pytest.raises(InvalidCredentialsError):
         client(server, lab_tls, transport="ntlm", password="wrong").open_shell()
+
+
+def test_servers_with_one_account_name_and_other_passwords_run_side_by_side(
+    start_wsman: StartWSMan, lab_tls: LabTLS
+) -> None:
+    """Two labs in one process: each server checks NTLM against its own account only, and the
+    process environment is left as it was (the provisioner's threads read it meanwhile)."""
+    environment = dict(os.environ)
+    first = start_wsman(allow_unencrypted=False, password=Secret("first-Pa55"))
+    second = start_wsman(allow_unencrypted=False, password=Secret("second-Pa55"))
+    for server, password in [(first, "first-Pa55"), (second, "second-Pa55")]:
+        shell = pywinrm_client(server, lab_tls, password=password).open()
+        assert run_in(shell, "echo", ["ok"])[0] == b"ok\r\n"
+        with pytest.raises(Refused):
+            pywinrm_client(server, lab_tls, password=f"other-{password}").open()
+    assert dict(os.environ) == environment
