@@ -51,7 +51,7 @@ from provisioner.resources.base import HostContext
 from provisioner.resources.services import cti_engine_name
 from provisioner.resources.users_group import member_dns
 from provisioner.transports.ldap import LDAPConnection
-from provisioner.transports.winrm import WinRMEndpoint
+from provisioner.transports.winrm import DEFAULT_COMMAND_TIMEOUT_S, WinRMEndpoint
 
 DEFAULT_PARALLELISM = 10
 _In = TypeVar("_In")
@@ -73,7 +73,7 @@ def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpo
         password=password,
         ca_file=settings.ca_file,
         allow_insecure=bool(settings.allow_insecure),
-        **({"command_timeout_s": settings.command_timeout_s} if settings.command_timeout_s else {}),
+        command_timeout_s=settings.command_timeout_s or DEFAULT_COMMAND_TIMEOUT_S,
     )
 
 

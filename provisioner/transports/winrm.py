@@ -79,6 +79,7 @@ _CODE_ALIASES = {2144108120: MAX_OPERATIONS_EXCEEDED}
 _MAX_ENVELOPE = Protocol.DEFAULT_MAX_ENV_SIZE
 _SEND_ENVELOPE_RESERVE = 4_096
 _MAX_SEND_BYTES = (_MAX_ENVELOPE - _SEND_ENVELOPE_RESERVE) // 4 * 3
+DEFAULT_COMMAND_TIMEOUT_S = 1800  # the most one command may take unless the settings say
 _RETRY_DELAY_S = 0.5  # before the one retry of a read-only command
 _ABORT_OPERATION_TIMEOUT_S = 5  # Signal and Delete sent by abort() wait no longer than this
 
@@ -156,7 +157,7 @@ class WinRMEndpoint:
     allow_insecure: bool = False  # basic over http, or https without verification (labs only)
     operation_timeout_s: int = 20
     read_timeout_s: int = 30
-    command_timeout_s: int = 1800  # one command, all its messages and its retry together
+    command_timeout_s: int = DEFAULT_COMMAND_TIMEOUT_S  # one command, its messages and retry
     cert_pem: str | None = None  # client certificate and key, for auth="certificate"
     cert_key_pem: str | None = None
 

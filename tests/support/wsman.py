@@ -19,6 +19,11 @@ from typing import Any, Protocol
 
 import pytest
 import requests
+from pypsrp import exceptions as pypsrp_errors
+from pypsrp.shell import SignalCode, WinRS
+from pypsrp.wsman import WSMan
+from winrm import exceptions as pywinrm_errors
+from winrm.protocol import Protocol as WinRMProtocol
 
 from provisioner.lab.tls import LabTLS, ensure_lab_tls
 from provisioner.lab.wsman_server import (
@@ -203,20 +208,18 @@ class PyWinRMClient:
 
 
 def _pywinrm_call(function: Any, *args: Any, **kwargs: Any) -> Any:
-    from winrm import exceptions
-
     try:
         return function(*args, **kwargs)
-    except exceptions.WinRMOperationTimeoutError:
+    except pywinrm_errors.WinRMOperationTimeoutError:
         raise Refused("pywinrm", code=OPERATION_TIMEOUT) from None
-    except exceptions.WSManFaultError as exc:
+    except pywinrm_errors.WSManFaultError as exc:
         code = exc.wsman_fault_code if exc.wsman_fault_code is not None else exc.wmierror_code
         raise Refused("pywinrm", code=code) from None
-    except exceptions.InvalidCredentialsError:
+    except pywinrm_errors.InvalidCredentialsError:
         raise Refused("pywinrm", http=401) from None
     except PermissionError:  # requests_ntlm: a 401 that holds no NTLM challenge
         raise Refused("pywinrm", http=401) from None
-    except exceptions.WinRMTransportError as exc:
+    except pywinrm_errors.WinRMTransportError as exc:
         raise Refused("pywinrm", http=exc.code) from None
 
 
@@ -227,7 +230,7 @@ class _PypsrpShell:
 
     def command(self, command: str, arguments: list[str]) -> str:
         response = _pypsrp_call(self.shell.command, command, arguments)
-        return str(response.find("rsp:CommandResponse/rsp:CommandId", _PYPSRP_NAMESPACES).text)
+        return str(response.find("rsp:CommandResponse/rsp:CommandId", NAMESPACES).text)
 
     def send(self, command_id: str, data: bytes, end: bool) -> None:
         _pypsrp_call(self.shell.send, "stdin", data, command_id=command_id, end=end)
@@ -238,8 +241,6 @@ class _PypsrpShell:
         return streams["stdout"], streams["stderr"], code if done else None
 
     def signal(self, command_id: str) -> None:
-        from pypsrp.shell import SignalCode
-
         _pypsrp_call(self.shell.signal, SignalCode.TERMINATE, command_id)
 
     def delete(self) -> None:
@@ -254,34 +255,25 @@ class PypsrpClient:
     name: str = "pypsrp"
 
     def open(self, *, codepage: int = 65001, environment: dict[str, str] | None = None) -> RawShell:
-        from pypsrp.shell import WinRS
-
         shell = WinRS(self.wsman, codepage=codepage, environment=environment)
         _pypsrp_call(shell.open)
         return _PypsrpShell(shell)
 
 
-_PYPSRP_NAMESPACES = {"rsp": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"}
-
-
 def _pypsrp_call(function: Any, *args: Any, **kwargs: Any) -> Any:
-    from pypsrp import exceptions
-
     try:
         return function(*args, **kwargs)
-    except exceptions.WSManFaultError as exc:
+    except pypsrp_errors.WSManFaultError as exc:
         raise Refused("pypsrp", code=exc.code) from None
-    except exceptions.AuthenticationError:
+    except pypsrp_errors.AuthenticationError:
         raise Refused("pypsrp", http=401) from None
-    except exceptions.WinRMTransportError as exc:
+    except pypsrp_errors.WinRMTransportError as exc:
         raise Refused("pypsrp", http=exc.code) from None
 
 
 def pywinrm_client(
     server: WSManServer, lab_tls: LabTLS, *, operation_timeout_s: int = 5, **kwargs: Any
 ) -> PyWinRMClient:
-    from winrm.protocol import Protocol as WinRMProtocol
-
     kwargs.setdefault("transport", "ntlm" if server.scheme == "http" else "basic")
     kwargs.setdefault("username", LAB_USER)
     kwargs.setdefault("password", LAB_PASSWORD)
@@ -300,8 +292,6 @@ def pywinrm_client(
 def pypsrp_client(
     server: WSManServer, lab_tls: LabTLS, *, operation_timeout_s: int = 5, **kwargs: Any
 ) -> PypsrpClient:
-    from pypsrp.wsman import WSMan
-
     kwargs.setdefault("auth", "negotiate")
     kwargs.setdefault("username", LAB_USER)
     kwargs.setdefault("password", LAB_PASSWORD)
