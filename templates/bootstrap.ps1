@@ -1,4 +1,4 @@
-# provisioner-contract: bootstrap 1
+# provisioner-contract: bootstrap 2
 # stdin: <script>, a line "#==provisioner-json==#", <JSON>. Runs the script with the parsed JSON
 # as its one argument; prints the one document it returns as JSON, or an error document + exit 1.
 $ErrorActionPreference = 'Stop'
@@ -26,7 +26,7 @@ try {
 } catch {
     $code = 1
     $where = $_.InvocationInfo.ScriptLineNumber
-    $text = $json.Serialize(@{ contract = 1; error = @{ message = "$_"; line = $where } })
+    $text = $json.Serialize(@{ contract = 2; error = @{ message = "$_"; line = $where } })
 }
 $bytes = $utf8.GetBytes($text)
 $stdout = [Console]::OpenStandardOutput()

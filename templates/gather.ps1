@@ -1,14 +1,17 @@
-# provisioner-contract: gather 1
+# provisioner-contract: gather 2
 # Reads everything the provisioner manages on this host in one pass and returns one HostFacts
 # document (provisioner/remote/contract.py). Input: a GatherRequest, e.g.
-#   {"contract": 1, "role": "server", "firewall_group": "NFON-TAPI-Provisioner",
-#    "services": ["TapiSrv"], "package_name": "NFON TAPI", "tsp_file": "NFONTSP.TSP",
-#    "instance_file_pattern": "NFONTSP_{instance}.TSP",
-#    "instance_settings_key": "HKLM\\SOFTWARE\\NFON\\TAPI\\{instance}"}
+#   {"contract": 2, "role": "server", "firewall_group": "NFON-TAPI-Provisioner",
+#    "services": ["NFONCTIEngine"], "telephony_service": "TapiSrv", "package_name": "NFON TAPI",
+#    "tsp_file": "NFONTSP.TSP", "instance_file_pattern": "NFONTSP_{instance}.TSP",
+#    "instance_settings_key": "HKLM\\SOFTWARE\\NFON\\TAPI\\{instance}",
+#    "verpatch_path": "C:\\ProgramData\\NFON-Provisioner\\Tools\\verpatch.exe",
+#    "timeouts": {"msiexec": 900, "command": 120, "service": 120}}
 # Nothing here changes the host, except that the seal key is created on first use and that
 # "tsecimp /d" starts the Telephony service on demand, as any TAPI client does.
 param($request)
 $ErrorActionPreference = 'Stop'
+$Timeouts = $request['timeouts']  # seconds per kind of native command (platform profile keys)
 
 # --- assumptions: no public source states these; apply.ps1 agrees (tests check) ----------------
 # GUESS: the Telephony server settings behind tapimgmt's "Enable telephony server" (MS-TRP
@@ -39,12 +42,30 @@ $LocationsKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Locati
 $CountryListKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Telephony\Country List'
 $UninstallKey = 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall'
 $ServicesKey = 'HKLM\SYSTEM\CurrentControlSet\Services'
-# Our own state: the lock file, and fingerprints of secrets the provisioner set.
+$CurrentVersionKey = 'HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion'
+# What says a reboot is pending (as Microsoft's ComputerManagementDsc PendingReboot resource
+# reads it): value name, or $null for "the key exists".
+$PendingRebootChecks = @(
+    @('Component Based Servicing', 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending', $null),
+    @('Windows Update', 'HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired', $null),
+    @('pending file renames', 'HKLM\SYSTEM\CurrentControlSet\Control\Session Manager', 'PendingFileRenameOperations')
+)
+$FirewallService = 'MpsSvc'
+# Our own state: the lock file, the package cache, and fingerprints of secrets we set.
 $StateDir = Join-Path $env:ProgramData 'NFON-Provisioner'
 $LockPath = Join-Path $StateDir 'lock.json'
+$PackageCache = Join-Path $StateDir 'packages'
 $StateKey = 'HKLM\SOFTWARE\NFON-Provisioner'
 $SealKeyContainer = 'NFON-Provisioner-Seal'
-$TelephonyService = 'TapiSrv'
+$TelephonyService = [string]$request['telephony_service']
+# The built-in service accounts by every spelling, and the SIDs that may log on as a service by
+# definition (LocalSystem, Local Service, Network Service: no right is granted to them).
+$BuiltinAccountSids = @{
+    'LocalSystem' = 'S-1-5-18'; '.\LocalSystem' = 'S-1-5-18'; 'NT AUTHORITY\SYSTEM' = 'S-1-5-18'
+    'NT AUTHORITY\NetworkService' = 'S-1-5-20'; 'NT AUTHORITY\Network Service' = 'S-1-5-20'
+    'NT AUTHORITY\LocalService' = 'S-1-5-19'; 'NT AUTHORITY\Local Service' = 'S-1-5-19'
+}
+$ServiceLogonByDefinition = @('S-1-5-18', 'S-1-5-19', 'S-1-5-20')
 
 $System32 = Join-Path $env:windir 'System32'
 if ([Environment]::Is64BitOperatingSystem -and -not [Environment]::Is64BitProcess) {
@@ -56,6 +77,56 @@ $utf8 = New-Object Text.UTF8Encoding $false
 $serializer = New-Object Web.Script.Serialization.JavaScriptSerializer
 $serializer.MaxJsonLength = [int]::MaxValue
 Add-Type -AssemblyName System.ServiceProcess
+
+# The Local Security Authority's account rights, read-only (no cmdlet reads them).
+$LsaSource = @'
+using System;
+using System.ComponentModel;
+using System.Runtime.InteropServices;
+public static class ProvisionerLsaReader {
+    [StructLayout(LayoutKind.Sequential)]
+    struct ObjectAttributes {
+        public int Length; public IntPtr RootDirectory; public IntPtr ObjectName; public int Attributes;
+        public IntPtr SecurityDescriptor; public IntPtr SecurityQualityOfService;
+    }
+    [StructLayout(LayoutKind.Sequential)]
+    struct UnicodeString { public ushort Length; public ushort MaximumLength; public IntPtr Buffer; }
+    [DllImport("advapi32.dll")]
+    static extern uint LsaOpenPolicy(IntPtr system, ref ObjectAttributes attributes, int access, out IntPtr policy);
+    [DllImport("advapi32.dll")]
+    static extern uint LsaEnumerateAccountRights(IntPtr policy, byte[] sid, out IntPtr rights, out uint count);
+    [DllImport("advapi32.dll")]
+    static extern uint LsaFreeMemory(IntPtr buffer);
+    [DllImport("advapi32.dll")]
+    static extern uint LsaClose(IntPtr policy);
+    [DllImport("advapi32.dll")]
+    static extern int LsaNtStatusToWinError(uint status);
+    const uint ObjectNameNotFound = 0xC0000034;  // the account holds no rights at all
+    const int LookupNames = 0x800;
+
+    public static bool HasRight(byte[] sid, string right) {
+        var attributes = new ObjectAttributes();
+        attributes.Length = Marshal.SizeOf(typeof(ObjectAttributes));
+        IntPtr policy;
+        uint status = LsaOpenPolicy(IntPtr.Zero, ref attributes, LookupNames, out policy);
+        if (status != 0) { throw new Win32Exception(LsaNtStatusToWinError(status)); }
+        try {
+            IntPtr rights; uint count;
+            status = LsaEnumerateAccountRights(policy, sid, out rights, out count);
+            if (status == ObjectNameNotFound) { return false; }
+            if (status != 0) { throw new Win32Exception(LsaNtStatusToWinError(status)); }
+            try {
+                int size = Marshal.SizeOf(typeof(UnicodeString));
+                for (int index = 0; index < count; index++) {
+                    var item = (UnicodeString)Marshal.PtrToStructure(new IntPtr(rights.ToInt64() + index * size), typeof(UnicodeString));
+                    if (Marshal.PtrToStringUni(item.Buffer, item.Length / 2) == right) { return true; }
+                }
+                return false;
+            } finally { LsaFreeMemory(rights); }
+        } finally { LsaClose(policy); }
+    }
+}
+'@
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -96,8 +167,10 @@ function ConvertTo-PlainData($Value) {
 }
 
 function Invoke-Native([string] $FilePath, [string] $Arguments) {
-    # Runs a console program directly (no shell between us and it). Its output is decoded from
-    # the OEM code page: GUESS, what Windows console tools write when redirected.
+    # Runs a console program directly (no shell between us and it), for at most the request's
+    # 'command' timeout; a program still running then is killed. Its output is decoded from the
+    # OEM code page: GUESS, what Windows console tools write when redirected.
+    $seconds = [int]$Timeouts['command']
     $info = New-Object Diagnostics.ProcessStartInfo
     $info.FileName = $FilePath
     $info.Arguments = $Arguments
@@ -110,9 +183,36 @@ function Invoke-Native([string] $FilePath, [string] $Arguments) {
     $info.StandardErrorEncoding = $oem
     $process = [Diagnostics.Process]::Start($info)
     $stderr = $process.StandardError.ReadToEndAsync()
-    $stdout = $process.StandardOutput.ReadToEnd()
-    $process.WaitForExit()
-    return @{ exit_code = $process.ExitCode; stdout = $stdout; stderr = $stderr.Result }
+    $stdout = $process.StandardOutput.ReadToEndAsync()
+    if (-not $process.WaitForExit($seconds * 1000)) {
+        try { $process.Kill() } catch { }
+        throw ('{0} did not finish within {1} s and was stopped: raise the platform profile key command_timeout_seconds (platform: in the TapiServer or Site manifest)' -f [IO.Path]::GetFileName($FilePath), $seconds)
+    }
+    $process.WaitForExit()  # the redirected streams are complete only now
+    return @{ exit_code = $process.ExitCode; stdout = $stdout.Result; stderr = $stderr.Result }
+}
+
+function Get-AccountSid([string] $Account) {
+    # A built-in account by its well-known SID, any other through the domain or the local SAM;
+    # $null for a name that does not translate.
+    $builtin = $BuiltinAccountSids[$Account.Trim()]
+    if ($builtin) { return $builtin }
+    $name = $Account.Trim()
+    if ($name.StartsWith('.\')) { $name = $env:COMPUTERNAME + $name.Substring(1) }
+    try { return [string](New-Object Security.Principal.NTAccount $name).Translate([Security.Principal.SecurityIdentifier]).Value }
+    catch { return $null }
+}
+
+function Test-LogonRight($Sid) {
+    # Whether the SID holds 'Log on as a service' itself (a right held only through a group
+    # is not seen here); $null when there is no SID to ask about.
+    if ($null -eq $Sid) { return $null }
+    if ($ServiceLogonByDefinition -contains $Sid) { return $true }
+    if (-not ('ProvisionerLsaReader' -as [type])) { Add-Type -TypeDefinition $LsaSource }
+    $identity = New-Object Security.Principal.SecurityIdentifier $Sid
+    $bytes = New-Object byte[] $identity.BinaryLength
+    $identity.GetBinaryForm($bytes, 0)
+    return [ProvisionerLsaReader]::HasRight($bytes, 'SeServiceLogonRight')
 }
 
 function Get-ServiceFacts([string] $Name, $Controllers) {
@@ -128,12 +228,37 @@ function Get-ServiceFacts([string] $Name, $Controllers) {
         default { if ($delayed -eq 1) { 'delayed-auto' } else { 'auto' } }
     }
     $running = @('Running', 'StartPending', 'ContinuePending') -contains [string]$controller.Status
+    $account = [string](Get-RegistryValue $key 'ObjectName' '')
+    $sid = Get-AccountSid $account
     return @{
         name = [string]$controller.ServiceName
         state = $(if ($running) { 'running' } else { 'stopped' })
         start_mode = $mode
-        account = [string](Get-RegistryValue $key 'ObjectName' '')
+        account = $account
+        account_sid = $sid
+        logon_right = (Test-LogonRight $sid)
     }
+}
+
+function Get-KeyAclFacts($Key) {
+    # The rules that apply to the key itself, by SID (names are localised); inherit-only rules
+    # apply to subkeys only and are left out.
+    $security = $Key.GetAccessControl('Access')
+    $entries = New-Object Collections.ArrayList
+    foreach ($rule in $security.GetAccessRules($true, $true, [Security.Principal.SecurityIdentifier])) {
+        if (($rule.PropagationFlags -band [Security.AccessControl.PropagationFlags]::InheritOnly) -ne 0) { continue }
+        $name = ''
+        try { $name = [string]$rule.IdentityReference.Translate([Security.Principal.NTAccount]).Value } catch { }
+        $rights = [long][int]$rule.RegistryRights
+        if ($rights -lt 0) { $rights += 4294967296 }  # GenericRead is the sign bit
+        [void]$entries.Add(@{
+                sid = [string]$rule.IdentityReference.Value
+                name = $name
+                rights = $rights
+                allow = ([string]$rule.AccessControlType -eq 'Allow')
+            })
+    }
+    return @{ protected = [bool]$security.AreAccessRulesProtected; entries = $entries }
 }
 
 function Get-Fingerprint($Key, [string] $SaltValue, [string] $HmacValue) {
@@ -252,9 +377,11 @@ function Get-TspInstanceFacts([string] $FilePattern, [string] $SettingsKey) {
     foreach ($instance in $names) {
         $file = $FilePattern.Replace('{instance}', $instance)
         $settings = $null
+        $acl = $null
         if ($SettingsKey) {
             $key = Open-RegistryKey $SettingsKey.Replace('{instance}', $instance)
             if ($null -ne $key) {
+                $acl = Get-KeyAclFacts $key
                 $settings = @{
                     k_account = [string](Get-RegistryValue $key $TspKAccountValue '')
                     number_format = [string](Get-RegistryValue $key $TspNumberFormatValue '')
@@ -269,6 +396,7 @@ function Get-TspInstanceFacts([string] $FilePattern, [string] $SettingsKey) {
                 file = $file
                 file_present = [IO.File]::Exists((Join-Path $System32 $file))
                 settings = $settings
+                settings_acl = $acl
             })
     }
     return , $instances
@@ -327,6 +455,57 @@ function Get-FirewallRuleFacts([string] $Group) {
     return , $rules
 }
 
+function Get-SystemFacts($Controllers) {
+    # Windows from the registry (its 10.0 build numbers do not depend on an application
+    # manifest, as [Environment]::OSVersion does), the session's own token and language mode.
+    $current = Open-RegistryKey $CurrentVersionKey
+    $major = Get-RegistryValue $current 'CurrentMajorVersionNumber' $null
+    $version = [Environment]::OSVersion.Version.ToString()
+    if ($null -ne $major) {
+        $version = '{0}.{1}.{2}' -f $major, (Get-RegistryValue $current 'CurrentMinorVersionNumber' 0), (Get-RegistryValue $current 'CurrentBuildNumber' 0)
+    }
+    $pending = New-Object Collections.ArrayList
+    foreach ($check in $PendingRebootChecks) {
+        $key = Open-RegistryKey $check[1]
+        if ($null -eq $key) { continue }
+        if ($null -eq $check[2] -or $null -ne $key.GetValue($check[2], $null)) { [void]$pending.Add($check[0]) }
+    }
+    $principal = New-Object Security.Principal.WindowsPrincipal ([Security.Principal.WindowsIdentity]::GetCurrent())
+    $drive = New-Object IO.DriveInfo ([IO.Path]::GetPathRoot($env:windir))
+    $firewall = $Controllers[$FirewallService]
+    return @{
+        windows_version = $version
+        windows_product = [string](Get-RegistryValue $current 'ProductName' '')
+        powershell_version = $PSVersionTable.PSVersion.ToString()
+        language_mode = [string]$ExecutionContext.SessionState.LanguageMode
+        elevated = $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)
+        pending_reboot = $pending
+        system_drive_free_bytes = [long]$drive.AvailableFreeSpace
+        firewall_service_running = ($null -ne $firewall -and [string]$firewall.Status -eq 'Running')
+    }
+}
+
+function Get-ToolFacts([string] $VerpatchPath) {
+    $verpatch = $false
+    if ($VerpatchPath) { $verpatch = [IO.File]::Exists([Environment]::ExpandEnvironmentVariables($VerpatchPath)) }
+    return @{
+        tsecimp = [IO.File]::Exists((Join-Path $System32 'tsecimp.exe'))
+        tcmsetup = [IO.File]::Exists((Join-Path $System32 'tcmsetup.exe'))
+        verpatch = $verpatch
+    }
+}
+
+function Get-PackageCache {
+    # The sha256 of each package the upload script or an apply left in the cache.
+    $held = New-Object Collections.ArrayList
+    if (-not [IO.Directory]::Exists($PackageCache)) { return , $held }
+    foreach ($path in [IO.Directory]::GetFiles($PackageCache, '*.msi')) {
+        $name = [IO.Path]::GetFileNameWithoutExtension($path)
+        if ($name -cmatch '^[0-9a-f]{64}$') { [void]$held.Add($name) }
+    }
+    return , $held
+}
+
 function Get-TsecimpListing {
     $tsecimp = Join-Path $System32 'tsecimp.exe'
     if (-not [IO.File]::Exists($tsecimp)) { return $null }
@@ -361,13 +540,16 @@ foreach ($controller in [ServiceProcess.ServiceController]::GetServices()) {
 $role = [string]$request['role']
 $providers = Get-ProviderFacts
 $facts = @{
-    contract = 1
+    contract = 2
     computer_name = [string]$env:COMPUTERNAME
     role = $role
     seal_key = (Get-SealKey)
     lock = (Get-LockFacts)
     firewall_rules = (Get-FirewallRuleFacts ([string]$request['firewall_group']))
     services = New-Object Collections.ArrayList
+    system = (Get-SystemFacts $controllers)
+    tools = (Get-ToolFacts ([string]$request['verpatch_path']))
+    package_cache = (Get-PackageCache)
 }
 foreach ($name in @($request['services'])) {
     if ($null -eq $name) { continue }

@@ -1,11 +1,18 @@
 """The versioned JSON contract between the provisioner and a Windows host.
 
-Two scripts run on a host, both from ``templates/``, both fed by JSON on stdin:
+Three scripts run on a host, all from ``templates/``, all fed by JSON on stdin:
 
 * **gather** reads everything the provisioner manages in one command and prints one
   :class:`HostFacts` document;
 * **apply** takes an :class:`ApplyRequest` (a lock request plus ordered operations), performs the
-  operations in order, stops at the first failure and prints one :class:`ApplyResponse`.
+  operations in order, stops at the first failure and prints one :class:`ApplyResponse`;
+* **upload** stores a package sent from the admin workstation (:class:`UploadRequest`) in the
+  host's package cache, after checking its sha256, and prints one :class:`UploadResponse`. It runs
+  only when a batch installs a workstation file the host does not hold yet.
+
+Version 2 changed the package source (uploads, HTTPS, a UNC path only where the host reads the
+share by itself), added native-command timeouts, the logon right, registry ACLs and the facts a
+preflight reads (Windows, PowerShell, elevation, tools).
 
 Values come back in the host's own spelling (firewall profiles as a bit mask, addresses as
 ``10.0.2.0/255.255.255.0``): turning them into one canonical form is the job of each resource
@@ -23,7 +30,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 StartMode = Literal["auto", "delayed-auto", "manual", "disabled"]
 ServiceState = Literal["running", "stopped"]
@@ -64,7 +71,9 @@ class ServiceFacts(_Strict):
     name: str
     state: ServiceState
     start_mode: StartMode
-    account: str
+    account: str  # the service's StartName as the service database holds it
+    account_sid: str | None = None  # None: the name does not translate to a SID
+    logon_right: bool | None = None  # may the account log on as a service; None: unknown SID
 
 
 class TelephonyFacts(_Strict):
@@ -100,6 +109,26 @@ class TspSettingsFacts(_Strict):
     password: Fingerprint | None = None
 
 
+class AceFacts(_Strict):
+    """One access rule of a registry key that applies to the key itself (not inherit-only).
+
+    ``rights`` is the RegistryRights mask (0x20019 ReadKey, 0xF003F FullControl); ``name`` is
+    the principal as the host translates it (localised, so compare ``sid``).
+    """
+
+    sid: str
+    name: str = ""
+    rights: int
+    allow: bool = True
+
+
+class KeyAclFacts(_Strict):
+    """A registry key's ACL: ``protected`` when it does not inherit from its parent."""
+
+    protected: bool
+    entries: list[AceFacts] = Field(default_factory=list)
+
+
 class TspInstanceFacts(_Strict):
     """A TSP instance: its copied ``.tsp`` file in System32 and its settings (if any)."""
 
@@ -107,6 +136,7 @@ class TspInstanceFacts(_Strict):
     file: str  # NFONTSP_K6732.TSP
     file_present: bool
     settings: TspSettingsFacts | None = None
+    settings_acl: KeyAclFacts | None = None  # None when there is no settings key
 
 
 class LocationFacts(_Strict):
@@ -154,10 +184,31 @@ class TapiClientFacts(_Strict):
     connection_oriented: bool
 
 
+class SystemFacts(_Strict):
+    """What a preflight reads about the host itself (read-only, cheap)."""
+
+    windows_version: str  # 10.0.17763
+    windows_product: str = ""  # Windows Server 2019 Standard
+    powershell_version: str  # 5.1.17763.1
+    language_mode: str  # FullLanguage | ConstrainedLanguage | ...
+    elevated: bool  # the WinRM user's token holds Administrators (no remote UAC filtering)
+    pending_reboot: list[str] = Field(default_factory=list)  # what says a reboot is pending
+    system_drive_free_bytes: int
+    firewall_service_running: bool  # MpsSvc
+
+
+class ToolFacts(_Strict):
+    """Whether the console tools the provisioner runs are where it runs them from."""
+
+    tsecimp: bool
+    tcmsetup: bool
+    verpatch: bool  # at the request's verpatch_path (downloaded separately, never packaged)
+
+
 class HostFacts(_Strict):
     """Everything one gather returns. ``tsecimp_listing`` is the raw text of ``tsecimp /d``."""
 
-    contract: Literal[1] = 1
+    contract: Literal[2] = 2
     computer_name: str
     role: Literal["server", "client"]
     seal_key: SealKey
@@ -171,40 +222,82 @@ class HostFacts(_Strict):
     firewall_rules: list[FirewallRuleFacts] = Field(default_factory=list)
     tsecimp_listing: str | None = None
     tapi_client: TapiClientFacts | None = None
+    system: SystemFacts | None = None
+    tools: ToolFacts | None = None
+    package_cache: list[str] = Field(default_factory=list)  # sha256 of the packages it holds
+
+
+class Timeouts(_Strict):
+    """Seconds a native command may run before the script stops it (platform profile keys
+    ``msiexec_timeout_seconds``, ``command_timeout_seconds``, ``service_timeout_seconds``)."""
+
+    msiexec: int = 900
+    command: int = 120  # tsecimp, tcmsetup, verpatch, sc.exe
+    service: int = 120  # a service start, stop or restart
 
 
 class GatherRequest(_Strict):
     """What the gather script needs to know: which names the platform profile gives things."""
 
-    contract: Literal[1] = 1
+    contract: Literal[2] = 2
     role: Literal["server", "client"]
     firewall_group: str  # only rules in this group are returned
     services: list[str] = Field(
         default_factory=list
     )  # extra services to report, e.g. the CTI engine
+    telephony_service: str = "TapiSrv"
     package_name: str = ""  # MSI product name to look for
     tsp_file: str = ""  # NFONTSP.TSP, the original the instances are copied from
     instance_file_pattern: str = ""  # NFONTSP_{instance}.TSP
     instance_settings_key: str = ""  # registry path with {instance}
+    verpatch_path: str = ""  # where verpatch.exe is expected (reported in tools)
+    timeouts: Timeouts = Timeouts()  # tsecimp /d runs under ``command``
 
 
 # --- operations -------------------------------------------------------------------------------
 
 
+PackageFetch = Literal["upload", "https", "unc"]
+
+
 class PackageInstall(_Strict):
+    """Install (or upgrade to) the MSI with this sha256, checked before msiexec runs.
+
+    ``fetch`` says where the host finds it: ``upload`` in its package cache (sent beforehand by
+    the upload script; ``source`` is then only the file's name), ``https`` from the URL in
+    ``source``, ``unc`` from a share the host reads by itself. ``reinstall`` adds
+    ``REINSTALL=ALL REINSTALLMODE=vomus`` (the package keeps the installed product's ProductCode).
+    """
+
     op: Literal["package.install"] = "package.install"
-    source: str  # UNC path or URL of the MSI
+    fetch: PackageFetch
+    source: str
     sha256: str
     version: str
     properties: dict[str, str] = Field(default_factory=dict)
+    reinstall: bool = False
+    installed_product_code: str | None = None  # the installed version's, named in messages
 
 
 class ServiceConfigure(_Strict):
+    """Start mode through sc.exe; account and password through Win32_Service.Change.
+
+    A built-in ``account`` (LocalSystem, NT AUTHORITY\\NetworkService, NT AUTHORITY\\LocalService)
+    is set with an empty password; any other account first gets the logon right.
+    """
+
     op: Literal["service.configure"] = "service.configure"
     name: str
     start_mode: StartMode | None = None
     account: str | None = None
     password: SealedSecret | None = None
+
+
+class LogonRightGrant(_Strict):
+    """Grant an account the 'Log on as a service' right (SeServiceLogonRight)."""
+
+    op: Literal["logon_right.grant"] = "logon_right.grant"
+    account: str
 
 
 class ServiceControl(_Strict):
@@ -228,6 +321,7 @@ class TspInstanceCreate(_Strict):
     file: str
     provider_name: str
     tsp_file: str = "NFONTSP.TSP"  # the original in System32 that the instance copies
+    verpatch_path: str  # verpatch.exe, which sets the copy's display name
 
 
 class TspInstanceConfigure(_Strict):
@@ -239,6 +333,7 @@ class TspInstanceConfigure(_Strict):
     line_name_format: str
     debug_level: int
     password: SealedSecret | None = None  # None: leave the stored password alone
+    reader: str = "S-1-5-20"  # TapiSrv's account (a SID or DOMAIN\\name): may read the key
 
 
 class TspInstanceRemove(_Strict):
@@ -306,6 +401,7 @@ class TapiClientSet(_Strict):
 Operation = Annotated[
     PackageInstall
     | ServiceConfigure
+    | LogonRightGrant
     | ServiceControl
     | TelephonyConfigure
     | TspInstanceCreate
@@ -323,6 +419,7 @@ OPERATION_NAMES: frozenset[str] = frozenset(
     {
         "package.install",
         "service.configure",
+        "logon_right.grant",
         "service.start",
         "service.stop",
         "service.restart",
@@ -352,9 +449,10 @@ class ApplyStep(_Strict):
 
 
 class ApplyRequest(_Strict):
-    contract: Literal[1] = 1
+    contract: Literal[2] = 2
     lock: LockRequest
     steps: list[ApplyStep]
+    timeouts: Timeouts = Timeouts()
 
 
 class StepResult(_Strict):
@@ -367,7 +465,26 @@ class StepResult(_Strict):
 class ApplyResponse(_Strict):
     """``status`` is ``locked`` (nothing ran; ``lock`` names the holder), ``ok`` or ``failed``."""
 
-    contract: Literal[1] = 1
+    contract: Literal[2] = 2
     status: Literal["ok", "failed", "locked"]
     lock: LockInfo | None = None
     results: list[StepResult] = Field(default_factory=list)
+
+
+# --- upload -----------------------------------------------------------------------------------
+
+
+class UploadRequest(_Strict):
+    """A package from the admin workstation, whole, in base64; stored only if its sha256 fits."""
+
+    contract: Literal[2] = 2
+    name: str  # the file's name, for messages
+    sha256: str
+    content: str  # base64
+
+
+class UploadResponse(_Strict):
+    contract: Literal[2] = 2
+    sha256: str
+    size: int
+    path: str  # where the host keeps it

@@ -12,16 +12,26 @@ An apply is never retried.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
 
 from provisioner.errors import ProvisionerError
 from provisioner.remote import scripts
-from provisioner.remote.contract import ApplyRequest, ApplyResponse, GatherRequest, HostFacts
+from provisioner.remote.contract import (
+    ApplyRequest,
+    ApplyResponse,
+    GatherRequest,
+    HostFacts,
+    UploadRequest,
+    UploadResponse,
+)
 from provisioner.transports.winrm import WinRMEndpoint, WinRMError, WinRMSession
 
 T = TypeVar("T", bound=BaseModel)
@@ -82,6 +92,26 @@ class RemoteHost:
     def apply(self, request: ApplyRequest) -> ApplyResponse:
         """Carry out a batch; never retried blindly (the host may have done part of it)."""
         return self._run("apply", request, ApplyResponse, retry=False)
+
+    def upload(self, path: Path, sha256: str) -> UploadResponse:
+        """Send a package from this workstation into the host's package cache (one command).
+
+        The file is checked against ``sha256`` here and again on the host before it is kept."""
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            cause = ProvisionerError(f"the package {path} cannot be read ({exc.strerror})")
+            raise HostError(self.name, cause) from None
+        actual = hashlib.sha256(content).hexdigest()
+        if actual != sha256:
+            cause = ProvisionerError(
+                f"the package {path} has sha256 {actual}, not {sha256}: it changed after the "
+                "plan was made"
+            )
+            raise HostError(self.name, cause)
+        encoded = base64.b64encode(content).decode("ascii")
+        request = UploadRequest(name=path.name, sha256=sha256, content=encoded)
+        return self._run("upload", request, UploadResponse, retry=True)  # content-addressed
 
     def _run(
         self, name: scripts.ScriptName, request: BaseModel, model: type[T], *, retry: bool

@@ -13,7 +13,7 @@ code 1)::
 
     >>> script = load("gather")
     >>> script.identity  # doctest: +SKIP
-    'gather/1:3f9c0a6d2b7e4411'
+    'gather/2:3f9c0a6d2b7e4411'
     >>> payload = stdin_payload(script, GatherRequest(role="client", firewall_group="G"))
     >>> parse_payload(payload)[1]["firewall_group"]
     'G'
@@ -37,9 +37,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 import provisioner
 from provisioner.errors import ProvisionerError
-from provisioner.remote.contract import CONTRACT_VERSION, ApplyRequest, GatherRequest
+from provisioner.remote.contract import (
+    CONTRACT_VERSION,
+    ApplyRequest,
+    GatherRequest,
+    UploadRequest,
+)
 
-ScriptName = Literal["gather", "apply"]
+ScriptName = Literal["gather", "apply", "upload"]
 T = TypeVar("T", bound=BaseModel)
 
 SEPARATOR = "#==provisioner-json==#"
@@ -48,7 +53,11 @@ SEPARATOR = "#==provisioner-json==#"
 POWERSHELL = "powershell.exe"
 _POWERSHELL_OPTIONS = ("-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass")
 _HEADER = re.compile(r"\A# provisioner-contract: (?P<name>[a-z]+) (?P<version>\d+)\r?\n")
-_REQUEST_MODELS: dict[str, type[BaseModel]] = {"gather": GatherRequest, "apply": ApplyRequest}
+_REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "gather": GatherRequest,
+    "apply": ApplyRequest,
+    "upload": UploadRequest,
+}
 _CLIXML_MARKER = "#< CLIXML"
 _CLIXML_DOCUMENT = re.compile(r"<Objs\b.*?(?:</Objs>|\Z)", re.DOTALL)  # cut short: to the end
 _CLIXML_ERROR_STRING = re.compile(r'<S\s+S="Error"\s*>(.*?)</S>', re.DOTALL)
@@ -74,7 +83,7 @@ class ScriptErrorDetail(BaseModel):
 class ScriptFailure(BaseModel):
     """The error document the bootstrap prints (with exit code 1) when a script throws.
 
-    ``{"contract": 1, "error": {"message": "registry path 'X' is not under HKLM", "line": 57}}``
+    ``{"contract": 2, "error": {"message": "registry path 'X' is not under HKLM", "line": 57}}``
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -89,7 +98,7 @@ class RemoteScript:
 
     name: str
     text: str
-    identity: str  # "gather/1:<first 16 hex digits of sha256(text)>"
+    identity: str  # "gather/2:<first 16 hex digits of sha256(text)>"
 
 
 def templates_dir() -> Path:

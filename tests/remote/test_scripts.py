@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from tree_sitter import Language, Node, Parser
 
 from provisioner.lab.windows_host import SIMULATED_OPERATIONS
+from provisioner.platform import TIMEOUT_KEYS
 from provisioner.remote import contract, scripts
 from provisioner.remote.contract import (
     ApplyRequest,
@@ -27,6 +28,7 @@ from provisioner.remote.contract import (
     HostFacts,
     LocationSet,
     LockRequest,
+    LogonRightGrant,
     PackageInstall,
     SealedSecret,
     ServiceConfigure,
@@ -34,6 +36,7 @@ from provisioner.remote.contract import (
     TsecimpImport,
     TspInstanceConfigure,
     TspInstanceCreate,
+    UploadRequest,
 )
 
 POWERSHELL = Language(tree_sitter_powershell.language())
@@ -76,8 +79,13 @@ def text_of(node: Node) -> str:
     return (node.text or b"").decode("utf-8")
 
 
+SCRIPTS = ("gather", "apply", "upload")
+
+
 def test_the_shipped_scripts_are_all_there() -> None:
-    assert {"apply.ps1", "bootstrap.ps1", "gather.ps1"} <= {path.name for path in PS1_FILES}
+    assert {"apply.ps1", "bootstrap.ps1", "gather.ps1", "upload.ps1"} <= {
+        path.name for path in PS1_FILES
+    }
 
 
 @pytest.mark.parametrize("path", PS1_FILES, ids=lambda path: path.name)
@@ -89,11 +97,12 @@ def test_the_syntax_check_catches_a_broken_script() -> None:
     assert syntax_problems("function Broken { if ($x -eq 1) { 'a' }\n")
 
 
-@pytest.mark.parametrize("name", ["gather", "apply"])
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_each_script_names_its_contract_and_is_identified_by_its_hash(name) -> None:
     script = scripts.load(name)
-    assert script.text.startswith(f"# provisioner-contract: {name} {contract.CONTRACT_VERSION}\n")
-    assert re.fullmatch(rf"{name}/1:[0-9a-f]{{16}}", script.identity)
+    version = contract.CONTRACT_VERSION
+    assert script.text.startswith(f"# provisioner-contract: {name} {version}\n")
+    assert re.fullmatch(rf"{name}/{version}:[0-9a-f]{{16}}", script.identity)
     assert scripts.identity_of(script.text + "# one more line\n") != script.identity
     assert scripts.identity_of("Write-Output 1\n") is None
 
@@ -127,7 +136,7 @@ def test_every_operation_model_is_named_in_the_operation_list() -> None:
     assert names == contract.OPERATION_NAMES
 
 
-@pytest.mark.parametrize("name", ["gather", "apply"])
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_scripts_never_turn_data_into_code_nor_write_to_the_host_stream(name) -> None:
     commands = {
         text_of(node).casefold()
@@ -143,12 +152,50 @@ def top_level_assignments(source: str) -> dict[str, str]:
     return dict(re.findall(r"(?m)^\$(\w+) = '([^']*)'\s*(?:#.*)?$", source))
 
 
-def test_gather_and_apply_agree_on_every_shared_assumption() -> None:
+def test_the_scripts_agree_on_every_shared_assumption() -> None:
     gather = top_level_assignments(scripts.load("gather").text)
     apply = top_level_assignments(scripts.load("apply").text)
+    upload = top_level_assignments(scripts.load("upload").text)
     shared = gather.keys() & apply.keys()
     assert {"TelephonyServerKey", "TspKAccountValue", "SealKeyContainer", "StateKey"} <= shared
     assert {name: gather[name] for name in shared} == {name: apply[name] for name in shared}
+    assert {"SystemSid", "AdministratorsSid"} <= upload.keys() & apply.keys()
+    assert {name: upload[name] for name in upload.keys() & apply.keys()} == {
+        name: apply[name] for name in upload.keys() & apply.keys()
+    }
+
+
+def commands_in(source: str, name: str) -> list[Node]:
+    """Every ``command`` node that calls ``name``."""
+    return [
+        node
+        for node in walk(parse(source))
+        if node.type == "command"
+        and any(
+            child.type == "command_name" and text_of(child).casefold() == name.casefold()
+            for child in node.children
+        )
+    ]
+
+
+def test_every_native_command_runs_under_a_timeout_named_after_its_setting() -> None:
+    """No wait without end: every program runs through Invoke-Native with a timeout kind, and
+    services are started and stopped with a bounded wait, never by the cmdlets that wait on."""
+    apply = scripts.load("apply").text
+    calls = commands_in(apply, "Invoke-Native")
+    assert len(calls) >= 8  # msiexec (2), sc.exe, verpatch, tsecimp (3), tcmsetup
+    kinds = {text_of(call).rsplit(" ", 1)[-1] for call in calls}
+    assert kinds == {"'msiexec'", "'command'"}
+    for name in SCRIPTS:
+        text = scripts.load(name).text
+        for unbounded in ("Start-Process", "Start-Service", "Stop-Service", "Restart-Service"):
+            assert not commands_in(text, unbounded), f"{name}.ps1 runs {unbounded}"
+        assert ".WaitForExit()" not in text.replace(
+            "$process.WaitForExit()  # the redirected streams are complete only now", ""
+        )
+    for key in TIMEOUT_KEYS:  # the messages name the settings the profile has
+        assert key in apply
+    assert "command_timeout_seconds" in scripts.load("gather").text
 
 
 def test_the_bootstrap_decodes_to_the_template_and_the_command_line_is_short_and_constant() -> None:
@@ -175,9 +222,17 @@ def test_the_bootstrap_decodes_to_the_template_and_the_command_line_is_short_and
 def hostile_requests(value: str) -> list[BaseModel]:
     sealed = SealedSecret(sealed=value, fingerprint=Fingerprint(salt=value, hmac=value))
     operations = [
-        PackageInstall(source=value, sha256=value, version=value, properties={value: value}),
+        PackageInstall(
+            fetch="https",
+            source=value,
+            sha256=value,
+            version=value,
+            properties={value: value},
+            installed_product_code=value,
+        ),
         ServiceConfigure(name=value, account=value, password=sealed),
-        TspInstanceCreate(instance=value, file=value, provider_name=value),
+        LogonRightGrant(account=value),
+        TspInstanceCreate(instance=value, file=value, provider_name=value, verpatch_path=value),
         TspInstanceConfigure(
             instance=value,
             settings_key=value,
@@ -186,6 +241,7 @@ def hostile_requests(value: str) -> list[BaseModel]:
             line_name_format=value,
             debug_level=0,
             password=sealed,
+            reader=value,
         ),
         LocationSet(
             name=value,
@@ -220,16 +276,19 @@ def hostile_requests(value: str) -> list[BaseModel]:
             tsp_file=value,
             instance_file_pattern=value,
             instance_settings_key=value,
+            telephony_service=value,
+            verpatch_path=value,
         ),
         ApplyRequest(
             lock=LockRequest(owner=value),
             steps=[ApplyStep(id=value, operation=op) for op in operations],
         ),
+        UploadRequest(name=value, sha256=value, content=value),
     ]
 
 
 def check_payload(request: BaseModel) -> None:
-    name = "gather" if isinstance(request, GatherRequest) else "apply"
+    name = {GatherRequest: "gather", ApplyRequest: "apply", UploadRequest: "upload"}[type(request)]
     script = scripts.load(name)
     payload = scripts.stdin_payload(script, request)
     template = (scripts.templates_dir() / f"{name}.ps1").read_bytes()
@@ -271,12 +330,12 @@ SEAL_KEY = {"modulus": "AQAB", "exponent": "AQAB"}
 
 
 def test_parse_output_validates_against_the_contract() -> None:
-    document = {"contract": 1, "computer_name": "TAPI01", "role": "server", "seal_key": SEAL_KEY}
+    document = {"contract": 2, "computer_name": "TAPI01", "role": "server", "seal_key": SEAL_KEY}
     facts = scripts.parse_output(
         b"\xef\xbb\xbf" + json.dumps(document).encode() + b"\r\n", HostFacts
     )
     assert facts.computer_name == "TAPI01"
-    response = scripts.parse_output(b'{"contract":1,"status":"ok","results":[]}', ApplyResponse)
+    response = scripts.parse_output(b'{"contract":2,"status":"ok","results":[]}', ApplyResponse)
     assert response.status == "ok"
 
 
@@ -291,9 +350,9 @@ def test_parse_output_validates_against_the_contract() -> None:
             scripts.failure_document("the registry path is bad", 57),
             "failed: the registry .* line 57",
         ),
-        (b'{"contract": 2, "status": "ok"}', "contract version 2"),
-        (b'{"contract": 1, "status": "maybe"}', "not a valid ApplyResponse .*status"),
-        (b'{"contract": 1, "status": "ok", "extra": 1}', "not a valid ApplyResponse .*extra"),
+        (b'{"contract": 1, "status": "ok"}', "contract version 1"),
+        (b'{"contract": 2, "status": "maybe"}', "not a valid ApplyResponse .*status"),
+        (b'{"contract": 2, "status": "ok", "extra": 1}', "not a valid ApplyResponse .*extra"),
     ],
 )
 def test_parse_output_says_clearly_what_is_wrong(stdout, message) -> None:
@@ -381,3 +440,18 @@ def test_a_document_wins_over_progress_on_stderr() -> None:
     document = scripts.failure_document("boom", 3)
     with pytest.raises(scripts.RemoteScriptError, match="the remote script failed: boom"):
         scripts.parse_output(document, HostFacts, stderr=clixml("noise"), exit_code=1)
+def test_a_built_in_account_gets_an_empty_password_and_others_the_logon_right_first() -> None:
+    """Win32_Service.Change's remarks: a change to or from LocalSystem or NetworkService needs
+    StartPassword "" (NULL means "keep the password"); Change grants no logon right."""
+    apply = scripts.load("apply").text
+    configure = apply[apply.index("function Invoke-ServiceConfigure") :]
+    configure = configure[: configure.index("\nfunction ")]
+    assert "$arguments['StartPassword'] = ''" in configure
+    assert configure.index("Grant-LogonRight") < configure.index("-MethodName Change")
+    assert configure.index("Open-SealedSecret") < configure.index("StartPassword'] = ''")
+
+
+def test_gather_takes_the_telephony_service_from_the_request_as_apply_does() -> None:
+    gather = scripts.load("gather").text
+    assert "$TelephonyService = [string]$request['telephony_service']" in gather
+    assert "'TapiSrv'" not in gather
