@@ -25,11 +25,12 @@ from ruamel.yaml import YAML
 from provisioner.errors import ProvisionerError
 from provisioner.lab.cti_api import PBX, CTIAPISimulator
 from provisioner.lab.tls import ensure_lab_tls
-from provisioner.lab.windows_host import WindowsHost
+from provisioner.lab.windows_host import AdminSetup, WindowsHost
 from provisioner.lab.wsman_server import WSManServer
 from provisioner.manifest import load_estate
 from provisioner.manifest.models import SecretRef
 from provisioner.manifest.validate import Estate
+from provisioner.planner import Host, profile_for
 from provisioner.secrets import Secret
 
 LAB_USER = "lab-admin"
@@ -60,6 +61,7 @@ class LabPlan:
     other_variables: set[str] = field(default_factory=set)
     users: dict[str, str] = field(default_factory=dict)  # DOMAIN\SAM → display name
     groups: set[str] = field(default_factory=set)  # DOMAIN\GROUP
+    setup: dict[str, AdminSetup] = field(default_factory=dict)  # server → its admin's work
 
 
 def read_manifests(paths: Iterable[Path]) -> LabPlan:
@@ -74,9 +76,11 @@ def read_manifests(paths: Iterable[Path]) -> LabPlan:
 
 
 def _add_estate(plan: LabPlan, estate: Estate) -> None:
-    for name in estate.servers:
+    for name, server in estate.servers.items():
         if name not in plan.servers:
             plan.servers.append(name)
+        host = Host(f"server/{name}", name, "server")
+        plan.setup.setdefault(name, AdminSetup()).learn(server, profile_for(estate, host))
     for clients in estate.clients.values():
         plan.clients.extend(h for h in clients.hosts if h not in plan.clients)
     for tenant in estate.tenants.values():
@@ -164,11 +168,17 @@ class Lab:
                 return []
             return [(e["number"], e["name"]) for e in pbx.extensions]
 
+        self.values = {
+            variable: pbxs[k].password for variable, k in self.plan.cti_variables.items()
+        }
+        self.values |= {v: secrets.token_urlsafe(18) for v in sorted(self.plan.other_variables)}
+        downloads = {u: c for setup in self.plan.setup.values() for u, c in setup.downloads.items()}
         try:
             for name, role in [(s, "server") for s in self.plan.servers] + [
                 (c, "client") for c in self.plan.clients
             ]:
-                windows = WindowsHost.fresh(name.upper()[:15], role, pbx_lines)  # type: ignore[arg-type]
+                windows = WindowsHost.fresh(name.upper()[:15], role, pbx_lines, web=downloads.get)  # type: ignore[arg-type]
+                self.plan.setup.get(name, AdminSetup()).prepare(windows, self.values)
                 server = WSManServer(
                     windows,
                     username=LAB_USER,
@@ -180,10 +190,6 @@ class Lab:
         except BaseException:
             self.stop()
             raise
-        self.values = {
-            variable: pbxs[k].password for variable, k in self.plan.cti_variables.items()
-        }
-        self.values |= {v: secrets.token_urlsafe(18) for v in sorted(self.plan.other_variables)}
         self.values[WINRM_PASSWORD_VARIABLE] = self.winrm_password.reveal()
         if self.want_directory:
             self._start_directory()

@@ -10,12 +10,16 @@ and performs that script's contract (:mod:`provisioner.remote.contract`) on a mo
     result = host(command, arguments, payload)          # CommandResult(stdout=b'{"contract":1,...')
     facts = scripts.parse_output(result.stdout, HostFacts)
 
-Windows behaviour worth modelling: ``tsecimp`` silently ignores lines that do not exist; the line
-listing follows TAPI providers and TSP settings only from the Telephony service's (``TapiSrv``)
-last start; firewall rules come back in COM spelling (``10.0.2.0/255.255.255.0``); a sealed
-secret is opened with the host's RSA key, checked against its fingerprint and kept sealed (the
-state never holds a clear secret). :class:`WindowsHostState` is plain data that round-trips
-through JSON, so the lab can keep a host between commands.
+The model fails the way Windows fails. Each behaviour comes from a public source listed in
+:mod:`provisioner.lab.windows_rules` and is cited by name beside the code that enforces it
+(``# rule: SECOND_HOP``): a UNC share is out of reach from a WinRM session, Win32_Service.Change
+answers its documented codes, a service whose account cannot log on as a service does not start
+(1069), new registry keys inherit HKLM\\SOFTWARE's "Users: Read", msiexec answers 1638 for a
+same-ProductCode upgrade without REINSTALL, verpatch.exe is not in the package, tools can hang.
+Beyond the rules: a sealed secret is opened with the host's RSA key, checked against its
+fingerprint and kept sealed (the state never holds a clear secret, nor an account's password:
+only a salted digest of it). :class:`WindowsHostState` is plain data that round-trips through
+JSON, so the lab can keep a host between commands.
 """
 
 from __future__ import annotations
@@ -25,19 +29,22 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from provisioner.platform import default_profile
+from provisioner.manifest.models import TapiServer
+from provisioner.platform import Profile, default_profile
 from provisioner.remote import scripts
 from provisioner.remote.contract import (
+    AceFacts,
     ApplyRequest,
     ApplyResponse,
     FirewallRemove,
@@ -45,9 +52,11 @@ from provisioner.remote.contract import (
     FirewallUpsert,
     GatherRequest,
     HostFacts,
+    KeyAclFacts,
     LocationFacts,
     LocationSet,
     LockInfo,
+    LogonRightGrant,
     Operation,
     PackageFacts,
     PackageInstall,
@@ -58,16 +67,21 @@ from provisioner.remote.contract import (
     ServiceControl,
     ServiceFacts,
     StepResult,
+    SystemFacts,
     TapiClientFacts,
     TapiClientSet,
     TelephonyConfigure,
     TelephonyFacts,
+    Timeouts,
+    ToolFacts,
     TsecimpImport,
     TspInstanceConfigure,
     TspInstanceCreate,
     TspInstanceFacts,
     TspInstanceRemove,
     TspSettingsFacts,
+    UploadRequest,
+    UploadResponse,
 )
 from provisioner.remote.contract import Fingerprint as FingerprintModel
 from provisioner.remote.tsecimp import (
@@ -83,11 +97,57 @@ from provisioner.secrets import Secret
 Role = Literal["server", "client"]
 PbxLines = Callable[[str], Sequence[tuple[str, str]]]
 """``pbx_lines(k_account) -> [(extension number, display name), ...]``: a tenant's PBX data."""
+Web = Callable[[str], bytes | None]
+"""``web(url) -> content``, None for a URL no server answers: what the host can download."""
 
 TELEPHONY_SERVICE = "TapiSrv"
 LAB_CTI_ENGINE_SERVICE = default_profile().cti_engine_service  # what lab packages install
 LAB_TSP_FILE = "NFONTSP.TSP"
 _STATE_DIR = "C:\\ProgramData\\NFON-Provisioner"
+_SYSTEM32 = "C:\\Windows\\System32"
+SYSTEM_SID, ADMINISTRATORS_SID = "S-1-5-18", "S-1-5-32-544"
+# Built-in service accounts by every spelling, with their SIDs and their names as a host prints
+# them; they have no password.
+_BUILTIN_SIDS = {
+    "localsystem": "S-1-5-18",
+    ".\\localsystem": "S-1-5-18",
+    "nt authority\\system": "S-1-5-18",
+    "nt authority\\networkservice": "S-1-5-20",
+    "nt authority\\network service": "S-1-5-20",
+    "nt authority\\localservice": "S-1-5-19",
+    "nt authority\\local service": "S-1-5-19",
+}
+_SID_NAMES = {
+    "S-1-5-18": "NT AUTHORITY\\SYSTEM",
+    "S-1-5-19": "NT AUTHORITY\\LOCAL SERVICE",
+    "S-1-5-20": "NT AUTHORITY\\NETWORK SERVICE",
+    "S-1-5-32-544": "BUILTIN\\Administrators",
+    "S-1-5-32-545": "BUILTIN\\Users",
+    "S-1-3-0": "CREATOR OWNER",
+    "S-1-15-2-1": "APPLICATION PACKAGE AUTHORITY\\ALL APPLICATION PACKAGES",
+}
+# rule: LOGON_RIGHT (LocalSystem needs none; Local Service and Network Service hold it).
+_LOGON_BY_DEFINITION = frozenset({"S-1-5-18", "S-1-5-19", "S-1-5-20"})
+_FULL_CONTROL, _READ_KEY = 0xF003F, 0x20019
+_CHANGE_CODES = {  # rule: SERVICE_CHANGE_CODES, as the script names them
+    2: "Access Denied: the WinRM user needs an elevated administrator token (a local account "
+    "other than Administrator is filtered by remote UAC)",
+    15: "Service Logon Failed: the account's password is wrong, or the account cannot log on",
+    21: "Status Invalid Parameter: a built-in account takes an empty password, never none",
+    22: "Status Invalid Service Account: the account does not exist or may not run the service",
+}
+_MSI_CODES = {  # rule: MSI_EXIT_CODES, as the script names them
+    1603: "ERROR_INSTALL_FAILURE: a fatal error during installation (a newer version "
+    "installed, a failed custom action: the log says)",
+    1605: "ERROR_UNKNOWN_PRODUCT: the product is not installed",
+    1620: "ERROR_INSTALL_PACKAGE_INVALID: the file is not a valid Windows Installer package",
+    1638: "ERROR_PRODUCT_VERSION: another version of this product is already installed",
+}
+_TIMEOUT_KEYS = {
+    "msiexec": "msiexec_timeout_seconds",
+    "command": "command_timeout_seconds",
+    "service": "service_timeout_seconds",
+}
 _OAEP_SHA1 = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
 _CLIENT_OPERATIONS = frozenset({"tapi_client.set", "firewall.upsert", "firewall.remove"})
 # COM's spelling of the RemoteAddresses keywords.
@@ -127,29 +187,67 @@ class RecordedCommand:
 
 @dataclass(frozen=True)
 class LabPackage:
-    """An MSI the lab knows by its sha256 (the "source" may be any string)."""
+    """An MSI the lab knows by its sha256: what Windows Installer would read from the file."""
 
     name: str
     version: str
     product_code: str
     sha256: str
+    upgrade_code: str = "{6A1B3C5D-0F00-4E10-9A00-0000000000FF}"
     files: tuple[str, ...] = (LAB_TSP_FILE,)
     services: tuple[str, ...] = (LAB_CTI_ENGINE_SERVICE,)
 
 
+def lab_package_bytes(version: str) -> bytes:
+    """The content of the lab's NFONTAPI.msi of ``version`` (a stand-in, not an MSI)."""
+    return f"NFONTAPI.msi {version} (lab)".encode()
+
+
 def lab_package_sha256(version: str) -> str:
     """The sha256 the lab gives NFONTAPI.msi of ``version`` (manifests for the lab use it)."""
-    return hashlib.sha256(f"NFONTAPI.msi {version} (lab)".encode()).hexdigest()
+    return hashlib.sha256(lab_package_bytes(version)).hexdigest()
+
+
+def _lab_package(version: str, product_code: str) -> LabPackage:
+    return LabPackage("NFON TAPI", version, product_code, lab_package_sha256(version))
 
 
 LAB_PACKAGES: tuple[LabPackage, ...] = (
-    LabPackage(
-        "NFON TAPI", "1.0.0", "{6A1B3C5D-0F00-4E10-9A00-000000010000}", lab_package_sha256("1.0.0")
-    ),
-    LabPackage(
-        "NFON TAPI", "1.1.0", "{6A1B3C5D-0F00-4E10-9A00-000000011000}", lab_package_sha256("1.1.0")
-    ),
+    _lab_package("1.0.0", "{6A1B3C5D-0F00-4E10-9A00-000000010000}"),
+    # a minor upgrade of 1.0.0: the same ProductCode
+    _lab_package("1.0.1", "{6A1B3C5D-0F00-4E10-9A00-000000010000}"),
+    _lab_package("1.1.0", "{6A1B3C5D-0F00-4E10-9A00-000000011000}"),
+    _lab_package("1.9.0", "{6A1B3C5D-0F00-4E10-9A00-000000019000}"),
+    _lab_package("1.10.0", "{6A1B3C5D-0F00-4E10-9A00-000000110000}"),
 )
+
+
+@dataclass
+class AdminSetup:
+    """What an admin does on a server before the provisioner's first run, learnt from its
+    manifests: verpatch.exe downloaded (the package does not ship it), the service accounts
+    created in the domain, the package published where an https source points."""
+
+    files: set[str] = field(default_factory=set)
+    accounts: dict[str, str] = field(default_factory=dict)  # account → variable of its password
+    downloads: dict[str, bytes] = field(default_factory=dict)  # https URL → content
+
+    def learn(self, server: TapiServer, profile: Profile) -> None:
+        self.files.add(profile.verpatch_path)
+        telephony = server.telephony
+        account, password = telephony.service_account, telephony.service_password
+        if account and password and password.env:
+            self.accounts[account] = password.env
+        package = server.package
+        if package is not None and package.fetch == "https":
+            self.downloads[package.source] = lab_package_bytes(package.version)
+
+    def prepare(self, host: WindowsHost, values: Mapping[str, str]) -> None:
+        for path in sorted(self.files):
+            host.add_file(path)
+        for account, variable in self.accounts.items():
+            if variable in values:
+                host.add_account(account, Secret(values[variable]))
 
 
 # --- the state: plain data, JSON both ways ----------------------------------------------------
@@ -159,6 +257,56 @@ LAB_PACKAGES: tuple[LabPackage, ...] = (
 class StoredFingerprint:
     salt: str
     hmac: str
+
+
+@dataclass
+class AccountRecord:
+    """A domain or local account the host can resolve; its password only as a salted digest."""
+
+    name: str
+    sid: str
+    password: StoredFingerprint
+
+
+@dataclass
+class AceRecord:
+    sid: str
+    rights: int
+    allow: bool = True
+
+
+@dataclass
+class AclRecord:
+    protected: bool
+    entries: list[AceRecord] = field(default_factory=list)
+
+
+def inherited_software_acl() -> AclRecord:
+    """What a key created under HKLM\\SOFTWARE without an ACL of its own gets."""
+    # rule: HKLM_SOFTWARE_DEFAULT_ACL (CREATOR OWNER's entry is for subkeys only: not listed)
+    return AclRecord(
+        protected=False,
+        entries=[
+            AceRecord("S-1-5-32-545", _READ_KEY),
+            AceRecord(ADMINISTRATORS_SID, _FULL_CONTROL),
+            AceRecord(SYSTEM_SID, _FULL_CONTROL),
+            AceRecord("S-1-15-2-1", _READ_KEY),
+        ],
+    )
+
+
+@dataclass
+class SystemRecord:
+    """What a preflight reads about the host: a freshly installed Windows Server 2019."""
+
+    windows_version: str = "10.0.17763"
+    windows_product: str = "Windows Server 2019 Standard"
+    powershell_version: str = "5.1.17763.1"
+    language_mode: str = "FullLanguage"
+    elevated: bool = True
+    pending_reboot: list[str] = field(default_factory=list)
+    system_drive_free_bytes: int = 40 * 2**30
+    firewall_service_running: bool = True
 
 
 @dataclass
@@ -205,6 +353,7 @@ class TspSettingsRecord:
     debug_level: int
     password_sealed: str | None = None
     password_fingerprint: StoredFingerprint | None = None
+    acl: AclRecord = field(default_factory=inherited_software_acl)
 
 
 @dataclass
@@ -293,6 +442,13 @@ class WindowsHostState:
     tapi_client: TapiClientRecord = field(default_factory=TapiClientRecord)
     lock: LockRecord | None = None
     backups: dict[str, str] = field(default_factory=dict)
+    accounts: dict[str, AccountRecord] = field(default_factory=dict)
+    logon_rights: list[str] = field(default_factory=list)  # SIDs granted SeServiceLogonRight
+    files: list[str] = field(default_factory=list)  # other files that exist, case-folded paths
+    readable_shares: list[str] = field(default_factory=list)  # UNC prefixes read without creds
+    package_cache: list[str] = field(default_factory=list)  # sha256 of the packages held
+    hung: list[str] = field(default_factory=list)  # tools, or "stop <service>", that hang
+    system: SystemRecord = field(default_factory=SystemRecord)
 
     @classmethod
     def fresh(cls, computer_name: str, role: Role = "server") -> WindowsHostState:
@@ -304,6 +460,7 @@ class WindowsHostState:
             serialization.NoEncryption(),
         ).decode("ascii")
         state = cls(computer_name=computer_name, role=role, seal_key_pem=pem)
+        # rule: TAPISRV_DEFAULTS
         state.services[TELEPHONY_SERVICE.casefold()] = ServiceRecord(
             name=TELEPHONY_SERVICE, account="NT AUTHORITY\\NetworkService"
         )
@@ -371,6 +528,7 @@ def com_address_spelling(addresses: str) -> str:
     >>> com_address_spelling("10.0.2.0/24, 10.0.9.7,localsubnet")
     '10.0.2.0/255.255.255.0,10.0.9.7/255.255.255.255,LocalSubnet'
     """
+    # rule: FIREWALL_COM_SPELLING
     spelled: list[str] = []
     for part in (piece.strip() for piece in addresses.split(",")):
         if part == "*" or part.casefold() in _ADDRESS_KEYWORDS:
@@ -397,8 +555,56 @@ def com_address_spelling(addresses: str) -> str:
 # --- the host ---------------------------------------------------------------------------------
 
 
+def _builtin_sid(account: str) -> str | None:
+    return _BUILTIN_SIDS.get(account.strip().casefold())
+
+
+def _domain_sid(name: str) -> str:
+    """A stable SID for a lab account (a domain's SID prefix and a RID from the name)."""
+    rid = int.from_bytes(hashlib.sha256(name.casefold().encode()).digest()[:3], "big") + 1000
+    return f"S-1-5-21-1004336348-1177238915-682003330-{rid}"
+
+
+def _salted(password: str, salt: str) -> str:
+    return hmac.new(bytes.fromhex(salt), password.encode(), hashlib.sha256).hexdigest()
+
+
+def _timeout(what: str, kind: str, timeouts: Timeouts) -> StepFailure:
+    """What the scripts say when a native command or a service outlives its timeout."""
+    seconds = getattr(timeouts, kind)
+    return StepFailure(
+        f"{what} did not finish within {seconds} s and was stopped: raise the platform profile "
+        f"key {_TIMEOUT_KEYS[kind]} (platform: in the TapiServer or Site manifest)"
+    )
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    numbers = [int(part) for part in re.findall(r"\d+", text)]
+    while numbers and numbers[-1] == 0:
+        numbers.pop()
+    return tuple(numbers)
+
+
+_Request = TypeVar("_Request", bound=BaseModel)
+
+
+def _request(model: type[_Request], data: dict[str, object]) -> _Request:
+    """The script's parameter as its contract model; the script throws if it is not one."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        article = "an" if model.__name__[0] in "AEIOU" else "a"
+        raise ScriptThrow(
+            f"the request is not {article} {model.__name__}: {exc.error_count()} errors"
+        ) from None
+
+
 def _no_pbx_lines(k_account: str) -> Sequence[tuple[str, str]]:
     return ()
+
+
+def _no_web(url: str) -> bytes | None:
+    return None
 
 
 def _utc_now() -> datetime:
@@ -415,18 +621,22 @@ class WindowsHost:
         *,
         packages: Sequence[LabPackage] = LAB_PACKAGES,
         clock: Callable[[], datetime] = _utc_now,
+        web: Web = _no_web,
     ) -> None:
         self.state = state
         self.record: list[RecordedCommand] = []
         self._pbx_lines = pbx_lines
         self._packages = {package.sha256: package for package in packages}
         self._clock = clock
+        self._web = web
+        self._timeouts = Timeouts()  # the running apply's
         self.lock = threading.RLock()  # WinRS may run two commands at once; the state is one
         self._seal_key = serialization.load_pem_private_key(state.seal_key_pem.encode(), None)
         assert isinstance(self._seal_key, rsa.RSAPrivateKey)
         self._scripts: dict[str, Callable[[dict[str, object]], BaseModel]] = {
             scripts.load("gather").identity: self._run_gather,
             scripts.load("apply").identity: self._run_apply,
+            scripts.load("upload").identity: self._run_upload,
         }
 
     @classmethod
@@ -438,10 +648,27 @@ class WindowsHost:
         *,
         packages: Sequence[LabPackage] = LAB_PACKAGES,
         clock: Callable[[], datetime] = _utc_now,
+        web: Web = _no_web,
     ) -> WindowsHost:
         """A just-installed host (see :meth:`WindowsHostState.fresh`)."""
         state = WindowsHostState.fresh(computer_name, role)
-        return cls(state, pbx_lines, packages=packages, clock=clock)
+        return cls(state, pbx_lines, packages=packages, clock=clock, web=web)
+
+    # --- what the host has besides a fresh install (the lab and tests set it up) ---------------
+
+    def add_account(self, name: str, password: Secret) -> None:
+        """An account the host resolves (a domain or local user), with its password."""
+        salt = secrets.token_hex(16)
+        self.state.accounts[name.casefold()] = AccountRecord(
+            name=name,
+            sid=_domain_sid(name),
+            password=StoredFingerprint(salt=salt, hmac=_salted(password.reveal(), salt)),
+        )
+
+    def add_file(self, path: str) -> None:
+        """A file outside System32, e.g. the verpatch.exe an admin downloaded."""
+        if path.casefold() not in self.state.files:
+            self.state.files.append(path.casefold())
 
     # --- the command handler ------------------------------------------------------------------
 
@@ -479,24 +706,38 @@ class WindowsHost:
 
     def _run_gather(self, data: dict[str, object]) -> BaseModel:
         try:
-            request = GatherRequest.model_validate(data)
-        except ValidationError as exc:
-            raise ScriptThrow(
-                f"the request is not a GatherRequest: {exc.error_count()} errors"
-            ) from None
-        try:
-            return self.gather(request)
+            return self.gather(_request(GatherRequest, data))
         except StepFailure as exc:
             raise ScriptThrow(str(exc)) from None
 
     def _run_apply(self, data: dict[str, object]) -> BaseModel:
+        return self.apply(_request(ApplyRequest, data))
+
+    def _run_upload(self, data: dict[str, object]) -> BaseModel:
+        return self.upload(_request(UploadRequest, data))
+
+    def upload(self, request: UploadRequest) -> UploadResponse:
+        """What ``upload.ps1`` does: keep the package under its sha256 if what arrived has it."""
+        sha256 = request.sha256.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ScriptThrow(f"sha256 '{sha256}' is not valid")
         try:
-            request = ApplyRequest.model_validate(data)
-        except ValidationError as exc:
+            content = base64.b64decode(request.content, validate=True)
+        except ValueError:
+            raise ScriptThrow("the content is not base64") from None
+        actual = hashlib.sha256(content).hexdigest()
+        if actual != sha256:
             raise ScriptThrow(
-                f"the request is not an ApplyRequest: {exc.error_count()} errors"
-            ) from None
-        return self.apply(request)
+                f"the package {request.name} arrived with sha256 {actual}, not {sha256}; "
+                "nothing was kept"
+            )
+        if sha256 not in self.state.package_cache:
+            self.state.package_cache.append(sha256)
+        return UploadResponse(sha256=sha256, size=len(content), path=self._cached(sha256))
+
+    @staticmethod
+    def _cached(sha256: str) -> str:
+        return f"{_STATE_DIR}\\packages\\{sha256}.msi"
 
     # --- gather ---------------------------------------------------------------------------------
 
@@ -519,10 +760,20 @@ class WindowsHost:
                 if rule.group == request.firewall_group
             ],
             "services": services,
+            "system": SystemFacts(**vars(state.system)),
+            "tools": ToolFacts(
+                tsecimp=True,
+                tcmsetup=True,
+                verpatch=bool(request.verpatch_path)
+                and request.verpatch_path.casefold() in state.files,
+            ),
+            "package_cache": list(state.package_cache),
         }
         if request.role == "server":
+            if "tsecimp" in state.hung:  # rule: HANGING_TOOLS
+                raise ScriptThrow(str(_timeout("tsecimp.exe", "command", request.timeouts)))
             facts |= {
-                "telephony": self._telephony_facts(),
+                "telephony": self._telephony_facts(request.telephony_service),
                 "packages": [
                     PackageFacts(**vars(product))
                     for product in state.products
@@ -560,17 +811,43 @@ class WindowsHost:
         return SealKey(modulus=big_endian(numbers.n), exponent=big_endian(numbers.e))
 
     def _service_facts(self, service: ServiceRecord) -> ServiceFacts:
+        sid = self._sid_of(service.account)
         return ServiceFacts.model_validate(
             {
                 "name": service.name,
                 "state": service.state,
                 "start_mode": service.start_mode,
                 "account": service.account,
+                "account_sid": sid,
+                "logon_right": None if sid is None else self._may_log_on_as_service(sid),
             }
         )
 
-    def _telephony_facts(self) -> TelephonyFacts | None:
-        service = self.state.services.get(TELEPHONY_SERVICE.casefold())
+    def _sid_of(self, account: str) -> str | None:
+        """The SID a name translates to here, None when it does not (unknown account)."""
+        builtin = _builtin_sid(account)
+        if builtin is not None:
+            return builtin
+        if re.fullmatch(r"S-1-[0-9-]+", account):
+            return account
+        name = account.strip()
+        if name.startswith(".\\"):
+            name = self.state.computer_name + name[1:]
+        found = self.state.accounts.get(name.casefold())
+        return found.sid if found else None
+
+    def _name_of(self, sid: str) -> str:
+        if sid in _SID_NAMES:
+            return _SID_NAMES[sid]
+        found = next((a for a in self.state.accounts.values() if a.sid == sid), None)
+        return found.name if found else ""
+
+    def _may_log_on_as_service(self, sid: str) -> bool:
+        # rule: LOGON_RIGHT
+        return sid in _LOGON_BY_DEFINITION or sid in self.state.logon_rights
+
+    def _telephony_facts(self, name: str) -> TelephonyFacts | None:
+        service = self.state.services.get(name.casefold())
         if service is None:
             return None
         fingerprint = service.password_fingerprint
@@ -614,8 +891,17 @@ class WindowsHost:
                 record = self.state.tsp_settings.get(
                     _registry_key(settings_pattern.replace("{instance}", instance))
                 )
-            settings = None
+            settings = acl = None
             if record is not None:
+                acl = KeyAclFacts(
+                    protected=record.acl.protected,
+                    entries=[
+                        AceFacts(
+                            sid=e.sid, name=self._name_of(e.sid), rights=e.rights, allow=e.allow
+                        )
+                        for e in record.acl.entries
+                    ],
+                )
                 fingerprint = record.password_fingerprint
                 settings = TspSettingsFacts(
                     k_account=record.k_account,
@@ -630,6 +916,7 @@ class WindowsHost:
                     file=file,
                     file_present=file.casefold() in self.state.system32,
                     settings=settings,
+                    settings_acl=acl,
                 )
             )
         return facts
@@ -638,6 +925,7 @@ class WindowsHost:
 
     def _start_telephony(self) -> None:
         """TapiSrv starts: it loads the registered providers with their current settings."""
+        # rule: PROVIDERS_LOAD_AT_START
         state = self.state
         loaded = []
         for provider in state.providers:
@@ -702,11 +990,37 @@ class WindowsHost:
         if self.state.role != "server":
             return None
         service = self.state.services.get(TELEPHONY_SERVICE.casefold())
-        if service is None or service.start_mode == "disabled":
-            return ""
+        if service is None or self._start_failure(service) is not None:
+            return ""  # TAPI cannot initialise: no providers, no lines
         if service.state != "running":
             self._start_telephony()
         return format_listing(self.listed_providers())
+
+    def _start_failure(self, service: ServiceRecord) -> str | None:
+        """Why the service would not start, in the apply script's words; None if it would."""
+        if service.start_mode == "disabled":
+            return (
+                f"{service.name} did not start: The service cannot be started, either because it "
+                "is disabled or because it has no enabled devices associated with it."
+            )
+        sid = self._sid_of(service.account)
+        # rule: LOGON_RIGHT (no right, or a stored password the account no longer has: 1069)
+        if sid is not None and sid in _LOGON_BY_DEFINITION:
+            return None
+        account = self.state.accounts.get(service.account.casefold())
+        stored = self._open_stored(service.password_sealed)
+        password_ok = (
+            account is not None
+            and stored is not None
+            and _salted(stored.reveal(), account.password.salt) == account.password.hmac
+        )
+        if sid is None or not self._may_log_on_as_service(sid) or not password_ok:
+            return (
+                f"{service.name} did not start: its account {service.account} cannot log on as a "
+                "service (error 1069: it lacks 'Log on as a service', or the stored password is "
+                "no longer the account's)"
+            )
+        return None
 
     # --- secrets --------------------------------------------------------------------------------
 
@@ -748,6 +1062,7 @@ class WindowsHost:
     def apply(self, request: ApplyRequest) -> ApplyResponse:
         """What ``apply.ps1`` would do: lock, steps in order until the first failure, unlock."""
         state = self.state
+        self._timeouts = request.timeouts
         now = self._clock()
         owner = request.lock.owner
         held = state.lock
@@ -798,57 +1113,195 @@ class WindowsHost:
             raise StepFailure(f"Cannot find any service with service name '{name}'.")
         return service
 
-    def _nfon_installed(self) -> bool:
-        names = {package.name.casefold() for package in self._packages.values()}
-        return any(product.name.casefold() in names for product in self.state.products)
+    def _run_tool(self, tool: str, kind: str = "command") -> None:
+        """A native command starts; one the lab was told hangs runs into its timeout."""
+        if tool in self.state.hung:  # rule: HANGING_TOOLS
+            raise _timeout(f"{tool}.exe", kind, self._timeouts)
 
-    def _package_install(self, op: PackageInstall) -> dict[str, object]:
+    def _package_file(self, op: PackageInstall) -> LabPackage | None:
+        """The package as the host gets it, its sha256 checked; None: not a Windows Installer
+        package (msiexec will say so)."""
         sha256 = op.sha256.lower()
         _check(sha256, r"[0-9a-f]{64}", "sha256")
-        package = self._packages.get(sha256)
-        if package is None:
-            raise StepFailure(
-                f"the package from {op.source} does not have sha256 {sha256}; nothing was installed"
+        if op.fetch == "upload":
+            if sha256 not in self.state.package_cache:
+                raise StepFailure(
+                    f"the package {op.source} ({sha256}) was not uploaded to this host; nothing "
+                    "was installed"
+                )
+            actual = sha256
+        elif op.fetch == "https":
+            if not re.match(r"(?i)https://", op.source):
+                raise StepFailure(f"the package source '{op.source}' is not an https:// URL")
+            content = self._web(op.source)
+            if content is None:  # rule: WEB_DOWNLOAD
+                raise StepFailure(
+                    f"the host cannot download {op.source}: The remote server returned an "
+                    "error: (404) Not Found."
+                )
+            actual = hashlib.sha256(content).hexdigest()
+        else:
+            readable = any(
+                op.source.casefold().startswith(share.casefold())
+                for share in self.state.readable_shares
             )
+            if not readable:  # rule: SECOND_HOP
+                raise StepFailure(
+                    f"the host cannot read {op.source} (access denied): over WinRM it has no "
+                    "credentials for another machine (the second hop), so the share must grant "
+                    "this host access by itself; or send the package from your workstation (a "
+                    "file path as package.source)"
+                )
+            actual = sha256  # the lab's shares hold what the manifest says
+        if actual != sha256:
+            raise StepFailure(
+                f"the package from {op.source} has sha256 {actual}, not {sha256}; nothing was "
+                "installed"
+            )
+        if sha256 not in self.state.package_cache:
+            self.state.package_cache.append(sha256)
+        return self._packages.get(sha256)
+
+    def _msiexec(self, package: LabPackage | None, reinstall: bool) -> int:
+        """Windows Installer's answer to ``msiexec /i`` of this package on this host."""
         state = self.state
-        # A newer version of the same product replaces the older (an MSI major upgrade).
-        state.products = [p for p in state.products if p.name.casefold() != package.name.casefold()]
+        if package is None:
+            return 1620  # rule: MSI_EXIT_CODES
+        same = next(
+            (p for p in state.products if p.product_code.upper() == package.product_code.upper()),
+            None,
+        )
+        if same is not None:  # rule: MSI_SAME_PRODUCT_CODE
+            if same.version == package.version:
+                return 0  # a maintenance run: nothing changes
+            if not reinstall:
+                return 1638
+            same.version = package.version
+            return 0
+        if reinstall:
+            return 1605  # REINSTALL of a product that is not installed
+        family = {
+            p.product_code.upper()
+            for p in self._packages.values()
+            if p.upgrade_code == package.upgrade_code
+        }
+        older = [p for p in state.products if p.product_code.upper() in family]
+        # rule: MSI_MAJOR_UPGRADE (the lab's packages refuse a downgrade: 1603)
+        if any(_version_key(p.version) > _version_key(package.version) for p in older):
+            return 1603
+        state.products = [p for p in state.products if p not in older]
         state.products.append(ProductRecord(package.product_code, package.name, package.version))
+        return 0
+
+    def _package_install(self, op: PackageInstall) -> dict[str, object]:
+        package = self._package_file(op)
+        self._run_tool("msiexec", "msiexec")
+        log = f"{_STATE_DIR}\\packages\\{op.sha256.lower()}.install.log"
+        code = self._msiexec(package, op.reinstall)
+        if code != 0:
+            hint = ""
+            if code == 1638:
+                hint = "; this package has the ProductCode of the installed version"
+                if op.installed_product_code:
+                    hint += (
+                        f" (set package.product_code: '{op.installed_product_code}' to upgrade it "
+                        "as a reinstall)"
+                    )
+                else:
+                    hint += " (set package.product_code to upgrade it as a reinstall)"
+            raise StepFailure(f"msiexec exited with {code} ({_MSI_CODES[code]}){hint}; see {log}")
+        assert package is not None
         for file in package.files:
-            state.system32[file.casefold()] = SystemFile(
+            self.state.system32[file.casefold()] = SystemFile(
                 name=file, description="NFON Third Party TAPI"
             )
         for name in package.services:
-            state.services.setdefault(name.casefold(), ServiceRecord(name=name))
-        log = f"{_STATE_DIR}\\packages\\{sha256}.install.log"
-        return {"exit_code": 0, "reboot_required": False, "log": log}
+            self.state.services.setdefault(name.casefold(), ServiceRecord(name=name))
+        return {"exit_code": 0, "reboot_required": False, "reinstall": op.reinstall, "log": log}
+
+    def _grant_logon_right(self, account: str) -> str:
+        """What the scripts' Grant-LogonRight does (LsaAddAccountRights)."""
+        if _builtin_sid(account) is not None:
+            return "not needed"
+        sid = self._sid_of(account)
+        if sid is None:  # rule: LSA_ADD_ACCOUNT_RIGHTS
+            raise StepFailure(
+                f"the account '{account}' does not exist here (it does not translate to a SID): "
+                "check the account's name and domain"
+            )
+        if sid in self.state.logon_rights:
+            return "held"
+        self.state.logon_rights.append(sid)
+        return "granted"
+
+    def _change(self, service: ServiceRecord, name: str, password: str | None) -> int:
+        """Win32_Service.Change(StartName=name, StartPassword=password): its return value."""
+        # rule: CHANGE_NEEDS_ADMIN
+        if not self.state.system.elevated:
+            return 2
+        builtin = _builtin_sid(name)
+        if builtin is not None:
+            # rule: BUILTIN_ACCOUNT_PASSWORD
+            if password is None and builtin != self._sid_of(service.account):
+                return 21
+            return 0
+        account = self.state.accounts.get(name.strip().casefold())
+        if account is None:  # rule: SERVICE_ACCOUNT_PASSWORD (an unknown account)
+            return 22
+        if password is None:
+            # keeping the password is only possible for the account the service already has
+            return 0 if service.account.casefold() == name.strip().casefold() else 15
+        if _salted(password, account.password.salt) != account.password.hmac:
+            return 15  # rule: SERVICE_ACCOUNT_PASSWORD
+        return 0
 
     def _service_configure(self, op: ServiceConfigure) -> dict[str, object]:
         service = self._service(op.name)
         data: dict[str, object] = {}
         sealed = self._accept_sealed(op.password) if op.password is not None else None
         if op.start_mode is not None:
+            self._run_tool("sc")
             service.start_mode = op.start_mode
             data["start_mode"] = op.start_mode
-        if op.account is not None:
-            service.account = op.account
-            data["account"] = op.account
-        if sealed is not None:
-            service.password_sealed, service.password_fingerprint = sealed
-            data["password"] = "set"
+        if op.account is not None or sealed is not None:
+            clear = self._open_stored(sealed[0]) if sealed else None
+            password = clear.reveal() if clear else None
+            if op.account is not None:
+                data["logon_right"] = self._grant_logon_right(op.account)
+                if _builtin_sid(op.account) is not None:
+                    password = ""  # what the script passes for a built-in account
+            code = self._change(service, op.account or service.account, password)
+            if code != 0:  # rule: SERVICE_CHANGE_CODES
+                meaning = _CHANGE_CODES.get(code, "Other")
+                raise StepFailure(
+                    f"Win32_Service.Change for {service.name} returned {code} ({meaning})"
+                )
+            if op.account is not None:
+                service.account = op.account
+                data["account"] = op.account
+            if sealed is not None:
+                service.password_sealed, service.password_fingerprint = sealed
+                data["password"] = "set"
         return data
+
+    def _logon_right_grant(self, op: LogonRightGrant) -> dict[str, object]:
+        return {"account": op.account, "logon_right": self._grant_logon_right(op.account)}
 
     def _service_control(self, op: ServiceControl) -> dict[str, object]:
         service = self._service(op.name)
         telephony = service.name.casefold() == TELEPHONY_SERVICE.casefold()
-        if op.op in ("service.start", "service.restart"):
-            if service.start_mode == "disabled":
-                raise StepFailure(f"Service '{service.name}' cannot be started: it is disabled.")
-            if telephony and (op.op == "service.restart" or service.state != "running"):
+        if op.op != "service.start" and service.state == "running":
+            if f"stop {service.name}".casefold() in (h.casefold() for h in self.state.hung):
+                # rule: HANGING_TOOLS
+                raise _timeout(f"{service.name} (stopped)", "service", self._timeouts)
+            service.state = "stopped"
+        if op.op != "service.stop" and service.state != "running":
+            failure = self._start_failure(service)
+            if failure is not None:
+                raise StepFailure(failure)
+            if telephony:
                 self._start_telephony()
             service.state = "running"
-        else:
-            service.state = "stopped"
         return {"state": "Running" if service.state == "running" else "Stopped"}
 
     def _telephony_configure(self, op: TelephonyConfigure) -> dict[str, object]:
@@ -864,11 +1317,14 @@ class WindowsHost:
         if op.file.casefold() not in state.system32:
             if op.tsp_file.casefold() not in state.system32:
                 raise StepFailure(
-                    f"C:\\Windows\\System32\\{op.tsp_file} is missing: install the NFON TAPI "
-                    "package first"
+                    f"{_SYSTEM32}\\{op.tsp_file} is missing: install the NFON TAPI package first"
                 )
-            if not self._nfon_installed():
-                raise StepFailure("verpatch.exe is missing: it names the instance's provider")
+            if op.verpatch_path.casefold() not in state.files:  # rule: VERPATCH_SEPARATE
+                raise StepFailure(
+                    f"verpatch.exe is not at {op.verpatch_path}: download it (the NFON manual's "
+                    "section on TSP instances) and copy it there, or set platform.verpatch_path"
+                )
+            self._run_tool("verpatch")
             state.system32[op.file.casefold()] = SystemFile(
                 name=op.file, description=op.provider_name, instance=op.instance
             )
@@ -888,6 +1344,12 @@ class WindowsHost:
         key = op.settings_key.replace("{instance}", op.instance)
         normalized = _registry_key(key)
         sealed = self._accept_sealed(op.password) if op.password is not None else None
+        reader = self._sid_of(op.reader)
+        if reader is None:  # rule: LSA_ADD_ACCOUNT_RIGHTS (the same translation to a SID)
+            raise StepFailure(
+                f"the account '{op.reader}' does not exist here (it does not translate to a "
+                "SID): check the account's name and domain"
+            )
         previous = self.state.tsp_settings.get(normalized)
         record = TspSettingsRecord(
             key=key,
@@ -896,6 +1358,14 @@ class WindowsHost:
             number_format=op.number_format,
             line_name_format=op.line_name_format,
             debug_level=op.debug_level,
+            acl=AclRecord(
+                protected=True,
+                entries=[
+                    AceRecord(SYSTEM_SID, _FULL_CONTROL),
+                    AceRecord(ADMINISTRATORS_SID, _FULL_CONTROL),
+                    AceRecord(reader, _READ_KEY),
+                ],
+            ),
         )
         if sealed is not None:
             record.password_sealed, record.password_fingerprint = sealed
@@ -981,6 +1451,7 @@ class WindowsHost:
 
     def _tsecimp_import(self, op: TsecimpImport) -> dict[str, object]:
         _check(op.backup_name, r"[A-Za-z0-9][A-Za-z0-9_.\-]*", "backup file name")
+        self._run_tool("tsecimp")
         state = self.state
         state.backups[op.backup_name] = self.tsecimp_listing() or ""
         try:
@@ -1006,7 +1477,7 @@ class WindowsHost:
                 else:
                     found = by_address.get(str(line.address), [])
                 if len(found) != 1:
-                    continue  # tsecimp: "No error is given if the line device is not available"
+                    continue  # rule: TSECIMP_SILENT
                 if line.remove:
                     entry.lines = [x for x in entry.lines if x != found[0]]
                 elif found[0] not in entry.lines:
@@ -1020,6 +1491,7 @@ class WindowsHost:
     def _tapi_client_set(self, op: TapiClientSet) -> dict[str, object]:
         for server in op.servers:
             _check(server, r"[A-Za-z0-9][A-Za-z0-9.\-]*", "TAPI server name")
+        self._run_tool("tcmsetup")
         client = self.state.tapi_client
         client.enabled = bool(op.servers)
         client.servers = list(op.servers)
@@ -1030,6 +1502,7 @@ class WindowsHost:
 _OPERATIONS: dict[str, str] = {
     "package.install": "_package_install",
     "service.configure": "_service_configure",
+    "logon_right.grant": "_logon_right_grant",
     "service.start": "_service_control",
     "service.stop": "_service_control",
     "service.restart": "_service_control",

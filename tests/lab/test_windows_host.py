@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ from provisioner.lab.windows_host import (
     WindowsHost,
     WindowsHostState,
     com_address_spelling,
+    inherited_software_acl,
+    lab_package_bytes,
 )
 from provisioner.remote import scripts
 from provisioner.remote.contract import (
@@ -30,15 +33,19 @@ from provisioner.remote.contract import (
     HostFacts,
     LocationSet,
     LockRequest,
+    LogonRightGrant,
     PackageInstall,
     ServiceConfigure,
     ServiceControl,
     TapiClientSet,
     TelephonyConfigure,
+    Timeouts,
     TsecimpImport,
     TspInstanceConfigure,
     TspInstanceCreate,
     TspInstanceRemove,
+    UploadRequest,
+    UploadResponse,
 )
 from provisioner.remote.sealing import seal
 from provisioner.remote.tsecimp import (
@@ -59,6 +66,16 @@ PBX = {
     "K9999": [("100", "Other Tenant")],
 }
 PASSWORD = "cti-Pa55word!'\"$(x)"
+VERPATCH = "C:\\Tools\\verpatch.exe"
+SERVICE_ACCOUNT = "NFON\\svc-tapi"
+SERVICE_PASSWORD = "Svc-Pa55!"
+
+
+def package_url(version: str) -> str:
+    return f"https://files.nfon.test/NFONTAPI-{version}.msi"
+
+
+WEB = {package_url(package.version): lab_package_bytes(package.version) for package in LAB_PACKAGES}
 
 
 def pbx_lines(k_account: str) -> list[tuple[str, str]]:
@@ -67,7 +84,11 @@ def pbx_lines(k_account: str) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def host() -> WindowsHost:
-    return WindowsHost.fresh("TAPI01", pbx_lines=pbx_lines)
+    """A server as its admin left it: verpatch downloaded, the service account in the domain."""
+    windows = WindowsHost.fresh("TAPI01", pbx_lines=pbx_lines, web=WEB.get)
+    windows.add_file(VERPATCH)
+    windows.add_account(SERVICE_ACCOUNT, Secret(SERVICE_PASSWORD))
+    return windows
 
 
 def run(host: WindowsHost, request: GatherRequest | ApplyRequest) -> CommandResult:
@@ -85,6 +106,7 @@ def gather_request(role: str = "server") -> GatherRequest:
         tsp_file="NFONTSP.TSP",
         instance_file_pattern=FILE_PATTERN,
         instance_settings_key=SETTINGS_KEY,
+        verpatch_path=VERPATCH,
     )
 
 
@@ -129,6 +151,7 @@ def create_instance(instance: str, k_account: str, line_format: str = "{extensio
             instance=instance,
             file=f"NFONTSP_{instance}.TSP",
             provider_name=f"NFON Third Party TAPI {instance}",
+            verpatch_path=VERPATCH,
         ),
         TspInstanceConfigure(
             instance=instance,
@@ -156,8 +179,10 @@ def rule(name: str, addresses: str = "10.0.2.0/24", **overrides) -> FirewallUpse
     return FirewallUpsert(rule=FirewallRuleSpec(**spec))
 
 
-def install() -> PackageInstall:
-    return PackageInstall(source="\\\\files\\NFONTAPI.msi", sha256=PACKAGE.sha256, version="1.0.0")
+def install(version: str = "1.0.0", **fields) -> PackageInstall:
+    sha256 = next(p.sha256 for p in LAB_PACKAGES if p.version == version)
+    spec = {"fetch": "https", "source": package_url(version), "sha256": sha256, "version": version}
+    return PackageInstall(**(spec | fields))
 
 
 RESTART = ServiceControl(op="service.restart", name="TapiSrv")
@@ -168,7 +193,7 @@ RESTART = ServiceControl(op="service.restart", name="TapiSrv")
 
 def test_a_fresh_server_gathers_in_one_command(host) -> None:
     facts = gather(host)
-    assert (facts.contract, facts.computer_name, facts.role) == (1, "TAPI01", "server")
+    assert (facts.contract, facts.computer_name, facts.role) == (2, "TAPI01", "server")
     assert base64.b64decode(facts.seal_key.exponent) == b"\x01\x00\x01"
     assert len(base64.b64decode(facts.seal_key.modulus)) == 256
     assert facts.lock is None
@@ -220,7 +245,7 @@ def test_an_unknown_script_is_refused_clearly(host) -> None:
     )
     result = host(command, arguments, tampered)
     assert result.exit_code == 1 and result.stdout == b""
-    assert b"unknown script gather/1:" in result.stderr
+    assert b"unknown script gather/2:" in result.stderr
     result = host(command, arguments, b"Write-Output 1\n#==provisioner-json==#\n{}")
     assert result.exit_code == 1 and b"without a '# provisioner-contract:' header" in result.stderr
 
@@ -231,7 +256,7 @@ def test_a_broken_payload_gets_an_error_document_like_the_bootstrap(host) -> Non
     assert result.exit_code == 1
     with pytest.raises(scripts.RemoteScriptError, match=r"failed: .*#==provisioner-json==#"):
         scripts.parse_output(result.stdout, HostFacts)
-    payload = scripts.load("apply").text.encode() + b'#==provisioner-json==#\n{"contract": 1}'
+    payload = scripts.load("apply").text.encode() + b'#==provisioner-json==#\n{"contract": 2}'
     result = host(command, arguments, payload)
     assert result.exit_code == 1
     with pytest.raises(scripts.RemoteScriptError, match="not an ApplyRequest"):
@@ -242,7 +267,7 @@ def test_a_broken_payload_gets_an_error_document_like_the_bootstrap(host) -> Non
 
 
 def test_package_install_checks_the_sha256_and_upgrades(host) -> None:
-    bad = PackageInstall(source="\\\\files\\evil.msi", sha256="0" * 64, version="1.0.0")
+    bad = install(sha256="0" * 64)
     response = apply(host, bad)
     assert response.status == "failed" and "sha256" in response.results[0].message
     assert gather(host).packages == []
@@ -252,26 +277,33 @@ def test_package_install_checks_the_sha256_and_upgrades(host) -> None:
         (PACKAGE.name, PACKAGE.version, PACKAGE.product_code)
     ]
     assert [s.name for s in facts.services] == ["TapiSrv", LAB_CTI_ENGINE_SERVICE]
-    newer = LAB_PACKAGES[1]
-    apply_ok(host, PackageInstall(source="https://x/y.msi", sha256=newer.sha256, version="1.1.0"))
+    assert facts.package_cache == [PACKAGE.sha256]
+    newer = next(p for p in LAB_PACKAGES if p.version == "1.1.0")
+    apply_ok(host, install("1.1.0"))
     assert [p.version for p in gather(host).packages] == ["1.1.0"]  # a major upgrade
 
 
 def test_services_and_telephony_are_configured(host) -> None:
+    password = seal(Secret(SERVICE_PASSWORD), gather(host).seal_key)
     apply_ok(
         host,
         TelephonyConfigure(server_mode=True, administrators=["NFON\\tapiadmin"]),
-        ServiceConfigure(name="TapiSrv", start_mode="delayed-auto", account="NFON\\svc-tapi"),
+        ServiceConfigure(
+            name="TapiSrv", start_mode="delayed-auto", account=SERVICE_ACCOUNT, password=password
+        ),
         ServiceControl(op="service.start", name="TapiSrv"),
     )
     telephony = gather(host).telephony
     assert telephony is not None
     assert (telephony.server_mode, telephony.administrators) == (True, ["NFON\\tapiadmin"])
-    assert telephony.service.model_dump() == {
+    service = telephony.service.model_dump()
+    assert service.pop("account_sid", "").startswith("S-1-5-21-")
+    assert service == {
         "name": "TapiSrv",
         "state": "running",
         "start_mode": "delayed-auto",
         "account": "NFON\\svc-tapi",
+        "logon_right": True,  # granted before the account was set
     }
     apply_ok(host, ServiceControl(op="service.stop", name="TapiSrv"))
     assert gather(host).services[0].state == "stopped"
@@ -512,7 +544,7 @@ def test_the_lock_holds_while_a_batch_runs_and_uses_the_host_clock() -> None:
 
 
 def test_a_failure_stops_the_batch_and_later_steps_do_not_run(host) -> None:
-    bad = PackageInstall(source="x", sha256="f" * 64, version="9")
+    bad = install(sha256="f" * 64)
     response = apply(host, rule("first"), bad, rule("third"))
     assert response.status == "failed"
     assert [r.status for r in response.results] == ["ok", "failed", "not-run"]
@@ -535,6 +567,7 @@ def assert_nowhere(clear: str, host: WindowsHost, *outputs: bytes) -> None:
 
 def test_sealed_secrets_are_checked_and_only_fingerprints_come_back(host) -> None:
     secret = Secret(PASSWORD)
+    host.add_account("NFON\\svc", secret)
     key = gather(host).seal_key
     apply_ok(host, install(), *create_instance("K6732", "K6732"))
     configure = create_instance("K6732", "K6732")[1]
@@ -603,3 +636,210 @@ def test_the_state_round_trips_through_json(host) -> None:
     assert restored.to_json() == text
     again = WindowsHost(restored, pbx_lines)
     assert gather(again) == gather(host)
+
+
+# --- the documented rules (provisioner/lab/windows_rules.py) ------------------------------------
+
+
+def upload(host: WindowsHost, content: bytes, sha256: str | None = None) -> CommandResult:
+    request = UploadRequest(
+        name="NFONTAPI.msi",
+        sha256=sha256 or hashlib.sha256(content).hexdigest(),
+        content=base64.b64encode(content).decode(),
+    )
+    command, arguments = scripts.command_line()
+    return host(command, arguments, scripts.stdin_payload(scripts.load("upload"), request))
+
+
+def test_a_share_is_out_of_reach_unless_the_host_reads_it_by_itself(host) -> None:
+    share = install(fetch="unc", source="\\\\files.nfon.test\\software\\NFONTAPI-1.0.0.msi")
+    response = apply(host, share)
+    assert response.status == "failed"
+    assert "access denied" in response.results[0].message
+    assert "second hop" in response.results[0].message
+    assert gather(host).packages == []
+    host.state.readable_shares.append("\\\\FILES.nfon.test\\software\\")
+    apply_ok(host, share)
+    assert [p.version for p in gather(host).packages] == ["1.0.0"]
+
+
+def test_a_download_the_web_does_not_answer_fails_like_webclient(host) -> None:
+    response = apply(host, install(source="https://files.nfon.test/missing.msi"))
+    assert "(404) Not Found" in response.results[0].message
+    response = apply(host, install(source=package_url("1.1.0")))  # another file than sha256 says
+    assert "has sha256" in response.results[0].message and "nothing was installed" in (
+        response.results[0].message
+    )
+    assert gather(host).packages == []
+
+
+def test_an_upload_is_kept_under_its_sha256_and_installed_from_the_cache(host) -> None:
+    content = lab_package_bytes("1.0.0")
+    from_cache = install(fetch="upload", source="NFONTAPI-1.0.0.msi")
+    response = apply(host, from_cache)
+    assert "was not uploaded to this host" in response.results[0].message
+    refused = upload(host, content, sha256="0" * 64)
+    assert refused.exit_code == 1
+    with pytest.raises(scripts.RemoteScriptError, match=r"arrived with sha256 .* nothing was kept"):
+        scripts.parse_output(refused.stdout, UploadResponse)
+    assert gather(host).package_cache == []
+    kept = scripts.parse_output(upload(host, content).stdout, UploadResponse)
+    assert (kept.sha256, kept.size) == (PACKAGE.sha256, len(content))
+    assert gather(host).package_cache == [PACKAGE.sha256]
+    apply_ok(host, from_cache)
+    assert [p.version for p in gather(host).packages] == ["1.0.0"]
+
+
+def test_a_file_that_is_no_package_is_refused_by_windows_installer(host) -> None:
+    content = b"MZ this is not an MSI"
+    upload(host, content)
+    digest = hashlib.sha256(content).hexdigest()
+    response = apply(host, install(fetch="upload", source="x.msi", sha256=digest))
+    assert "msiexec exited with 1620 (ERROR_INSTALL_PACKAGE_INVALID" in response.results[0].message
+
+
+def test_the_same_product_code_upgrades_only_as_a_reinstall(host) -> None:
+    apply_ok(host, install("1.0.0"))
+    response = apply(host, install("1.0.1", installed_product_code=PACKAGE.product_code))
+    message = response.results[0].message
+    assert "msiexec exited with 1638 (ERROR_PRODUCT_VERSION" in message
+    assert f"set package.product_code: '{PACKAGE.product_code}'" in message
+    assert [p.version for p in gather(host).packages] == ["1.0.0"]
+    response = apply_ok(host, install("1.0.1", reinstall=True))
+    assert response.results[0].data["reinstall"] == "True"
+    assert [(p.version, p.product_code) for p in gather(host).packages] == [
+        ("1.0.1", PACKAGE.product_code)
+    ]
+    apply_ok(host, install("1.10.0"))  # a major upgrade replaces it
+    assert [p.version for p in gather(host).packages] == ["1.10.0"]
+    response = apply(host, install("1.9.0"))  # 1.9 is older than 1.10: no downgrade
+    assert "msiexec exited with 1603" in response.results[0].message
+    assert [p.version for p in gather(host).packages] == ["1.10.0"]
+
+
+def test_telephony_runs_as_network_service_until_told_otherwise(host) -> None:
+    facts = gather(host)
+    assert facts.telephony is not None
+    assert facts.telephony.service.account == "NT AUTHORITY\\NetworkService"
+    assert facts.telephony.service.account_sid == "S-1-5-20"
+    assert facts.telephony.service.logon_right is True
+    other = gather_request().model_copy(update={"telephony_service": "Nope"})
+    assert scripts.parse_output(run(host, other).stdout, HostFacts).telephony is None
+
+
+def test_change_answers_its_documented_codes(host) -> None:
+    telephony = host.state.services["tapisrv"]
+    # a built-in account takes "" as its password, not none
+    assert host._change(telephony, "LocalSystem", None) == 21
+    assert host._change(telephony, "LocalSystem", "") == 0
+    assert host._change(telephony, "NFON\\nobody", "x") == 22
+    assert host._change(telephony, SERVICE_ACCOUNT, "wrong") == 15
+    assert host._change(telephony, SERVICE_ACCOUNT, None) == 15  # a new account needs its password
+    assert host._change(telephony, SERVICE_ACCOUNT, SERVICE_PASSWORD) == 0
+    host.state.system.elevated = False  # a filtered token (remote UAC)
+    assert host._change(telephony, "LocalSystem", "") == 2
+
+
+def test_a_change_the_service_database_refuses_names_its_code(host) -> None:
+    key = gather(host).seal_key
+    unknown = ServiceConfigure(
+        name="TapiSrv", account="NFON\\nobody", password=seal(Secret("x"), key)
+    )
+    message = apply(host, unknown).results[0].message
+    assert "does not exist here" in message  # the logon right cannot be granted to it
+    wrong = ServiceConfigure(
+        name="TapiSrv", account=SERVICE_ACCOUNT, password=seal(Secret("wrong"), key)
+    )
+    message = apply(host, wrong).results[0].message
+    assert message.startswith("Win32_Service.Change for TapiSrv returned 15 (Service Logon Failed")
+    assert gather(host).telephony.service.account == "NT AUTHORITY\\NetworkService"
+    apply_ok(host, ServiceConfigure(name="TapiSrv", account="LocalSystem"))  # "" is sent
+    assert gather(host).telephony.service.account == "LocalSystem"
+
+
+def test_a_service_whose_account_cannot_log_on_as_a_service_does_not_start(host) -> None:
+    telephony = host.state.services["tapisrv"]
+    telephony.account = SERVICE_ACCOUNT
+    telephony.password_sealed = seal(Secret(SERVICE_PASSWORD), gather(host).seal_key).sealed
+    assert gather(host).telephony.service.logon_right is False
+    response = apply(host, ServiceControl(op="service.start", name="TapiSrv"))
+    assert "cannot log on as a service (error 1069" in response.results[0].message
+    assert gather(host).tsecimp_listing == ""  # TAPI cannot start either
+    granted = apply_ok(host, LogonRightGrant(account=SERVICE_ACCOUNT))
+    assert granted.results[0].data["logon_right"] == "granted"
+    assert apply_ok(host, LogonRightGrant(account="nfon\\SVC-TAPI")).results[0].data == {
+        "account": "nfon\\SVC-TAPI",
+        "logon_right": "held",
+    }
+    apply_ok(host, ServiceControl(op="service.start", name="TapiSrv"))
+    assert gather(host).telephony.service.state == "running"
+
+
+def test_a_settings_key_nobody_protected_is_readable_by_every_user(host) -> None:
+    apply_ok(host, install(), *create_instance("K6732", "K6732"))
+    # the key as CreateInstance.bat or a hand would leave it: HKLM\SOFTWARE's inheritance
+    record = next(iter(host.state.tsp_settings.values()))
+    record.acl = inherited_software_acl()
+    acl = gather(host).tsp_instances[0].settings_acl
+    assert acl is not None and not acl.protected
+    assert {(e.sid, e.name) for e in acl.entries if e.rights & 1} >= {
+        ("S-1-5-32-545", "BUILTIN\\Users")
+    }
+    apply_ok(host, create_instance("K6732", "K6732")[1])  # the script gives it its own ACL
+    acl = gather(host).tsp_instances[0].settings_acl
+    assert acl.protected
+    assert {e.sid for e in acl.entries} == {"S-1-5-18", "S-1-5-32-544", "S-1-5-20"}
+
+
+def test_verpatch_is_not_in_the_package(host) -> None:
+    host.state.files.clear()  # what an admin has who did not download it
+    response = apply(host, install(), *create_instance("K6732", "K6732"))
+    message = response.results[1].message
+    assert message.startswith(f"verpatch.exe is not at {VERPATCH}: download it")
+    assert gather(host).tools.verpatch is False
+    host.add_file(VERPATCH)
+    assert gather(host).tools.verpatch is True
+
+
+@pytest.mark.parametrize(
+    ("tool", "operation", "setting"),
+    [
+        ("msiexec", install(), "msiexec_timeout_seconds (platform: in the TapiServer"),
+        ("tsecimp", assign(XmlUser("NFON\\A")), "command_timeout_seconds"),
+        ("stop TapiSrv", RESTART, "service_timeout_seconds"),
+        ("sc", ServiceConfigure(name="TapiSrv", start_mode="auto"), "command_timeout_seconds"),
+    ],
+)
+def test_a_tool_that_hangs_is_stopped_and_the_message_names_the_setting(
+    host, tool, operation, setting
+) -> None:
+    host.state.services["tapisrv"].state = "running"
+    host.state.hung.append(tool)
+    steps = [ApplyStep(id="s", operation=operation)]
+    request = ApplyRequest(
+        lock=LockRequest(owner="a"), steps=steps, timeouts=Timeouts(msiexec=7, command=3, service=5)
+    )
+    response = scripts.parse_output(run(host, request).stdout, ApplyResponse)
+    message = response.results[0].message
+    assert "did not finish within" in message and "was stopped" in message
+    assert f"raise the platform profile key {setting}" in message
+
+
+def test_a_gather_whose_listing_hangs_says_which_setting_to_raise(host) -> None:
+    host.state.hung.append("tsecimp")
+    result = run(host, gather_request())
+    with pytest.raises(scripts.RemoteScriptError, match=r"within 120 s .*command_timeout_seconds"):
+        scripts.parse_output(result.stdout, HostFacts)
+
+
+def test_the_preflight_facts_come_with_every_gather(host) -> None:
+    facts = gather(host)
+    assert facts.system is not None and facts.tools is not None
+    assert (facts.system.windows_version, facts.system.language_mode) == (
+        "10.0.17763",
+        "FullLanguage",
+    )
+    assert facts.system.elevated and facts.system.firewall_service_running
+    assert (facts.tools.tsecimp, facts.tools.tcmsetup, facts.tools.verpatch) == (True, True, True)
+    host.state.system.pending_reboot.append("Windows Update")
+    assert gather(host).system.pending_reboot == ["Windows Update"]
