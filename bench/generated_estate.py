@@ -49,7 +49,7 @@ telephony:
   administrators: [BENCH\\tapi-admins]
 package:
   version: "1.0.0"
-  source: \\\\files.bench.test\\software\\NFONTAPI-1.0.0.msi
+  source: https://files.bench.test/software/NFONTAPI-1.0.0.msi
   sha256: {sha256}
 cti_engine:
   start_mode: auto

@@ -16,6 +16,9 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from provisioner.errors import ProvisionerError
+from provisioner.remote.contract import Timeouts
+
+TIMEOUT_KEYS = ("msiexec_timeout_seconds", "command_timeout_seconds", "service_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class Profile:
     msi_properties: str
     telephony_service: str
     firewall_group: str
+    verpatch_path: str
+    msiexec_timeout_seconds: str
+    command_timeout_seconds: str
+    service_timeout_seconds: str
 
     def instance_file(self, instance: str) -> str:
         return self.instance_file_pattern.format(instance=instance)
@@ -42,6 +49,14 @@ class Profile:
     def msi_property_map(self) -> dict[str, str]:
         pairs = (item.split("=", 1) for item in self.msi_properties.split() if "=" in item)
         return {key: value for key, value in pairs}
+
+    def timeouts(self) -> Timeouts:
+        """The native-command timeouts (the manifest checks keep them positive integers)."""
+        return Timeouts(
+            msiexec=int(self.msiexec_timeout_seconds),
+            command=int(self.command_timeout_seconds),
+            service=int(self.service_timeout_seconds),
+        )
 
     def overridden(self, overrides: Mapping[str, str]) -> Profile:
         known = {f.name for f in fields(self)}

@@ -46,7 +46,7 @@ from provisioner.remote.contract import (
     Operation,
 )
 from provisioner.remote.host import HostError, RemoteHost, RetryEvent
-from provisioner.resources import MODULE_OF, line_assignment
+from provisioner.resources import MODULE_OF, line_assignment, package
 from provisioner.resources.base import HostContext
 from provisioner.resources.services import cti_engine_name
 from provisioner.resources.users_group import member_dns
@@ -80,7 +80,9 @@ def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpo
 def gather_request(estate: Estate, host: Host) -> GatherRequest:
     profile = profile_for(estate, host)
     if host.role == "client":
-        return GatherRequest(role="client", firewall_group=profile.firewall_group)
+        return GatherRequest(
+            role="client", firewall_group=profile.firewall_group, timeouts=profile.timeouts()
+        )
     server = estate.servers[host.name]
     engine = cti_engine_name(server, profile)
     services = [engine] if engine else []
@@ -88,10 +90,13 @@ def gather_request(estate: Estate, host: Host) -> GatherRequest:
         role="server",
         firewall_group=profile.firewall_group,
         services=services,
+        telephony_service=profile.telephony_service,
         package_name=profile.package_name,
         tsp_file=profile.tsp_file,
         instance_file_pattern=profile.instance_file_pattern,
         instance_settings_key=profile.instance_settings_key,
+        verpatch_path=profile.verpatch_path,
+        timeouts=profile.timeouts(),
     )
 
 
@@ -270,9 +275,14 @@ class Run:
                     return HostResult(host_plan.host, "failed", message, results)
                 changes = host_plan.changes
             steps, step_changes = build_steps(host_plan, changes)
-            request = ApplyRequest(lock=LockRequest(owner=owner), steps=steps)
+            if phase == 0:
+                try:
+                    upload_packages(remote, host_plan.context, steps)
+                except ProvisionerError as exc:
+                    results = [ChangeResult(c, "not-run") for c in _acting_of(host_plan.changes)]
+                    return HostResult(host_plan.host, "failed", f"{exc}; nothing changed", results)
             try:
-                response = remote.apply(request)
+                response = remote.apply(apply_request(host_plan, owner, steps))
             except HostError as exc:
                 results += [ChangeResult(c, "unknown") for c in _acting_of(changes)]
                 return HostResult(
@@ -303,7 +313,7 @@ class Run:
             return results
         steps, step_changes = build_steps(host_plan, pending)
         try:
-            response = remote.apply(ApplyRequest(lock=LockRequest(owner=owner), steps=steps))
+            response = remote.apply(apply_request(host_plan, owner, steps))
         except HostError:
             return results  # the journal keeps them "not-run"
         forced = host_result(pending, response, step_changes, host_plan.host).changes
@@ -366,6 +376,17 @@ def replan_lines(
     for change in changes:
         change.id = ids[change.address]
     return HostPlan(host_plan.host, ctx, changes, fresh.desired), replanned.problems
+
+
+def apply_request(host_plan: HostPlan, owner: str, steps: list[ApplyStep]) -> ApplyRequest:
+    timeouts = host_plan.context.profile.timeouts()
+    return ApplyRequest(lock=LockRequest(owner=owner), steps=steps, timeouts=timeouts)
+
+
+def upload_packages(remote: RemoteHost, ctx: HostContext, steps: list[ApplyStep]) -> None:
+    """Send the workstation packages the batch installs and the host does not hold yet."""
+    for path, sha256 in package.uploads(ctx, [step.operation for step in steps]):
+        remote.upload(path, sha256)
 
 
 def build_steps(

@@ -24,6 +24,7 @@ import re
 import unicodedata
 from enum import StrEnum
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -120,6 +121,13 @@ Extension = Annotated[
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256")]
 Version = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+){0,3}$", examples=["1.0.0"])]
+ProductCode = Annotated[
+    str,
+    Field(
+        pattern=r"^\{[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}$",
+        examples=["{6A1B3C5D-0F00-4E10-9A00-000000010000}"],
+    ),
+]
 
 
 def _port(value: Any) -> str:
@@ -199,6 +207,18 @@ def _unprintable(char: str) -> bool:
 
 Text = Annotated[str, AfterValidator(_printable)]
 """Free text the tool writes to a host (friendly names, descriptions, formats)."""
+
+
+def _number_as_text(value: Any) -> Any:
+    """A platform value written as a number (a timeout in seconds) is kept as its text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+PlatformValue = Annotated[
+    str,
+    BeforeValidator(_number_as_text, json_schema_input_type=int | str),
+    AfterValidator(_printable),
+]
 
 
 def _url_port(url: str) -> str:
@@ -357,7 +377,7 @@ class Site(_Model):
     dns_servers: list[IPAddress] = Field(min_length=1)
     winrm: WinRMSettings = WinRMSettings()
     cti_api: CtiApiSettings = CtiApiSettings()
-    platform: dict[str, Text] = Field(
+    platform: dict[str, PlatformValue] = Field(
         default_factory=dict, description="overrides of the platform profile's assumptions"
     )
 
@@ -393,11 +413,41 @@ class TelephonyServer(_Model):
 
 
 class Package(_Model):
-    """The NFON TAPI MSI."""
+    """The NFON TAPI MSI: a file on the admin workstation (sent over WinRM), an https:// URL the
+    host downloads, or a UNC path the host reads by itself (``host_reads_share``)."""
 
     version: Version
-    source: Text = Field(min_length=1, description="UNC path or URL of NFONTAPI.msi")
+    source: Text = Field(
+        min_length=1,
+        description="NFONTAPI.msi: a path on this workstation (relative to the manifest file), "
+        "an https:// URL, or a UNC path with host_reads_share: true",
+    )
     sha256: Sha256
+    product_code: ProductCode | None = Field(
+        None,
+        description="the MSI's ProductCode; when it is the installed version's, the upgrade "
+        "runs as a reinstall (REINSTALL=ALL REINSTALLMODE=vomus)",
+    )
+    host_reads_share: bool = Field(
+        False,
+        description="the host reads the UNC source without the operator's credentials (WinRM "
+        "cannot pass them on: the second hop); doctor checks it",
+    )
+
+    @property
+    def fetch(self) -> Literal["upload", "https", "unc", "other"]:
+        """How the host gets the package: ``other`` is a URL scheme the host must not use."""
+        if self.source.startswith(("\\\\", "//")):
+            return "unc"
+        if re.match(r"(?i)https://", self.source):
+            return "https"
+        if re.match(r"(?i)[a-z][a-z0-9+.-]+://", self.source):
+            return "other"
+        return "upload"
+
+    def local_path(self, manifest_file: str) -> Path:
+        """A workstation source, relative to the folder of the manifest that names it."""
+        return Path(manifest_file).parent / Path(self.source).expanduser()
 
 
 class CtiEngine(_Model):
@@ -475,7 +525,7 @@ class TapiServer(_Model):
     cti_engine: CtiEngine | None = CtiEngine()
     location: DialingLocation | None = None
     firewall: Firewall = Firewall()
-    platform: dict[str, Text] = Field(default_factory=dict)
+    platform: dict[str, PlatformValue] = Field(default_factory=dict)
 
 
 # --- Tenant -------------------------------------------------------------------------------------

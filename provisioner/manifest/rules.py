@@ -8,14 +8,17 @@ Each rule reports at the value that breaks it, e.g. the second tenant that names
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from string import Formatter
 
 from provisioner.manifest.expand import ExpandedRule, client_rules, preset_peer_needs, server_rules
 from provisioner.manifest.loader import Document
 from provisioner.manifest.models import (
     FirewallPreset,
+    Package,
     Protocol,
     TapiClients,
     TapiServer,
@@ -24,7 +27,7 @@ from provisioner.manifest.models import (
     domain_user_key,
 )
 from provisioner.manifest.validate import Estate, Problems
-from provisioner.platform import Profile
+from provisioner.platform import TIMEOUT_KEYS, Profile
 
 _PORTED = (Protocol.tcp, Protocol.udp)
 
@@ -40,6 +43,7 @@ def check_estate(estate: Estate, problems: Problems) -> None:
     _check_hosts(estate, problems)
     _check_platform(estate, problems)
     _check_users_groups(estate, problems)
+    _check_packages(estate, problems)
 
 
 def _check_sites(estate: Estate, problems: Problems) -> None:
@@ -328,6 +332,57 @@ def _check_users_groups(estate: Estate, problems: Problems) -> None:
             )
 
 
+def _check_packages(estate: Estate, problems: Problems) -> None:
+    """Where the host gets the package from, checked before anything reaches a host."""
+    for server in estate.servers.values():
+        package = server.package
+        if package is None:
+            continue
+        where = estate.origin[("TapiServer", server.name)]
+        message = _package_source_problem(package, where.file)
+        if message:
+            problems.add(where, ("package", "source"), message)
+        elif package.host_reads_share and package.fetch != "unc":
+            problems.add(
+                where, ("package", "host_reads_share"), "host_reads_share is for UNC sources only"
+            )
+
+
+def _package_source_problem(package: Package, manifest_file: str) -> str:
+    if package.fetch == "other":
+        return (
+            f"package.source '{package.source}': the host fetches only https:// URLs; or give a "
+            "file on this workstation, which is sent over WinRM"
+        )
+    if package.fetch == "unc" and not package.host_reads_share:
+        return (
+            f"package.source '{package.source}': over WinRM the host cannot use your "
+            "credentials to read a share (the second hop); give a file on this workstation or "
+            "an https:// URL, or set host_reads_share: true if the host reads the share by itself"
+        )
+    if package.fetch != "upload":
+        return ""
+    path = package.local_path(manifest_file)
+    try:
+        digest = _sha256_of(path)
+    except OSError as exc:
+        return (
+            f"package.source: {path} cannot be read ({exc.strerror}); a relative path is "
+            "relative to this manifest's folder"
+        )
+    if digest != package.sha256.lower():
+        return f"package.source: {path} has sha256 {digest}, not package.sha256 {package.sha256}"
+    return ""
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_platform(estate: Estate, problems: Problems) -> None:
     """``platform:`` overrides may only name keys of the platform profile."""
     known = {f.name for f in fields(Profile)}
@@ -346,6 +401,12 @@ def _check_platform(estate: Estate, problems: Problems) -> None:
                     problems.add(where, ("platform", key), placeholders)
                 elif not value.strip():
                     problems.add(where, ("platform", key), f"platform.{key} may not be empty")
+                elif key in TIMEOUT_KEYS and not _seconds(value):
+                    problems.add(
+                        where,
+                        ("platform", key),
+                        f"platform.{key}: a number of seconds from 1 to 86400, not {value!r}",
+                    )
 
 
 # the keys that name one thing per TSP instance, and what goes wrong when they do not
@@ -372,6 +433,10 @@ def _placeholder_problem(key: str, value: str) -> str | None:
     if not fields:
         return f"platform.{key} must contain {{instance}}: without it {_PATTERNS[key]}"
     return None
+
+
+def _seconds(value: str) -> bool:
+    return value.strip().isdigit() and 1 <= int(value) <= 86400
 
 
 def _known(registry: Mapping[str, object]) -> str:

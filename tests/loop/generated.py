@@ -21,7 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from provisioner.lab.windows_host import lab_package_sha256
+from provisioner.lab.windows_host import lab_package_bytes, lab_package_sha256
 
 DOMAIN = "NFON"
 NUMBER_FORMATS = ("international", "international_no_plus", "phonebook", "phonebook_international")
@@ -63,6 +63,7 @@ class ServerSpec:
     package_version: str | None = "1.0.0"
     sha256_upper: bool = False
     sha256: str | None = None  # instead of the lab's checksum of the version (a wrong one)
+    package_from: str = "https"  # or "workstation": a file beside the manifests, uploaded
     administrators: list[str] = field(default_factory=list)
     service_account: str | None = None
     engine: dict[str, str] | None = field(default_factory=dict)  # None: no cti_engine
@@ -105,6 +106,9 @@ def write_estate(spec: EstateSpec, directory: Path) -> Path:
     documents: dict[str, dict[str, Any]] = {"site.yaml": _site(spec)}
     for server in spec.servers:
         documents[f"{server.name}.yaml"] = _server(server, spec)
+        if server.package_version and server.package_from == "workstation":
+            package = directory / f"NFONTAPI-{server.package_version}.msi"
+            package.write_bytes(lab_package_bytes(server.package_version))
     for tenant in spec.tenants:
         documents[f"{tenant.name}.yaml"] = _tenant(tenant)
     if spec.clients:
@@ -164,9 +168,12 @@ def _server(server: ServerSpec, spec: EstateSpec) -> dict[str, Any]:
     document["telephony"] = telephony
     if server.package_version:
         sha256 = server.sha256 or lab_package_sha256(server.package_version)
+        file = f"NFONTAPI-{server.package_version}.msi"
         document["package"] = {
             "version": server.package_version,
-            "source": f"\\\\files.nfon.test\\software\\NFONTAPI-{server.package_version}.msi",
+            "source": file
+            if server.package_from == "workstation"
+            else f"https://files.nfon.test/software/{file}",
             "sha256": sha256.upper() if server.sha256_upper else sha256,
         }
     if server.engine is not None:
@@ -340,6 +347,7 @@ def servers(draw: st.DrawFn, name: str, number: int, needs_location: bool) -> Se
         location=location,
         package_version=draw(st.sampled_from(["1.0.0", "1.1.0", "1.0.0"])),
         sha256_upper=draw(st.booleans()),
+        package_from=draw(st.sampled_from(["https", "workstation"])),
         administrators=[_case(draw, f"{DOMAIN}\\{a}") for a in admins],
         service_account=draw(st.sampled_from([None, f"{DOMAIN}\\svc-tapi", "nfon\\SVC-TAPI"])),
         engine=engine,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from provisioner.lab.windows_host import LockRecord, WindowsHost
+from provisioner.lab.windows_host import LockRecord, WindowsHost, lab_package_sha256
 from provisioner.lab.wsman_server import (
     INVALID_SELECTORS,
     MAX_OPERATIONS_EXCEEDED,
@@ -182,7 +182,7 @@ def test_a_wrong_package_checksum_stops_that_server_and_the_other_finishes(
     tapi02 = outcome(estate, "tapi02")
     assert tapi02.pop("server/tapi02/package") == "failed"
     assert tapi02 and set(tapi02.values()) == {"not-run"}
-    assert f"does not have sha256 {WRONG_SHA256}" in result.out
+    assert f"has sha256 {lab_package_sha256('1.0.0')}, not {WRONG_SHA256}" in result.out
     done = sum(
         status == "ok" for host in ("tapi01", "tapi02") for status in outcome(estate, host).values()
     )

@@ -7,6 +7,7 @@ valid ways (ports out of order, ``x`` and ``x-x``, all profiles for ``any``, nam
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioner.manifest import load_estate
+from provisioner.resources.package import version_key
 from tests.loop.generated import EstateSpec, estates, layout_of, write_estate
 from tests.support.lab import EXAMPLES, LabEstate, LabFor, running_lab
 
@@ -59,9 +61,21 @@ def test_generated_estate_apply_then_plan_is_empty(spec: EstateSpec) -> None:
 
 @st.composite
 def transitions(draw: st.DrawFn) -> tuple[EstateSpec, EstateSpec]:
-    """An estate and a later version of it: same hosts and tenants, everything else redrawn."""
+    """An estate and a later version of it: same hosts and tenants, everything else redrawn,
+    except that the package is never older (a downgrade is a plan problem, not a change)."""
     before = draw(estates())
-    return before, draw(estates(layout_of(before)))
+    after = draw(estates(layout_of(before)))
+    installed = {server.name: server.package_version or "0" for server in before.servers}
+    servers = [
+        replace(
+            server,
+            package_version=max(server.package_version, installed[server.name], key=version_key),
+        )
+        if server.package_version
+        else server
+        for server in after.servers
+    ]
+    return before, replace(after, servers=servers)
 
 
 @settings(

@@ -3,7 +3,9 @@
 A plan is ONE gather command per host; an apply is the plan's gather, ONE batch and ONE
 verifying gather. The one documented exception: a server whose batch creates a TSP instance
 gets a second gather and batch, for the lines the new instance shows only after its restart.
-A plan also reads each tenant's PBX with one login and one listing.
+A plan also reads each tenant's PBX with one login and one listing. A package sent from the
+workstation is one more command, before the batch, and only when the host must install it and
+does not hold it yet.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tests.loop.generated import (
 )
 from tests.support.lab import EXAMPLES, LabEstate, LabFor
 
-SCRIPT_OF = {scripts.load(name).identity: name for name in ("gather", "apply")}
+SCRIPT_OF = {scripts.load(name).identity: name for name in ("gather", "apply", "upload")}
 FIRST_APPLY_WITH_NEW_INSTANCE = ["gather", "apply", "gather", "apply", "gather"]
 APPLY = ["gather", "apply", "gather"]
 
@@ -132,3 +134,26 @@ def test_the_round_trips_do_not_grow_with_the_number_of_resources(
     assert small[0] == {"tapi01": ["gather"], "ws-0001": ["gather"]}
     assert small[1] == {"tapi01": FIRST_APPLY_WITH_NEW_INSTANCE, "ws-0001": APPLY}
     assert small[3] == {"tapi01": APPLY, "ws-0001": APPLY}
+
+
+def test_a_workstation_package_is_sent_once_before_the_batch_that_installs_it(
+    lab_for: LabFor, tmp_path: Path
+) -> None:
+    anna = AssignmentSpec("NFON\\anna", ["3000"])
+    tenant = TenantSpec("k2000", "K2000", "tapi01", assignments=[anna])
+    spec = EstateSpec([ServerSpec("tapi01", 1, package_from="workstation")], [tenant])
+    estate = lab_for(write_estate(spec, tmp_path / "manifests"))
+    estate.reset_counters()
+    assert estate.apply().code == 0
+    assert scripts_run(estate) == {
+        "tapi01": ["gather", "upload", *FIRST_APPLY_WITH_NEW_INSTANCE[1:]]
+    }
+    change_every_host(estate)
+    estate.reset_counters()
+    assert estate.apply().code == 0
+    assert scripts_run(estate) == {"tapi01": APPLY}
+    with estate.windows("tapi01").lock:  # uninstalled behind our back: the host still holds it
+        estate.windows("tapi01").state.products.clear()
+    estate.reset_counters()
+    assert estate.apply().code == 0
+    assert scripts_run(estate) == {"tapi01": APPLY}

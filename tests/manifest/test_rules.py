@@ -1,7 +1,9 @@
-"""Rules across documents: platform patterns, lines of one PBX, and invalid documents."""
+"""Rules checked before anything reaches a host: where the package comes from, platform patterns,
+lines of one PBX, and invalid documents."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,77 @@ def test_a_typo_in_the_site_file_is_the_only_problem(tmp_path: Path) -> None:
     typo = ALLOWED_SITE.replace("dns_servers:", "dns_server:")
     found = problems(tmp_path, site_yaml=typo, **crm_tenants())
     assert [p.split(": ", 1)[0] for p in found] == ["site.yaml:1:1", "site.yaml:10:1"]
+
+
+# --- where the package comes from ---------------------------------------------------------
+
+CONTENT = b"an MSI, as far as this test is concerned"
+SHA256 = hashlib.sha256(CONTENT).hexdigest()
+
+
+def with_package(source: str, extra: str = "", sha256: str = SHA256) -> str:
+    return (
+        SERVER + f"package:\n  version: '1.0.0'\n  source: '{source}'\n  sha256: {sha256}\n{extra}"
+    )
+
+
+def errors_of(directory: Path, server: str) -> list[str]:
+    (directory / "NFONTAPI.msi").write_bytes(CONTENT)
+    _, errors = load_estate([write_estate(directory, tapi01_yaml=server)])
+    return [f"{e.location.line}:{e.location.column}: {e.message}" for e in errors if e.location]
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        (
+            with_package("\\\\files.nfon.test\\software\\NFONTAPI.msi"),
+            "9:11: package.source '\\\\files.nfon.test\\software\\NFONTAPI.msi': over WinRM the "
+            "host cannot use your credentials to read a share (the second hop); give a file on "
+            "this workstation or an https:// URL, or set host_reads_share: true if the host "
+            "reads the share by itself",
+        ),
+        (
+            with_package("http://files.nfon.test/NFONTAPI.msi"),
+            "9:11: package.source 'http://files.nfon.test/NFONTAPI.msi': the host fetches only "
+            "https:// URLs; or give a file on this workstation, which is sent over WinRM",
+        ),
+        (
+            with_package("missing.msi"),
+            "9:11: package.source: {dir}/missing.msi cannot be read (No such file or "
+            "directory); a relative path is relative to this manifest's folder",
+        ),
+        (
+            with_package("NFONTAPI.msi", sha256="ab" * 32),
+            f"9:11: package.source: {{dir}}/NFONTAPI.msi has sha256 {SHA256}, not "
+            f"package.sha256 {'ab' * 32}",
+        ),
+        (
+            with_package("https://files.nfon.test/x.msi", "  host_reads_share: true\n"),
+            "11:21: host_reads_share is for UNC sources only",
+        ),
+        (
+            SERVER + "platform: {msiexec_timeout_seconds: 0}\n",
+            "7:37: platform.msiexec_timeout_seconds: a number of seconds from 1 to 86400, not '0'",
+        ),
+    ],
+    ids=["unc", "http", "missing-file", "wrong-file", "reads-share-not-unc", "timeout-zero"],
+)
+def test_a_package_the_host_cannot_get_is_refused_offline(
+    tmp_path: Path, server: str, expected: str
+) -> None:
+    assert errors_of(tmp_path, server) == [expected.format(dir=tmp_path)]
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        with_package("NFONTAPI.msi"),
+        with_package("https://files.nfon.test/NFONTAPI.msi"),
+        with_package("\\\\files\\software\\NFONTAPI.msi", "  host_reads_share: true\n"),
+        SERVER + "platform: {command_timeout_seconds: 600, verpatch_path: 'D:\\Tools\\vp.exe'}\n",
+    ],
+    ids=["workstation-file", "https", "share-the-host-reads", "platform-numbers"],
+)
+def test_each_way_the_host_can_get_it_is_valid(tmp_path: Path, server: str) -> None:
+    assert errors_of(tmp_path, server) == []
