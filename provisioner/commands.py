@@ -326,12 +326,28 @@ def without_fingerprints(value: object) -> object:
 
 def describe_facts(facts: HostFacts) -> str:
     lines = [f"{facts.computer_name} ({facts.role}), contract {facts.contract}"]
+    if facts.system:
+        system = facts.system
+        reboot = ", ".join(system.pending_reboot) or "none"
+        lines.append(
+            f"  Windows {system.windows_version} ({system.windows_product}), PowerShell "
+            f"{system.powershell_version} {system.language_mode}, "
+            f"{'elevated' if system.elevated else 'NOT elevated'}, "
+            f"{system.system_drive_free_bytes // 2**20} MB free, pending reboot: {reboot}"
+        )
+    if facts.tools:
+        present = {True: "present", False: "MISSING"}
+        lines.append(
+            f"  tools: tsecimp {present[facts.tools.tsecimp]}, tcmsetup "
+            f"{present[facts.tools.tcmsetup]}, verpatch {present[facts.tools.verpatch]}"
+        )
     if facts.lock:
         lines.append(f"  locked by {facts.lock.owner} until {facts.lock.expires}")
     if facts.telephony:
         t = facts.telephony
         lines.append(
-            f"  Telephony: {t.service.state}, {t.service.start_mode}, as {t.service.account}, "
+            f"  Telephony: {t.service.state}, {t.service.start_mode}, as {t.service.account}"
+            f"{'' if t.service.logon_right is not False else ' (no logon right)'}, "
             f"server mode {'on' if t.server_mode else 'off'}, administrators: "
             f"{', '.join(t.administrators) or '(none)'}"
         )

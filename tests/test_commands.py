@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from provisioner.commands import without_fingerprints
+from provisioner.commands import describe_facts, without_fingerprints
+from provisioner.lab.windows_host import WindowsHost
 from provisioner.plan.model import Action, Change
 from provisioner.planner import Host
-from provisioner.remote.contract import ApplyResponse
+from provisioner.remote.contract import ApplyResponse, GatherRequest
 from provisioner.runner import host_result
 
 
@@ -18,6 +19,17 @@ def test_facts_never_print_a_fingerprint() -> None:
         "telephony": {"account_password": "(set)", "x": [1]},
         "tsp_instances": [{"settings": {"password": "(set)"}}],
     }
+
+
+def test_facts_text_shows_what_a_preflight_reads() -> None:
+    host = WindowsHost.fresh("TAPI01")
+    host.state.system.pending_reboot = ["Windows Update"]
+    request = GatherRequest(role="server", firewall_group="G", verpatch_path="C:\\vp.exe")
+    text = describe_facts(host.gather(request))
+    assert "Windows 10.0.17763 (Windows Server 2019 Standard), PowerShell 5.1.17763.1 " in text
+    assert "FullLanguage, elevated, 40960 MB free, pending reboot: Windows Update" in text
+    assert "tools: tsecimp present, tcmsetup present, verpatch MISSING" in text
+    assert "as NT AUTHORITY\\NetworkService, server mode off" in text
 
 
 def change(address: str, tenant: str | None, host: str = "h") -> Change:
