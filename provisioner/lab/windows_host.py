@@ -578,11 +578,12 @@ def _timeout(what: str, kind: str, timeouts: Timeouts) -> StepFailure:
     )
 
 
-def _version_key(text: str) -> tuple[int, ...]:
-    numbers = [int(part) for part in re.findall(r"\d+", text)]
-    while numbers and numbers[-1] == 0:
-        numbers.pop()
-    return tuple(numbers)
+def _msi_version(text: str) -> tuple[int, int, int]:
+    """A ProductVersion as Windows Installer compares it: major.minor.build as numbers, a
+    fourth field ignored (learn.microsoft.com/windows/win32/msi/productversion)."""
+    numbers = [int(part) for part in re.findall(r"\d+", text)[:3]]
+    major, minor, build = numbers + [0] * (3 - len(numbers))
+    return major, minor, build
 
 
 _Request = TypeVar("_Request", bound=BaseModel)
@@ -1187,7 +1188,7 @@ class WindowsHost:
         }
         older = [p for p in state.products if p.product_code.upper() in family]
         # rule: MSI_MAJOR_UPGRADE (the lab's packages refuse a downgrade: 1603)
-        if any(_version_key(p.version) > _version_key(package.version) for p in older):
+        if any(_msi_version(p.version) > _msi_version(package.version) for p in older):
             return 1603
         state.products = [p for p in state.products if p not in older]
         state.products.append(ProductRecord(package.product_code, package.name, package.version))

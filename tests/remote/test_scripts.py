@@ -455,3 +455,41 @@ def test_gather_takes_the_telephony_service_from_the_request_as_apply_does() -> 
     gather = scripts.load("gather").text
     assert "$TelephonyService = [string]$request['telephony_service']" in gather
     assert "'TapiSrv'" not in gather
+
+
+def function_keys(source: str, function: str) -> set[str]:
+    """The keys of every hashtable literal in one function: the document it builds."""
+    for node in walk(parse(source)):
+        if node.type == "function_statement" and any(
+            child.type == "function_name" and text_of(child) == function for child in node.children
+        ):
+            return {
+                text_of(key)
+                for literal in walk(node)
+                if literal.type == "key_expression"
+                for key in literal.children
+            }
+    raise AssertionError(f"gather.ps1 has no function {function}")
+
+
+def fields(*models: type[BaseModel]) -> set[str]:
+    return {name for model in models for name in model.model_fields}
+
+
+@pytest.mark.parametrize(
+    ("function", "models"),
+    [
+        ("Get-SystemFacts", (contract.SystemFacts,)),
+        ("Get-ToolFacts", (contract.ToolFacts,)),
+        ("Get-ServiceFacts", (contract.ServiceFacts,)),
+        ("Get-KeyAclFacts", (contract.KeyAclFacts, contract.AceFacts)),
+        ("Get-TspInstanceFacts", (contract.TspInstanceFacts, contract.TspSettingsFacts)),
+        ("Get-TelephonyFacts", (contract.TelephonyFacts,)),
+        ("Get-PackageFacts", (contract.PackageFacts,)),
+        ("Get-LocationFacts", (contract.LocationFacts,)),
+        ("Get-TapiClientFacts", (contract.TapiClientFacts,)),
+    ],
+)
+def test_gather_builds_each_document_with_exactly_the_contracts_fields(function, models) -> None:
+    gather = scripts.load("gather").text
+    assert function_keys(gather, function) == fields(*models)
