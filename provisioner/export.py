@@ -432,7 +432,7 @@ def _server_manifest(
         data["winrm"] = server.winrm.model_dump(mode="json", exclude_none=True)
     telephony = live.get(services.TELEPHONY)
     if telephony is not None:
-        data["telephony"] = _telephony(telephony.attributes, notes)
+        data["telephony"] = _telephony(telephony.attributes, services.telephony_account(ctx), notes)
     engine = live.get(services.CTI_ENGINE)
     data["cti_engine"] = _cti_engine(engine.attributes, server) if engine else None
     dialing = live.get(location.KIND)
@@ -461,19 +461,20 @@ def _server_manifest(
             "# package:  (NFON TAPI is installed; to manage it, write where its MSI is and its",
             "#           SHA-256: a host does not record either)",
             f'#   version: "{version.attributes["version"]}"',
-            f"#   source: \\\\FILESERVER\\software\\NFONTAPI-{version.attributes['version']}.msi",
+            f"#   source: NFONTAPI-{version.attributes['version']}.msi  # or an https:// URL",
             "#   sha256: <SHA-256 of that MSI>",
         ]
     return Manifest(server.name, document, commented)
 
 
-def _telephony(attributes: Any, notes: list[str]) -> dict[str, Any]:
+def _telephony(attributes: Any, account: str, notes: list[str]) -> dict[str, Any]:
+    """A built-in account is left out: without service_account TapiSrv keeps the one it has."""
     result: dict[str, Any] = {"server_mode": attributes["server_mode"]}
-    if attributes["account"] != "LocalSystem":
-        result["service_account"] = attributes["account"]
+    if services.builtin_sid(account) is None:
+        result["service_account"] = account
         notes.append(
-            f"TapiSrv runs as {attributes['account']}: add telephony.service_password "
-            "({env: NAME}) to let apply change the account"
+            f"TapiSrv runs as {account}: add telephony.service_password ({{env: NAME}}) to let "
+            "apply change the account"
         )
     if attributes["administrators"]:
         result["administrators"] = list(attributes["administrators"])
