@@ -278,7 +278,6 @@ def test_package_install_checks_the_sha256_and_upgrades(host) -> None:
     ]
     assert [s.name for s in facts.services] == ["TapiSrv", LAB_CTI_ENGINE_SERVICE]
     assert facts.package_cache == [PACKAGE.sha256]
-    newer = next(p for p in LAB_PACKAGES if p.version == "1.1.0")
     apply_ok(host, install("1.1.0"))
     assert [p.version for p in gather(host).packages] == ["1.1.0"]  # a major upgrade
 

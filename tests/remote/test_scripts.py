@@ -440,6 +440,8 @@ def test_a_document_wins_over_progress_on_stderr() -> None:
     document = scripts.failure_document("boom", 3)
     with pytest.raises(scripts.RemoteScriptError, match="the remote script failed: boom"):
         scripts.parse_output(document, HostFacts, stderr=clixml("noise"), exit_code=1)
+
+
 def test_a_built_in_account_gets_an_empty_password_and_others_the_logon_right_first() -> None:
     """Win32_Service.Change's remarks: a change to or from LocalSystem or NetworkService needs
     StartPassword "" (NULL means "keep the password"); Change grants no logon right."""
