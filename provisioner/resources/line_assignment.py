@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from provisioner.manifest.models import Tenant, domain_user_key
@@ -61,6 +61,9 @@ class HostListing:
     providers: list[ListedProvider]
     lines: dict[str, dict[str, ListedLine]]  # tenant → extension → line, users taken off names
     problems: list[str]  # what does not read one way only; line changes wait while there are any
+    # tenants whose users cannot be told from their lines' names now (their PBX was not read):
+    # neither side of their assignments is planned, rather than shown as drift that is not there
+    unread: set[str] = field(default_factory=set)
 
 
 def listing(ctx: HostContext) -> HostListing:
@@ -79,12 +82,16 @@ def _read_listing(ctx: HostContext) -> HostListing:
     by_name = {p.name.casefold(): p for p in providers}
     names = _known_domains(ctx)
     lines: dict[str, dict[str, ListedLine]] = {}
+    unread: set[str] = set()
     for tenant in ctx.tenants:
         provider = by_name.get(ctx.profile.provider_name(tenant.k_account).casefold())
         lines[tenant.name] = {}
         if provider is None:
             continue
         pbx = ctx.extensions.get(tenant.name)
+        if pbx is None and any("\\" in line.name for line in provider.lines):
+            unread.add(tenant.name)  # its PBX problem says why
+            continue
         formats = {tenant.line_name_format, *_live_formats(ctx, tenant.k_account)}
         for line in provider.lines:
             where = f"{provider.name!r} line {line.name!r}"
@@ -109,7 +116,7 @@ def _read_listing(ctx: HostContext) -> HostListing:
                 problems.append(f"{where}: users cannot be told from the line's name")
                 continue
             lines[tenant.name][extension] = replace(line, users=[*line.users, *glued])
-    return HostListing(providers, lines, problems)
+    return HostListing(providers, lines, problems, unread)
 
 
 def _unsafe_line_names(ctx: HostContext) -> list[str]:
@@ -169,7 +176,10 @@ def provider_lines(ctx: HostContext, k_account: str) -> dict[str, str | None]:
 
 def desired(ctx: HostContext) -> list[Resource]:
     resources = []
+    unread = listing(ctx).unread
     for tenant in ctx.tenants:
+        if tenant.name in unread:
+            continue
         for assignment in tenant.assignments:
             if domain_user_key(assignment.user) in ctx.skipped_users.get(tenant.name, ()):
                 continue
@@ -198,6 +208,8 @@ def live(ctx: HostContext) -> list[Resource]:
         )
     resources = []
     for tenant in ctx.tenants:
+        if tenant.name in read.unread:
+            continue
         by_user: dict[str, tuple[str, set[str]]] = {}
         for extension, line in read.lines[tenant.name].items():
             for user in line.users:

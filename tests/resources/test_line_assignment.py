@@ -200,3 +200,12 @@ def test_users_are_read_off_names_in_the_format_the_instance_still_has() -> None
     ctx.facts = ctx.facts.model_copy(update={"tsp_instances": [instance]})
     [live] = [r for r in line_assignment.live(ctx) if r.tenant == "k6732"]
     assert live.attributes == {"lines": ["100"]}
+
+
+def test_a_tenant_whose_pbx_was_not_read_plans_no_line_assignments() -> None:
+    """Without its PBX's names, K7001's users cannot be told from its lines' names: neither
+    side is planned (its PBX problem says why), rather than drift that is not there."""
+    ctx = host_context({"K6732": ["100"], "K7001": ["101"]}, pbx={"k6732": PBX["k6732"]})
+    assert {r.tenant for r in line_assignment.live(ctx)} == {"k6732"}
+    assert "k7001" not in {r.tenant for r in line_assignment.desired(ctx)}
+    assert {r.tenant for r in line_assignment.desired(ctx)} >= {"k6732"}
