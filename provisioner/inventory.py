@@ -160,7 +160,11 @@ class _Checker:
             self.add_inventory(
                 ("hosts", name),
                 f"hosts: {name!r} is not a server or workstation of the manifests"
-                + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+                + (
+                    f" (did you mean {hint[0]!r}?)"
+                    if hint
+                    else ": give the manifests that name it too, or remove the entry"
+                ),
                 key=True,
             )
 

@@ -153,7 +153,8 @@ def test_plan_stops_before_any_connection_with_one_line_per_problem(tmp_path: Pa
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"{inventory}:2:3: hosts: 'nowhere' is not a server or workstation of the manifests",
+        f"{inventory}:2:3: hosts: 'nowhere' is not a server or workstation of the manifests: "
+        "give the manifests that name it too, or remove the entry",
         f"{manifests}/site.yaml:14:13: environment variable WINRM_PW is not set (a secret "
         "reference needs it)",
         "error: 2 problems in the inventory or the secrets and CA files the run needs",
