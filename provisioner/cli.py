@@ -24,6 +24,22 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 
 
+def _use_cache(_: click.Context, __: click.Parameter, no_cache: bool) -> None:
+    from provisioner.manifest import cache
+
+    cache.enabled(not no_cache)
+
+
+cache_option = click.option(
+    "--no-cache",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_use_cache,
+    help="parse every manifest again (default: unchanged files come from .provisioner/cache)",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="provisioner")
 def app() -> None:
@@ -31,6 +47,7 @@ def app() -> None:
 
 
 @app.command()
+@cache_option
 @paths_argument
 def validate(paths: tuple[Path, ...]) -> None:
     """Check manifests offline: schema, references, policies. Reports every problem."""
@@ -94,6 +111,7 @@ def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = Tru
 
 
 @app.command()
+@cache_option
 @paths_argument
 @inventory_option
 @parallelism_option
@@ -137,6 +155,7 @@ def plan(
 
 
 @app.command()
+@cache_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @inventory_option
 @parallelism_option
@@ -170,6 +189,7 @@ def apply(
 
 
 @app.command()
+@cache_option
 @paths_argument
 @inventory_option
 @parallelism_option
@@ -209,6 +229,7 @@ def render() -> None:
 
 
 @render.command("tsecimp")
+@cache_option
 @paths_argument
 @click.option("--tenant", help="one tenant's users")
 @click.option("--server", help="every tenant on one server")
@@ -222,6 +243,7 @@ def render_tsecimp(paths: tuple[Path, ...], tenant: str | None, server: str | No
 
 
 @app.command()
+@cache_option
 @paths_argument
 @inventory_option
 @click.option("--server", "name", required=True, help="a server name or a client host name")
