@@ -11,13 +11,15 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from provisioner import __version__
-from provisioner.commands import Options
 from provisioner.errors import ProvisionerError
+
+if TYPE_CHECKING:  # commands imports every transport: validate needs none of them
+    from provisioner.commands import Options
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -102,11 +104,21 @@ target_option = click.option(
 )
 
 
-def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = True) -> Options:
+verbose_option = click.option(
+    "--verbose", is_flag=True, help="list every change, also of plans too large to list by default"
+)
+
+
+def _options(
+    inventory: str | None, parallelism: int = 10, no_colour: bool = True, verbose: bool = False
+) -> Options:
+    from provisioner.commands import Options
+
     return Options(
         inventory=inventory,
         parallelism=parallelism,
         colour=not no_colour and sys.stdout.isatty(),
+        verbose=verbose,
     )
 
 
@@ -127,6 +139,7 @@ def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = Tru
     help="write the plan (in --format) to a file, such as a pull-request comment",
 )
 @click.option("--detailed-exitcode", is_flag=True, help="exit 2 when there are changes")
+@verbose_option
 def plan(
     paths: tuple[Path, ...],
     inventory: str | None,
@@ -137,6 +150,7 @@ def plan(
     output_format: str,
     output: Path | None,
     detailed_exitcode: bool,
+    verbose: bool,
 ) -> None:
     """Show what apply would change."""
     from provisioner.commands import plan_command
@@ -144,7 +158,7 @@ def plan(
     sys.exit(
         plan_command(
             paths,
-            _options(inventory, parallelism, no_colour),
+            _options(inventory, parallelism, no_colour, verbose),
             targets=targets,
             out=out,
             output_format=output_format,
@@ -165,6 +179,7 @@ def plan(
     "--plan", "saved", type=click.Path(dir_okay=False, path_type=Path), help="a saved plan"
 )
 @click.option("--auto-approve", is_flag=True, help="do not ask for confirmation")
+@verbose_option
 def apply(
     paths: tuple[Path, ...],
     inventory: str | None,
@@ -173,6 +188,7 @@ def apply(
     targets: tuple[str, ...],
     saved: Path | None,
     auto_approve: bool,
+    verbose: bool,
 ) -> None:
     """Apply the manifests (or a saved plan, from where it was made or with PATHS), then verify."""
     from provisioner.commands import apply_command
@@ -180,7 +196,7 @@ def apply(
     sys.exit(
         apply_command(
             list(paths),
-            _options(inventory, parallelism, no_colour),
+            _options(inventory, parallelism, no_colour, verbose),
             targets=targets,
             saved_path=saved,
             auto_approve=auto_approve,

@@ -50,6 +50,7 @@ class Options:
     parallelism: int = 10
     colour: bool = False
     echo: Callable[[str], None] = click.echo
+    verbose: bool = False  # every change of a large plan, not one line per tenant
 
 
 def load(paths: Sequence[Path]) -> Estate:
@@ -101,13 +102,22 @@ def plan_command(
         write_report(output, render(plan, output_format, colour=False).rstrip("\n") + "\n")
         options.echo(f"{plan.summary()} The plan is written to {output}.")
     else:
-        options.echo(render(plan, output_format, options.colour))
+        write_plan(plan, output_format, options)
     if out is not None:
         SavedPlan.of(plan, paths, inventory_file(options.inventory)).write(out)
         options.echo(f"Saved the plan to {out}: apply it with 'provisioner apply --plan {out}'.")
     if plan.problems:
         return EXIT_ERROR
     return EXIT_CHANGES if detailed_exitcode and plan.has_changes else EXIT_OK
+
+
+def write_plan(plan: Plan, output_format: str, options: Options) -> None:
+    """Print the plan; text is written as it is made (a large plan is never one string)."""
+    if output_format != "text":
+        options.echo(render(plan, output_format, options.colour))
+        return
+    for chunk in text.plan_chunks(plan, colour=options.colour, verbose=options.verbose):
+        options.echo(chunk)
 
 
 def render(plan: Plan, output_format: str, colour: bool) -> str:
@@ -142,7 +152,7 @@ def apply_command(
         plan, host_plans = make_plan(run, estate, targets)
         if saved is not None:
             saved.check_fresh(plan)
-        options.echo(text.render_plan(plan, colour=options.colour))
+        write_plan(plan, "text", options)
         group_changes = [
             c for c in plan.actionable if c.kind == GROUP and c.address not in plan.held_back
         ]

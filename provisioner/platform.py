@@ -13,8 +13,6 @@ from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
 
-from ruamel.yaml import YAML
-
 from provisioner.errors import ProvisionerError
 from provisioner.remote.contract import Timeouts
 
@@ -70,5 +68,7 @@ class Profile:
 
 @cache
 def default_profile() -> Profile:
+    from ruamel.yaml import YAML  # here: validate starts without a YAML library when it can
+
     data = YAML(typ="safe").load(Path(__file__).with_name("platform_profile.yaml").read_text())
     return Profile(**{key: str(value) for key, value in data.items()})

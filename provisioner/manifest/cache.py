@@ -2,9 +2,10 @@
 
 A GitOps repository changes a few files per pull request; the other thousand are read from
 here. An entry holds the documents of one file as JSON, under a key made of the SHA-256 of the
-file's bytes, the tool's version (with a digest of the loader's own code) and the schema's
-version; the entry lives at ``.provisioner/cache/manifests/ab/abcdef....json`` (under
-``$PROVISIONER_STATE_DIR`` when that is set)::
+file's bytes, the tool's version and the schema's version (a digest of the loader's and the
+models' code, so that a change to either is a new version even between releases). It lives at
+``.provisioner/cache/manifests/ab/abcdef....json`` (under ``$PROVISIONER_STATE_DIR`` when that
+is set)::
 
     {"format": 1, "key": "abcdef...", "sha256": "<of the payload>", "documents": 1}
     [[0, {"kind": "Tenant", "name": "k6732", ...}]]
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import __version__
-from provisioner.manifest.schema import SCHEMA_ID
 
 FORMAT = 1
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
@@ -54,10 +54,11 @@ def open_cache() -> Cache | None:
 
 
 def _code_digest() -> str:
-    """The loader's own code, so that a changed parser never reads another parser's entries."""
-    digest = hashlib.sha256(f"{__version__} {SCHEMA_ID} {FORMAT}".encode())
+    """The tool's version and the code of the loader and of the schema (the models), so that
+    a changed parser or schema never reads entries another one wrote."""
+    digest = hashlib.sha256(f"{__version__} {FORMAT}".encode())
     here = Path(__file__).parent
-    for name in ("loader.py", "cache.py"):
+    for name in ("loader.py", "cache.py", "models.py"):
         with contextlib.suppress(OSError):  # from an archive without sources: the version must do
             digest.update((here / name).read_bytes())
     return digest.hexdigest()

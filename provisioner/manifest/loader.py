@@ -35,6 +35,7 @@ A loaded document is ``Document(file, index, data)``::
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import os
@@ -43,19 +44,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml as pyyaml
-from ruamel.yaml import YAML
-from ruamel.yaml.constructor import ConstructorError, SafeConstructor
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from ruamel.yaml.resolver import implicit_resolvers
-from yaml import events
-from yaml._yaml import CParser
+from typing import TYPE_CHECKING, Any
 
 from provisioner.errors import Location, ManifestError
 from provisioner.manifest import cache as manifest_cache
+
+if TYPE_CHECKING:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.nodes import Node
+
+# Both YAML libraries are imported where they are used: a command whose files all come from the
+# cache starts without either.
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 """Bigger files are refused: one tenant per file stays far below this."""
@@ -235,11 +235,23 @@ _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
-_RESOLVERS: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
-for _versions, _tag, _regexp, _first in implicit_resolvers:
-    if (1, 2) in _versions:  # ruamel's own YAML 1.2 table: the fast path resolves as ruamel does
-        for _char in _first:
-            _RESOLVERS.setdefault(_char, []).append((_tag, _regexp))
+Resolvers = dict[str, list[tuple[str, re.Pattern[str]]]]
+
+
+@functools.cache
+def _resolvers() -> Resolvers:
+    """ruamel's own YAML 1.2 table (first character → tags and patterns), so that the fast path
+    resolves plain scalars exactly as ruamel does."""
+    from ruamel.yaml.resolver import implicit_resolvers
+
+    table: Resolvers = {}
+    for versions, tag, regexp, first in implicit_resolvers:
+        if (1, 2) in versions:
+            for char in first:
+                table.setdefault(char, []).append((tag, regexp))
+    return table
+
+
 _DECIMAL = re.compile(r"[-+]?[0-9]+")
 _PLAIN_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _TRUE = frozenset({"true", "True", "TRUE"})
@@ -247,10 +259,10 @@ _NOT_IN_FLOW = re.compile(r"[:?]")
 _NOT_SET: Any = object()
 
 
-def _plain(value: str) -> Any:
+def _plain(value: str, resolvers: Resolvers) -> Any:
     """A plain scalar's value, resolved as ruamel resolves YAML 1.2 (or step aside)."""
     tag = None
-    for candidate, regexp in _RESOLVERS.get(value[:1], ()):
+    for candidate, regexp in resolvers.get(value[:1], ()):
         if regexp.match(value):
             tag = candidate
             break
@@ -269,16 +281,22 @@ def _plain(value: str) -> Any:
 
 def _fast_documents(data: bytes) -> _Built | None:
     """The file's documents through libyaml, or None when the located path must read it."""
+    import yaml
+    from yaml._yaml import CParser
+
     parser = CParser(data)
     try:
         return _build(parser)
-    except (pyyaml.YAMLError, _OutsideSubset, ValueError):
+    except (yaml.YAMLError, _OutsideSubset, ValueError):
         return None
     finally:
         parser.dispose()
 
 
 def _build(parser: Any) -> _Built:
+    from yaml import events
+
+    resolvers = _resolvers()
     documents: list[Any] = []
     stack: list[Any] = []  # open collections; a mapping is followed by its pending key
     flow = 0  # how many of them are flow collections
@@ -321,7 +339,7 @@ def _build(parser: Any) -> _Built:
             if event.implicit[0]:
                 if flow and _NOT_IN_FLOW.search(text):
                     raise _OutsideSubset("':' or '?' in a plain scalar inside a flow collection")
-                value = _plain(text)
+                value = _plain(text, resolvers)
             else:
                 value = text
             if event.anchor is not None:
@@ -370,22 +388,28 @@ def _build(parser: Any) -> _Built:
 # --- the located path ----------------------------------------------------------------------------
 
 
-class _LocatedConstructor(SafeConstructor):
-    """ruamel's safe constructor, but a value it cannot build is a located error, not a crash
-    (``2024-02-30``, ``!!int "abc"``, ``!!bool maybe``, an integer of 5,000 digits)."""
+@functools.cache
+def _located_constructor() -> type:
+    from ruamel.yaml.constructor import SafeConstructor
 
-    def construct_object(self, node: Any, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except _UNBUILDABLE as exc:
-            raise ConstructorError(None, None, _unbuildable(node, exc), node.start_mark) from None
+    class LocatedConstructor(SafeConstructor):  # type: ignore[misc]
+        """ruamel's safe constructor, but a value it cannot build is a located error, not a
+        crash (``2024-02-30``, ``!!int "abc"``, ``!!bool maybe``, 5,000 digits)."""
 
-    def construct_non_recursive_object(self, node: Any, tag: str | None = None) -> Any:
-        waiting = len(self.state_generators)
-        data = super().construct_non_recursive_object(node, tag)
-        if len(self.state_generators) > waiting:  # this node's collection, filled in later
-            self.state_generators[-1] = _located(self.state_generators[-1], node)
-        return data
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep=deep)
+            except _UNBUILDABLE as exc:
+                raise _unbuildable(node, exc) from None
+
+        def construct_non_recursive_object(self, node: Any, tag: str | None = None) -> Any:
+            waiting = len(self.state_generators)
+            data = super().construct_non_recursive_object(node, tag)
+            if len(self.state_generators) > waiting:  # this node's collection, filled in later
+                self.state_generators[-1] = _located(self.state_generators[-1], node)
+            return data
+
+    return LocatedConstructor
 
 
 _UNBUILDABLE = (ValueError, TypeError, KeyError, IndexError, OverflowError, AssertionError)
@@ -395,7 +419,7 @@ def _located(generator: Iterator[Any], node: Node) -> Iterator[Any]:
     try:
         yield from generator
     except _UNBUILDABLE as exc:
-        raise ConstructorError(None, None, _unbuildable(node, exc), node.start_mark) from None
+        raise _unbuildable(node, exc) from None
 
 
 _TAG_NAMES = {
@@ -408,7 +432,16 @@ _TAG_NAMES = {
 }
 
 
-def _unbuildable(node: Node, exc: Exception) -> str:
+def _unbuildable(node: Node, exc: Exception) -> Exception:
+    """A located ruamel error that says why the value could not be built."""
+    from ruamel.yaml.constructor import ConstructorError
+
+    return ConstructorError(None, None, _unbuildable_message(node, exc), node.start_mark)
+
+
+def _unbuildable_message(node: Node, exc: Exception) -> str:
+    from ruamel.yaml.nodes import ScalarNode
+
     tag = str(node.tag).rsplit(":", 1)[-1]
     what = _TAG_NAMES.get(tag, f"!!{tag}")
     reason = str(exc)
@@ -427,12 +460,16 @@ def _unbuildable(node: Node, exc: Exception) -> str:
 
 
 def _ruamel() -> YAML:
+    from ruamel.yaml import YAML
+
     yaml = YAML(typ="safe", pure=False)
-    yaml.Constructor = _LocatedConstructor
+    yaml.Constructor = _located_constructor()
     return yaml
 
 
 def _located_documents(text: str, name: str) -> list[Any]:
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
         return list(_ruamel().load_all(text))
     except MarkedYAMLError as exc:
@@ -520,6 +557,8 @@ class _Recursive(Exception):
 
 
 def _first_alias(doc: Document, text: str) -> Location:
+    from ruamel.yaml import YAML
+
     yaml = YAML(typ="safe", pure=False)
     index = -1
     for event in yaml.parse(text):
@@ -561,6 +600,9 @@ class SourceMap:
         return Location(doc.file, target.start_mark.line + 1, target.start_mark.column + 1)
 
     def _document_node(self, doc: Document) -> Node | None:
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import YAMLError
+
         if doc.file not in self._nodes:
             try:
                 text = read_text(Path(doc.file))
@@ -573,6 +615,8 @@ class SourceMap:
 
 
 def _child(node: Node, step: PathKey) -> tuple[Node | None, Node] | None:
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
     if isinstance(node, MappingNode):
         for key_node, value_node in node.value:
             if isinstance(key_node, ScalarNode) and key_node.value == str(step):

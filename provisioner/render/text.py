@@ -10,7 +10,8 @@ server tapi01
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from itertools import groupby
 from typing import Any
 
@@ -29,32 +30,99 @@ _COLOURS = {
 }
 
 
-def render_plan(plan: Plan, *, colour: bool = False, title: str = "") -> str:
+DETAIL_LIMIT = 2_000
+"""Beyond this many changes a plan lists each tenant's changes as one summary line per tenant
+(the hosts' own changes are still listed one by one); ``verbose`` lists everything."""
+
+CHUNK_LINES = 5_000
+
+
+def render_plan(plan: Plan, *, colour: bool = False, title: str = "", verbose: bool = True) -> str:
+    return "\n".join(plan_chunks(plan, colour=colour, title=title, verbose=verbose)) + "\n"
+
+
+def plan_chunks(
+    plan: Plan, *, colour: bool = False, title: str = "", verbose: bool = False
+) -> Iterator[str]:
+    """The plan's text in chunks of lines (without the last newline), for writing as it is made:
+    100,000 changes never sit in memory as one string."""
+    chunk: list[str] = []
+    for line in plan_lines(plan, colour=colour, title=title, verbose=verbose):
+        chunk.append(line)
+        if len(chunk) >= CHUNK_LINES:
+            yield "\n".join(chunk)
+            chunk = []
+    if chunk:
+        yield "\n".join(chunk)
+
+
+def plan_lines(
+    plan: Plan, *, colour: bool = False, title: str = "", verbose: bool = False
+) -> Iterator[str]:
     style: Callable[..., str] = click.style if colour else (lambda text, **_: text)
-    lines: list[str] = []
     if title:
-        lines += [title, ""]
-    for _, changes in groupby(plan.actionable, key=lambda c: c.host):
-        lines.append(style(_heading(changes_list := list(changes)), bold=True))
-        for change in changes_list:
-            colour_name = _COLOURS[change.action]
-            symbol = change.action.symbol.rjust(3)
-            lines.append(
-                style(f"{symbol} {change.address}", fg=colour_name) + f"   {change.reason}"
+        yield from (title, "")
+    actionable = plan.actionable
+    summarise = not verbose and len(actionable) > DETAIL_LIMIT
+    for _, changes in groupby(actionable, key=lambda c: c.host):
+        changes_list = list(changes)
+        yield style(_heading(changes_list), bold=True)
+        listed = [c for c in changes_list if not (summarise and c.tenant)]
+        for change in listed:
+            yield (
+                style(
+                    f"{change.action.symbol.rjust(3)} {change.address}", fg=_COLOURS[change.action]
+                )
+                + f"   {change.reason}"
             )
-            lines.extend(f"        {line}" for line in attribute_lines(change))
-        lines.append("")
+            yield from (f"        {line}" for line in attribute_lines(change))
+        if summarise:
+            yield from _tenant_summaries(changes_list, style)
+        yield ""
+    if summarise:
+        yield (
+            f"{len(actionable):,} changes: each tenant's are summed up in one line; "
+            "--verbose lists every change."
+        )
+        yield ""
     if plan.unmanaged:
-        lines.append(style("Unmanaged (not in the manifests; kept, as prune is off):", bold=True))
-        lines.extend(f"  ? {u.address}   {u.detail}" for u in plan.unmanaged)
-        lines.append("")
+        yield style("Unmanaged (not in the manifests; kept, as prune is off):", bold=True)
+        yield from (f"  ? {u.address}   {u.detail}" for u in plan.unmanaged)
+        yield ""
     if plan.problems:
-        lines.append(style("Problems:", fg="red", bold=True))
-        lines.extend(f"  ! {p.message}" for p in plan.problems)
-        lines.append("")
-    lines.extend(plan.notes)
-    lines.append(style(plan.summary(), bold=True))
-    return "\n".join(lines) + "\n"
+        yield style("Problems:", fg="red", bold=True)
+        yield from (f"  ! {p.message}" for p in plan.problems)
+        yield ""
+    yield from plan.notes
+    yield style(plan.summary(), bold=True)
+
+
+def _tenant_summaries(changes: list[Change], style: Callable[..., str]) -> Iterator[str]:
+    """``  ~ tenant k6732   100 to create (line_assignment 100), 1 to update (tsp_instance 1)``"""
+    by_tenant: dict[str, Counter[tuple[Action, str]]] = {}
+    for change in changes:
+        if change.tenant:
+            by_tenant.setdefault(change.tenant, Counter())[(change.action, change.kind)] += 1
+    for tenant, counts in by_tenant.items():
+        actions = sorted({action for action, _ in counts}, key=list(Action).index)
+        parts = []
+        for action in actions:
+            kinds = {kind: n for (a, kind), n in counts.items() if a is action}
+            detail = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+            parts.append(f"{sum(kinds.values())} to {_VERBS[action]} ({detail})")
+        symbol = actions[0].symbol if len(actions) == 1 else "~"
+        yield style(f"{symbol.rjust(3)} tenant {tenant}", fg=_COLOURS[actions[0]]) + (
+            "   " + ", ".join(parts)
+        )
+
+
+_VERBS = {
+    Action.CREATE: "create",
+    Action.UPDATE: "update",
+    Action.DELETE: "delete",
+    Action.REPLACE: "replace",
+    Action.RESTART: "restart",
+}
 
 
 def _heading(changes: list[Change]) -> str:
