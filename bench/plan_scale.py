@@ -92,6 +92,7 @@ class Run:
     peak_rss_mib: float
     lab_cpu_s: float
     phases: dict[str, float]
+    cpu: dict[str, float]  # CPU seconds of the command, per phase and in total
     commands: dict[str, list[str]]  # host → the scripts it ran, in order
     cti_calls: Counter[str]  # tenant (K-account) → requests
     cti_logins: Counter[str]
@@ -223,6 +224,7 @@ class Bench:
             peak_rss_mib=usage.ru_maxrss / 1024,  # KiB on Linux
             lab_cpu_s=_cpu_s() - cpu_before,
             phases=recorded["phases"],
+            cpu=recorded["cpu"],
             commands={
                 name: [_script_name(stdin) for stdin in host.server.counters.stdin_payloads]
                 for name, host in self.lab.hosts.items()
@@ -329,9 +331,12 @@ def _check_cti(case: Case, number: int, run: Run, shape: EstateShape) -> None:
 
 
 def describe(run: Run) -> str:
-    phases = " ".join(f"{p} {run.phases.get(p, 0):.2f}" for p in PHASES if p in run.phases)
+    phases = " ".join(
+        f"{p} {run.phases[p]:.2f} ({run.cpu[p]:.2f} CPU)" for p in PHASES if p in run.phases
+    )
     return (
-        f"{run.wall_s:6.2f} s {run.peak_rss_mib:5.0f} MiB  lab CPU {run.lab_cpu_s:5.1f} s  {phases}"
+        f"{run.wall_s:6.2f} s, {run.cpu['total']:.2f} s CPU, {run.peak_rss_mib:4.0f} MiB, "
+        f"lab CPU {run.lab_cpu_s:4.1f} s: {phases}"
     )
 
 
