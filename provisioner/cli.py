@@ -273,6 +273,7 @@ def facts(paths: tuple[Path, ...], inventory: str | None, name: str, output_form
 
 
 @app.command()
+@cache_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @inventory_option
 @click.option("--server", "name", required=True, help="the server to adopt")
