@@ -69,12 +69,8 @@ def plan_lines(
         yield style(_heading(changes_list), bold=True)
         listed = [c for c in changes_list if not (summarise and c.tenant)]
         for change in listed:
-            yield (
-                style(
-                    f"{change.action.symbol.rjust(3)} {change.address}", fg=_COLOURS[change.action]
-                )
-                + f"   {change.reason}"
-            )
+            head = f"{change.action.symbol.rjust(3)} {change.address}"
+            yield style(head, fg=_COLOURS[change.action]) + f"   {change.reason}"
             yield from (f"        {line}" for line in attribute_lines(change))
         if summarise:
             yield from _tenant_summaries(changes_list, style)
@@ -109,20 +105,12 @@ def _tenant_summaries(changes: list[Change], style: Callable[..., str]) -> Itera
         for action in actions:
             kinds = {kind: n for (a, kind), n in counts.items() if a is action}
             detail = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
-            parts.append(f"{sum(kinds.values())} to {_VERBS[action]} ({detail})")
+            verb = "replace" if action is Action.REPLACE else action.value
+            parts.append(f"{sum(kinds.values())} to {verb} ({detail})")
         symbol = actions[0].symbol if len(actions) == 1 else "~"
         yield style(f"{symbol.rjust(3)} tenant {tenant}", fg=_COLOURS[actions[0]]) + (
             "   " + ", ".join(parts)
         )
-
-
-_VERBS = {
-    Action.CREATE: "create",
-    Action.UPDATE: "update",
-    Action.DELETE: "delete",
-    Action.REPLACE: "replace",
-    Action.RESTART: "restart",
-}
 
 
 def _heading(changes: list[Change]) -> str:
