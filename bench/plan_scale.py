@@ -17,10 +17,12 @@ times each:
 A plan of the fresh lab has every resource to create (100,000 line assignments in the large
 estate). With ``--converge`` the estate is then applied once and re-planned (no changes, every
 resource unchanged: its memory must not grow with them). Printed per case: min/median/max wall
-time, the largest peak RSS, the median of each phase (load, gather, directory, pbx, plan,
-render), WinRM commands per host, CTI calls per tenant and LDAP searches, and whether the budgets
-hold; the script exits 1 when one does not. "lab CPU" is what the simulated estate (in this
-process) burnt meanwhile: the machine has two cores, and the lab shares them with the command.
+time (every run must meet the budget), the largest peak RSS, the median of each phase (load,
+gather, directory, pbx, plan, render) with its CPU time, WinRM commands per host, CTI calls per
+tenant and LDAP searches, and whether the budgets hold; the script exits 1 when one does not.
+"lab CPU" is what the simulated estate (in this process) burnt meanwhile: the machine has two
+cores, and the lab shares them with the command. The load average is printed before and after:
+the budgets hold on a quiet machine.
 """
 
 from __future__ import annotations
@@ -306,10 +308,11 @@ def check(case: Case, shape: EstateShape, budget: Budget | None, *, directory: b
     if budget is None or not case.runs:
         return
     walls = [r.wall_s for r in case.runs]
-    median = statistics.median(walls)
-    if median > budget.wall_s(case.name):
+    over = [w for w in walls if w > budget.wall_s(case.name)]
+    if over:  # every run must meet the budget, not only the median
         case.problems.append(
-            f"median {median:.2f} s (max {max(walls):.2f} s), budget {budget.wall_s(case.name)} s"
+            f"{len(over)} of {len(walls)} runs over the budget of {budget.wall_s(case.name)} s "
+            f"(min {min(walls):.2f}, median {statistics.median(walls):.2f}, max {max(walls):.2f})"
         )
     peak = max(r.peak_rss_mib for r in case.runs)
     if peak > budget.peak_rss_mib:
