@@ -75,6 +75,7 @@ class Cache:
         self.root = root
         self.hits = 0
         self.misses = 0
+        self._marked = False  # the .gitignore beside the entries was written (or found)
 
     def key(self, content_sha256: str) -> str:
         return hashlib.sha256(f"{_CODE} {content_sha256}".encode()).hexdigest()
@@ -121,7 +122,9 @@ class Cache:
         target = self.path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _ignore_in_git(self.root.parent)
+            if not self._marked:
+                _ignore_in_git(self.root.parent)
+                self._marked = True
             with tempfile.NamedTemporaryFile(
                 "wb", dir=target.parent, prefix=".tmp-", delete=False
             ) as stream:
