@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -119,6 +118,8 @@ class Cache:
             "sha256": hashlib.sha256(payload).hexdigest(),
             "documents": len(documents),
         }
+        import tempfile  # only a run that writes entries needs it
+
         target = self.path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
