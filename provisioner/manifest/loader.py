@@ -235,7 +235,7 @@ _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
-Resolvers = dict[str, list[tuple[str, re.Pattern[str]]]]
+Resolvers = dict[str, list[tuple[str, Any]]]  # first character → (tag, ruamel's lazy pattern)
 
 
 @functools.cache
@@ -392,7 +392,7 @@ def _build(parser: Any) -> _Built:
 def _located_constructor() -> type:
     from ruamel.yaml.constructor import SafeConstructor
 
-    class LocatedConstructor(SafeConstructor):  # type: ignore[misc]
+    class LocatedConstructor(SafeConstructor):
         """ruamel's safe constructor, but a value it cannot build is a located error, not a
         crash (``2024-02-30``, ``!!int "abc"``, ``!!bool maybe``, 5,000 digits)."""
 
