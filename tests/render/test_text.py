@@ -62,7 +62,7 @@ def test_a_large_plan_sums_up_each_tenant_in_one_line() -> None:
         "3,001 changes: each tenant's are summed up in one line; --verbose lists every change."
         in lines
     )
-    assert lines[-1] == "Plan: 2997 to create, 4 to update, 0 to replace, 0 to delete."
+    assert lines[-1] == "Plan: 2997 to create, 4 to update, 0 to delete."
 
 
 def test_verbose_lists_every_change_of_a_large_plan() -> None:
