@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -88,7 +90,7 @@ class Inventory(BaseModel):
 
     def environ(self) -> Mapping[str, str]:
         """Values for ``{env: NAME}``: the process environment first, then the inventory's."""
-        return {**self.secrets, **os.environ}
+        return ChainMap(os.environ, self.secrets)  # not a copy: read once per tenant
 
     def resolve(self, ref: SecretRef) -> Secret:
         return resolve(ref.as_mapping(), environ=self.environ())
@@ -219,21 +221,24 @@ class _Checker:
                     origin = self.estate.origin[("Site", site.name)]
                     where = self.locate(origin, ("cti_api", "ca_file"))
                     self.ca_file(site.cti_api.ca_file, where, inventory=False)
+        # located only when something is wrong: a position costs a second parse of the file
         for tenant in self.estate.tenants.values():
             origin = self.estate.origin[("Tenant", tenant.name)]
-            self.secret(tenant.cti_password, self.locate(origin, ("cti_password",)))
+            self.secret(tenant.cti_password, partial(self.locate, origin, ("cti_password",)))
         for server in self.estate.servers.values():
             password = server.telephony.service_password
             if password is not None:
                 origin = self.estate.origin[("TapiServer", server.name)]
-                where = self.locate(origin, ("telephony", "service_password"))
-                self.secret(password, where)
+                located = partial(self.locate, origin, ("telephony", "service_password"))
+                self.secret(password, located)
 
-    def secret(self, ref: SecretRef, where: Location | None) -> None:
+    def secret(
+        self, ref: SecretRef, where: Location | Callable[[], Location | None] | None
+    ) -> None:
         try:
             self.inventory.resolve(ref)
         except SecretError as exc:
-            self.add(where, str(exc))
+            self.add(where() if callable(where) else where, str(exc))
 
     def ca_file(self, value: str, where: Location | None, inventory: bool) -> None:
         path = Path(self.inventory.path(value) if inventory else value)
