@@ -12,9 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.errors import ProvisionerError
-from provisioner.remote.contract import Timeouts
+
+if TYPE_CHECKING:  # validate reads the profile's keys and needs no host contract
+    from provisioner.remote.contract import Timeouts
 
 TIMEOUT_KEYS = ("msiexec_timeout_seconds", "command_timeout_seconds", "service_timeout_seconds")
 
@@ -50,6 +53,8 @@ class Profile:
 
     def timeouts(self) -> Timeouts:
         """The native-command timeouts (the manifest checks keep them positive integers)."""
+        from provisioner.remote.contract import Timeouts
+
         return Timeouts(
             msiexec=int(self.msiexec_timeout_seconds),
             command=int(self.command_timeout_seconds),
