@@ -27,12 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from provisioner.connectors import over_winrm
 from provisioner.inventory import load_inventory
 from provisioner.lab.estate import Lab
 from provisioner.manifest import load_estate
 from provisioner.planner import Host
-from provisioner.remote.host import RemoteHost
-from provisioner.runner import endpoint_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "client-tapi"
 SERVER = "tapi01"
@@ -56,7 +55,7 @@ def main() -> None:
         with Lab(work / "lab", [EXAMPLE]) as lab:
             server = lab.hosts[SERVER].server
             host = Host(f"server/{SERVER}", SERVER, "server")
-            endpoint = endpoint_for(estate, load_inventory(lab.inventory_path), host)
+            connect = over_winrm(estate, load_inventory(lab.inventory_path))
             for size in sizes:
                 package = work / "NFONTAPI.msi"
                 package.write_bytes(os.urandom(int(size * 2**20)))
@@ -64,7 +63,7 @@ def main() -> None:
                 for latency in latencies:
                     server.faults.latency_s = latency / 1000
                     server.counters.reset()
-                    with RemoteHost(SERVER, endpoint) as remote:
+                    with connect(host) as remote:
                         started = time.perf_counter()
                         response = remote.upload(package, sha256)
                         wall = time.perf_counter() - started

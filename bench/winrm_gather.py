@@ -44,6 +44,7 @@ from pathlib import Path
 
 from generated_estate import PRESET_RULES, EstateShape, write_estate
 
+from provisioner.connectors import Connector, over_winrm
 from provisioner.inventory import load_inventory
 from provisioner.lab.estate import Lab, LabHost
 from provisioner.lab.windows_host import CommandResult
@@ -51,9 +52,8 @@ from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
 from provisioner.planner import Host
 from provisioner.remote.contract import HostFacts
-from provisioner.remote.host import RemoteHost
 from provisioner.remote.tsecimp import parse_listing
-from provisioner.runner import endpoint_for, gather_request
+from provisioner.runner import gather_request
 
 SERVER = "srv01"
 RECEIVE_BYTES = 100_000  # the most output the lab's listener puts in one Receive (as Windows)
@@ -262,10 +262,9 @@ def apply_through_provisioner(lab: Lab, manifests: Path, work: Path) -> None:
     print(f"host built by 'provisioner apply' in {time.perf_counter() - started:.1f} s")
 
 
-def remote_for(lab: Lab, estate: Estate) -> tuple[RemoteHost, Host]:
+def remote_for(lab: Lab, estate: Estate) -> tuple[Connector, Host]:
     host = Host(f"server/{SERVER}", SERVER, "server")
-    endpoint = endpoint_for(estate, load_inventory(lab.inventory_path), host)
-    return RemoteHost(SERVER, endpoint), host
+    return over_winrm(estate, load_inventory(lab.inventory_path))(host), host
 
 
 def gather_once(lab: Lab, estate: Estate) -> HostFacts:

@@ -1,7 +1,8 @@
 """The I/O edge of plan, apply and drift: reach every host, gather, apply batches, verify.
 
-Hosts are worked in parallel (bounded by ``parallelism``); each host gets one WinRM shell for the
-whole run, one gather command per read and one apply command per batch.
+Hosts are worked in parallel (bounded by ``parallelism``); each host gets one connector (one
+WinRM shell) for the whole run, one gather command per read and one apply command per batch.
+Connectors come from one factory (:mod:`provisioner.connectors`), WinRM unless given another.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from provisioner.connectors import Connect, Connector, over_winrm
 from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.directory.operations import add_group_members, remove_group_members
 from provisioner.directory.reader import read_directory, settings_for
@@ -45,36 +47,16 @@ from provisioner.remote.contract import (
     LockRequest,
     Operation,
 )
-from provisioner.remote.host import HostError, RemoteHost, RetryEvent
+from provisioner.remote.host import HostError, RetryEvent
 from provisioner.resources import MODULE_OF, line_assignment, package
 from provisioner.resources.base import HostContext
 from provisioner.resources.services import cti_engine_name
 from provisioner.resources.users_group import member_dns
 from provisioner.transports.ldap import LDAPConnection
-from provisioner.transports.winrm import DEFAULT_COMMAND_TIMEOUT_S, WinRMEndpoint
 
 DEFAULT_PARALLELISM = 10
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
-
-
-def endpoint_for(estate: Estate, inventory: Inventory, host: Host) -> WinRMEndpoint:
-    """Manifest WinRM settings (Site defaults, then the host's), overlaid by the inventory."""
-    doc = estate.host_documents()[host.name]
-    settings = inventory.endpoint_settings(host.name, estate.winrm_for(doc))
-    password = inventory.resolve(settings.password) if settings.password else None
-    scheme = settings.scheme or "https"
-    return WinRMEndpoint(
-        host=settings.host or host.name,
-        port=settings.port or (5986 if scheme == "https" else 5985),
-        scheme=scheme,
-        auth=(settings.auth.value if settings.auth else "ntlm"),
-        user=settings.user or "",
-        password=password,
-        ca_file=settings.ca_file,
-        allow_insecure=bool(settings.allow_insecure),
-        command_timeout_s=settings.command_timeout_s or DEFAULT_COMMAND_TIMEOUT_S,
-    )
 
 
 def gather_request(estate: Estate, host: Host) -> GatherRequest:
@@ -125,13 +107,15 @@ class Run:
         *,
         parallelism: int = DEFAULT_PARALLELISM,
         only: Iterable[str] | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self.estate = estate
         self.inventory = inventory
+        self.connect = connect or over_winrm(estate, inventory, on_retry=_print_retry)
         self.parallelism = max(1, parallelism)
         wanted = set(only) if only is not None else None
         self.hosts = [h for h in hosts(estate) if wanted is None or h.name in wanted]
-        self._remote: dict[str, RemoteHost] = {}
+        self._remote: dict[str, Connector] = {}
         self.pbx = PbxFacts()
         self.directory = DirectoryFacts()
 
@@ -158,10 +142,9 @@ class Run:
         """Every gather that ran again in a fresh shell during this run, and why."""
         return [event for remote in self._remote.values() for event in remote.retries]
 
-    def remote(self, host: Host) -> RemoteHost:
+    def remote(self, host: Host) -> Connector:
         if host.key not in self._remote:
-            endpoint = endpoint_for(self.estate, self.inventory, host)
-            self._remote[host.key] = RemoteHost(host.name, endpoint, on_retry=_print_retry)
+            self._remote[host.key] = self.connect(host)
         return self._remote[host.key]
 
     def gather(
@@ -302,7 +285,7 @@ class Run:
         return HostResult(host_plan.host, "ok", "", results)
 
     def _owed_restarts(
-        self, remote: RemoteHost, host_plan: HostPlan, results: list[ChangeResult], owner: str
+        self, remote: Connector, host_plan: HostPlan, results: list[ChangeResult], owner: str
     ) -> list[ChangeResult]:
         """After a failed step, restart what the completed changes need (Ansible's
         force_handlers): those changes are done, so no later plan would bring the restart back."""
@@ -383,7 +366,7 @@ def apply_request(host_plan: HostPlan, owner: str, steps: list[ApplyStep]) -> Ap
     return ApplyRequest(lock=LockRequest(owner=owner), steps=steps, timeouts=timeouts)
 
 
-def upload_packages(remote: RemoteHost, ctx: HostContext, steps: list[ApplyStep]) -> None:
+def upload_packages(remote: Connector, ctx: HostContext, steps: list[ApplyStep]) -> None:
     """Send the workstation packages the batch installs and the host does not hold yet."""
     for path, sha256 in package.uploads(ctx, [step.operation for step in steps]):
         remote.upload(path, sha256)

@@ -1,11 +1,17 @@
 """One Windows host as the provisioner sees it: gather facts, apply a batch. One shell per run.
 
-    with RemoteHost("tapi01", endpoint) as host:
+    with RemoteHost("tapi01", WinRMSession(endpoint)) as host:
         facts = host.gather(GatherRequest(role="server", firewall_group="NFON-TAPI-Provisioner"))
         response = host.apply(ApplyRequest(lock=..., steps=[...]))
 
-Each call is ONE command over the host's one WinRM shell, whatever the number of resources. A
-gather that meets a transient transport failure runs once more in a fresh shell; the host keeps
+Each call is ONE command in the host's one :class:`Shell`, whatever the number of resources:
+the shipped script and its request as JSON on stdin, one JSON document back. The shell is a
+WinRS shell over WS-Management (:class:`~provisioner.transports.winrm.WinRMSession`), or
+:class:`InProcessShell`, which hands the same stdin to a command handler in this process (the
+lab's Windows model) with no TLS and no WS-Management: the scripts' identities still pick the
+behaviour, and the answer is parsed the same way.
+
+A gather that meets a transient transport failure runs once more in a fresh shell; the host keeps
 a :class:`RetryEvent` for each such retry (``host.retries``), for the output and the state store.
 An apply is never retried.
 """
@@ -14,11 +20,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -32,7 +38,7 @@ from provisioner.remote.contract import (
     UploadRequest,
     UploadResponse,
 )
-from provisioner.transports.winrm import WinRMEndpoint, WinRMError, WinRMSession
+from provisioner.transports.winrm import CommandResult, WinRMError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -59,16 +65,77 @@ class RetryEvent:
         return f"{self.host}: {self.operation} retried in a fresh shell after: {self.cause}"
 
 
+class Shell(Protocol):
+    """Where a host's commands run: a WinRS shell, or a command handler in this process."""
+
+    def run(
+        self,
+        command: str,
+        arguments: Sequence[str] = (),
+        stdin: bytes = b"",
+        *,
+        retry: bool = False,
+        on_retry: Callable[[WinRMError], None] | None = None,
+    ) -> CommandResult: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CommandOutput(Protocol):
+    @property
+    def stdout(self) -> bytes: ...
+    @property
+    def stderr(self) -> bytes: ...
+    @property
+    def exit_code(self) -> int: ...
+
+
+CommandHandler = Callable[[str, list[str], bytes], CommandOutput]
+"""``handler(command, arguments, stdin) -> output``: a host that runs commands in this process."""
+
+
+class InProcessShell:
+    """A command handler called directly: nothing is sent over a network, nothing retried."""
+
+    def __init__(self, handler: CommandHandler) -> None:
+        self.handler = handler
+        self._aborted = False
+
+    def run(
+        self,
+        command: str,
+        arguments: Sequence[str] = (),
+        stdin: bytes = b"",
+        *,
+        retry: bool = False,
+        on_retry: Callable[[WinRMError], None] | None = None,
+    ) -> CommandResult:
+        if self._aborted:
+            raise ProvisionerError("interrupted; nothing more is run")
+        output = self.handler(command, list(arguments), stdin)
+        return CommandResult(output.stdout, output.stderr, output.exit_code)
+
+    def abort(self) -> None:
+        self._aborted = True  # a running handler finishes; nothing runs after it
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 class RemoteHost:
+    """A host reached through one :class:`Shell`; the one connector the runner uses."""
+
     def __init__(
         self,
         name: str,
-        endpoint: WinRMEndpoint,
+        shell: Shell,
         *,
         on_retry: Callable[[RetryEvent], None] | None = None,
     ) -> None:
         self.name = name
-        self.session = WinRMSession(endpoint)
+        self.session = shell
         self.retries: list[RetryEvent] = []
         self.on_retry = on_retry
 
@@ -82,7 +149,7 @@ class RemoteHost:
         self.session.close()
 
     def abort(self) -> None:
-        """From any thread: stop the running command and delete the shell (see WinRMSession)."""
+        """From any thread: stop the running command and close the shell (see WinRMSession)."""
         self.session.abort()
 
     def gather(self, request: GatherRequest) -> HostFacts:

@@ -10,6 +10,7 @@ from provisioner.lab.windows_host import WindowsHost
 from provisioner.lab.wsman_server import WSManServer
 from provisioner.remote.contract import ApplyRequest, GatherRequest, LockRequest
 from provisioner.remote.host import HostError, RemoteHost, RetryEvent
+from provisioner.transports.winrm import WinRMSession
 from tests.support.lab import EXAMPLES, LabFor
 from tests.support.wsman import StartWSMan, endpoint_for
 
@@ -28,7 +29,8 @@ CONSTRAINED = [
 
 
 def remote_host(server: WSManServer, lab_tls: LabTLS, **kwargs: object) -> RemoteHost:
-    return RemoteHost("tapi01", endpoint_for(server, ca_file=lab_tls.ca_file), **kwargs)  # type: ignore[arg-type]
+    session = WinRMSession(endpoint_for(server, ca_file=lab_tls.ca_file))
+    return RemoteHost("tapi01", session, **kwargs)  # type: ignore[arg-type]
 
 
 def lab_host(start_wsman: StartWSMan) -> WSManServer:

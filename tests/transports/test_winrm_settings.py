@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from provisioner.connectors import endpoint_for
 from provisioner.inventory import Inventory
 from provisioner.manifest import load_estate
 from provisioner.manifest.models import WinRMSettings
 from provisioner.planner import Host
-from provisioner.runner import endpoint_for
 from tests.support.lab import EXAMPLES
 
 TAPI01 = Host("server/tapi01", "tapi01", "server")
