@@ -6,7 +6,8 @@
 #    "tsp_file": "NFONTSP.TSP", "instance_file_pattern": "NFONTSP_{instance}.TSP",
 #    "instance_settings_key": "HKLM\\SOFTWARE\\NFON\\TAPI\\{instance}",
 #    "verpatch_path": "C:\\ProgramData\\NFON-Provisioner\\Tools\\verpatch.exe",
-#    "timeouts": {"msiexec": 900, "command": 120, "service": 120}}
+#    "timeouts": {"msiexec": 900, "command": 120, "service": 120},
+#    "rpc_ports": ["135", "445", "49152-65535"], "package_source": ""}
 # Nothing here changes the host, except that the seal key is created on first use and that
 # "tsecimp /d" starts the Telephony service on demand, as any TAPI client does.
 param($request)
@@ -430,29 +431,95 @@ function Get-LocationFacts {
     return , $locations
 }
 
-function Get-FirewallRuleFacts([string] $Group) {
-    # One pass over HNetCfg.FwPolicy2 (Get-NetFirewallRule is several times slower).
-    $rules = New-Object Collections.ArrayList
-    $policy = New-Object -ComObject HNetCfg.FwPolicy2
-    foreach ($rule in $policy.Rules) {
-        if (-not [string]::Equals([string]$rule.Grouping, $Group, 'Ordinal')) { continue }
-        [void]$rules.Add(@{
-                name = [string]$rule.Name
-                display_name = [string]$rule.Name  # COM has one name: the display name
-                description = [string]$rule.Description
-                group = [string]$rule.Grouping
-                direction = [int]$rule.Direction
-                action = [int]$rule.Action
-                protocol = [int]$rule.Protocol
-                local_ports = $(if ($rule.LocalPorts) { [string]$rule.LocalPorts } else { '*' })
-                remote_ports = $(if ($rule.RemotePorts) { [string]$rule.RemotePorts } else { '*' })
-                local_addresses = $(if ($rule.LocalAddresses) { [string]$rule.LocalAddresses } else { '*' })
-                remote_addresses = $(if ($rule.RemoteAddresses) { [string]$rule.RemoteAddresses } else { '*' })
-                profiles = [int]$rule.Profiles
-                enabled = [bool]$rule.Enabled
-            })
+function ConvertTo-FirewallRuleFacts($Rule) {
+    return @{
+        name = [string]$Rule.Name
+        display_name = [string]$Rule.Name  # COM has one name: the display name
+        description = [string]$Rule.Description
+        group = [string]$Rule.Grouping
+        direction = [int]$Rule.Direction
+        action = [int]$Rule.Action
+        protocol = [int]$Rule.Protocol
+        local_ports = $(if ($Rule.LocalPorts) { [string]$Rule.LocalPorts } else { '*' })
+        remote_ports = $(if ($Rule.RemotePorts) { [string]$Rule.RemotePorts } else { '*' })
+        local_addresses = $(if ($Rule.LocalAddresses) { [string]$Rule.LocalAddresses } else { '*' })
+        remote_addresses = $(if ($Rule.RemoteAddresses) { [string]$Rule.RemoteAddresses } else { '*' })
+        profiles = [int]$Rule.Profiles
+        enabled = [bool]$Rule.Enabled
+        application = [string]$Rule.ApplicationName
+        service = [string]$Rule.serviceName
     }
-    return , $rules
+}
+
+function Test-PortsReach([string] $Ports, $Wanted) {
+    # Whether LocalPorts ("135,5000-5010", "RPC", "*") reach a wanted port or range ("135",
+    # "49152-65535"). The keywords RPC (dynamic RPC ports) and RPC-EPMap (135) reach TapiSrv.
+    if (-not $Ports -or $Ports -eq '*') { return $true }
+    foreach ($part in $Ports.Split(',')) {
+        $part = $part.Trim()
+        if ($part -eq 'RPC' -or $part -eq 'RPC-EPMap') { return $true }
+        $ends = $part.Split('-')
+        if ($ends[0] -notmatch '^\d+$' -or $ends[-1] -notmatch '^\d+$') { continue }
+        foreach ($range in $Wanted) {
+            $limits = ([string]$range).Split('-')
+            if ([int]$ends[0] -le [int]$limits[-1] -and [int]$ends[-1] -ge [int]$limits[0]) { return $true }
+        }
+    }
+    return $false
+}
+
+function Test-OpensRpc($Rule, [int] $ActiveProfiles, $RpcPorts) {
+    # An enabled inbound allow rule (any group) for TCP or any protocol, in a profile active now,
+    # not limited to another program than svchost or System, nor to another service.
+    if (-not $Rule.Enabled -or [int]$Rule.Direction -ne 1 -or [int]$Rule.Action -ne 1) { return $false }
+    if (@(6, 256) -notcontains [int]$Rule.Protocol) { return $false }
+    if (([int]$Rule.Profiles -band $ActiveProfiles) -eq 0) { return $false }
+    $application = [string]$Rule.ApplicationName
+    if ($application -and $application -ne 'System' -and -not $application.EndsWith('\svchost.exe', 'OrdinalIgnoreCase')) { return $false }
+    $service = [string]$Rule.serviceName
+    if ($service -and @('*', $TelephonyService, 'RpcSs') -notcontains $service) { return $false }
+    return (Test-PortsReach ([string]$Rule.LocalPorts) $RpcPorts)
+}
+
+function Get-FirewallRules([string] $Group, $RpcPorts) {
+    # One pass over HNetCfg.FwPolicy2 (Get-NetFirewallRule is several times slower): the rules
+    # of the managed group, and the rules of any group that open TapiSrv's RPC ports.
+    $managed = New-Object Collections.ArrayList
+    $openRpc = New-Object Collections.ArrayList
+    $policy = New-Object -ComObject HNetCfg.FwPolicy2
+    $active = [int]$policy.CurrentProfileTypes
+    foreach ($rule in $policy.Rules) {
+        if ([string]::Equals([string]$rule.Grouping, $Group, 'Ordinal')) {
+            [void]$managed.Add((ConvertTo-FirewallRuleFacts $rule))
+        }
+        if (Test-OpensRpc $rule $active $RpcPorts) { [void]$openRpc.Add((ConvertTo-FirewallRuleFacts $rule)) }
+    }
+    return @{ managed = $managed; open_rpc = $openRpc }
+}
+
+function Get-WSManValue([string] $Path) {
+    # One winrm/config value from the WSMan: drive (Microsoft Learn, about_WSMan_Provider);
+    # $null where it cannot be read (the drive needs the WinRM user to be an administrator).
+    try {
+        if (-not (Get-PSDrive -Name WSMan -ErrorAction SilentlyContinue)) { Import-Module Microsoft.WSMan.Management }
+        return [long](Get-Item -LiteralPath $Path).Value
+    } catch { return $null }
+}
+
+function Get-WinRMConfigFacts {
+    return @{
+        max_envelope_size_kb = (Get-WSManValue 'WSMan:\localhost\MaxEnvelopeSizekb')
+        max_shells_per_user = (Get-WSManValue 'WSMan:\localhost\Shell\MaxShellsPerUser')
+        max_concurrent_operations_per_user = (Get-WSManValue 'WSMan:\localhost\Service\MaxConcurrentOperationsPerUser')
+        max_memory_per_shell_mb = (Get-WSManValue 'WSMan:\localhost\Shell\MaxMemoryPerShellMB')
+    }
+}
+
+function Test-PackageSource([string] $Source) {
+    # Whether this session reads a UNC package source, as the apply's session would have to:
+    # without the operator's credentials (the second hop). $null when none was asked about.
+    if (-not $Source) { return $null }
+    try { [IO.File]::OpenRead($Source).Dispose(); return $true } catch { return $false }
 }
 
 function Get-SystemFacts($Controllers) {
@@ -539,17 +606,21 @@ foreach ($controller in [ServiceProcess.ServiceController]::GetServices()) {
 }
 $role = [string]$request['role']
 $providers = Get-ProviderFacts
+$firewall = Get-FirewallRules ([string]$request['firewall_group']) @($request['rpc_ports'])
 $facts = @{
     contract = 2
     computer_name = [string]$env:COMPUTERNAME
     role = $role
     seal_key = (Get-SealKey)
     lock = (Get-LockFacts)
-    firewall_rules = (Get-FirewallRuleFacts ([string]$request['firewall_group']))
+    firewall_rules = $firewall['managed']
+    open_rpc_rules = $firewall['open_rpc']
     services = New-Object Collections.ArrayList
     system = (Get-SystemFacts $controllers)
     tools = (Get-ToolFacts ([string]$request['verpatch_path']))
     package_cache = (Get-PackageCache)
+    winrm = (Get-WinRMConfigFacts)
+    package_source_readable = (Test-PackageSource ([string]$request['package_source']))
 }
 foreach ($name in @($request['services'])) {
     if ($null -eq $name) { continue }

@@ -15,7 +15,9 @@ The model fails the way Windows fails. Each behaviour comes from a public source
 (``# rule: SECOND_HOP``): a UNC share is out of reach from a WinRM session, Win32_Service.Change
 answers its documented codes, a service whose account cannot log on as a service does not start
 (1069), new registry keys inherit HKLM\\SOFTWARE's "Users: Read", msiexec answers 1638 for a
-same-ProductCode upgrade without REINSTALL, verpatch.exe is not in the package, tools can hang.
+same-ProductCode upgrade without REINSTALL, verpatch.exe is not in the package, tools can hang,
+powershell.exe in ConstrainedLanguage mode fails before any script runs, a firewall rule counts
+only in the profiles active now.
 Beyond the rules: a sealed secret is opened with the host's RSA key, checked against its
 fingerprint and kept sealed (the state never holds a clear secret, nor an account's password:
 only a salted digest of it). :class:`WindowsHostState` is plain data that round-trips through
@@ -40,6 +42,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from provisioner.lab.wsman_server import (
+    MAX_ENVELOPE_KB,
+    MAX_OPERATIONS_PER_USER,
+    MAX_SHELLS_PER_USER,
+    clixml_error,
+)
 from provisioner.manifest.models import TapiServer
 from provisioner.platform import Profile, default_profile
 from provisioner.remote import scripts
@@ -82,6 +90,7 @@ from provisioner.remote.contract import (
     TspSettingsFacts,
     UploadRequest,
     UploadResponse,
+    WinRMConfigFacts,
 )
 from provisioner.remote.contract import Fingerprint as FingerprintModel
 from provisioner.remote.tsecimp import (
@@ -101,6 +110,10 @@ Web = Callable[[str], bytes | None]
 """``web(url) -> content``, None for a URL no server answers: what the host can download."""
 
 TELEPHONY_SERVICE = "TapiSrv"
+FIREWALL_SERVICE = "MpsSvc"
+_LOCAL_SERVICE = "NT AUTHORITY\\LocalService"
+_WINDOWS_TOOLS = ("tsecimp.exe", "tcmsetup.exe")  # in System32 of every Windows Server
+_WINDOWS_TOOLS_BY_NAME = {tool.removesuffix(".exe"): tool for tool in _WINDOWS_TOOLS}
 LAB_CTI_ENGINE_SERVICE = default_profile().cti_engine_service  # what lab packages install
 LAB_TSP_FILE = "NFONTSP.TSP"
 _STATE_DIR = "C:\\ProgramData\\NFON-Provisioner"
@@ -143,6 +156,12 @@ _MSI_CODES = {  # rule: MSI_EXIT_CODES, as the script names them
     1620: "ERROR_INSTALL_PACKAGE_INVALID: the file is not a valid Windows Installer package",
     1638: "ERROR_PRODUCT_VERSION: another version of this product is already installed",
 }
+_CONSTRAINED = [  # what the bootstrap's first method call meets in ConstrainedLanguage mode
+    "Cannot invoke method. Method invocation is supported only on core types in this language "
+    "mode.",
+    "    + CategoryInfo          : InvalidOperation: (:) [], RuntimeException",
+    "    + FullyQualifiedErrorId : MethodInvocationNotSupportedInConstrainedLanguage",
+]
 _TIMEOUT_KEYS = {
     "msiexec": "msiexec_timeout_seconds",
     "command": "command_timeout_seconds",
@@ -306,7 +325,17 @@ class SystemRecord:
     elevated: bool = True
     pending_reboot: list[str] = field(default_factory=list)
     system_drive_free_bytes: int = 40 * 2**30
-    firewall_service_running: bool = True
+
+
+@dataclass
+class WinRMConfigRecord:
+    """winrm/config as the WSMan: drive shows it; the lab's listener enforces the first three."""
+
+    # rule: WINRM_DEFAULTS
+    max_envelope_size_kb: int = MAX_ENVELOPE_KB
+    max_shells_per_user: int = MAX_SHELLS_PER_USER
+    max_concurrent_operations_per_user: int = MAX_OPERATIONS_PER_USER
+    max_memory_per_shell_mb: int = 1024
 
 
 @dataclass
@@ -393,6 +422,8 @@ class FirewallRuleRecord:
     profiles: int
     enabled: bool
     local_addresses: str = "*"
+    application: str = ""
+    service: str = ""
 
 
 @dataclass
@@ -449,6 +480,8 @@ class WindowsHostState:
     package_cache: list[str] = field(default_factory=list)  # sha256 of the packages held
     hung: list[str] = field(default_factory=list)  # tools, or "stop <service>", that hang
     system: SystemRecord = field(default_factory=SystemRecord)
+    winrm: WinRMConfigRecord = field(default_factory=WinRMConfigRecord)
+    firewall_profiles: int = 1  # the profiles active now: a domain-joined host's Domain profile
 
     @classmethod
     def fresh(cls, computer_name: str, role: Role = "server") -> WindowsHostState:
@@ -467,6 +500,11 @@ class WindowsHostState:
         state.services["winrm"] = ServiceRecord(
             name="WinRM", state="running", start_mode="auto", account="NT AUTHORITY\\NetworkService"
         )
+        state.services[FIREWALL_SERVICE.casefold()] = ServiceRecord(
+            name=FIREWALL_SERVICE, state="running", start_mode="auto", account=_LOCAL_SERVICE
+        )
+        for tool in _WINDOWS_TOOLS:
+            state.system32[tool.casefold()] = SystemFile(name=tool)
         for file, description, _lines in _BUILTIN_PROVIDERS:
             state.system32[file.casefold()] = SystemFile(name=file, description=description)
             state.providers.append(ProviderRecord(id=state.next_provider_id, file=file))
@@ -514,6 +552,26 @@ def _check(value: str, pattern: str, what: str) -> None:
 
 def _check_tsp_file(file: str) -> None:
     _check(file, r"(?i)[A-Z0-9][A-Z0-9_.\-]*\.tsp", "TSP file name")
+
+
+def _rule_facts(rule: FirewallRuleRecord) -> FirewallRuleFacts:
+    return FirewallRuleFacts(display_name=rule.name, **vars(rule))
+
+
+def _ports_reach(local_ports: str, wanted: Sequence[str]) -> bool:
+    """Whether LocalPorts (``135,5000-5010``, ``RPC``, ``*``) reach a wanted port or range."""
+    if local_ports in ("", "*"):
+        return True
+    for part in (piece.strip() for piece in local_ports.split(",")):
+        if part.casefold() in ("rpc", "rpc-epmap"):  # dynamic RPC ports, the endpoint mapper
+            return True
+        ends = part.split("-")
+        if not (ends[0].isdigit() and ends[-1].isdigit()):
+            continue
+        for limits in (range_.split("-") for range_ in wanted):
+            if int(ends[0]) <= int(limits[-1]) and int(ends[-1]) >= int(limits[0]):
+                return True
+    return False
 
 
 def _permanent_id(*parts: str) -> str:
@@ -676,6 +734,9 @@ class WindowsHost:
     def __call__(self, command: str, arguments: list[str], stdin: bytes) -> CommandResult:
         with self.lock:
             self.record.append(RecordedCommand(command, list(arguments), bytes(stdin)))
+            if self.state.system.language_mode != "FullLanguage":
+                # rule: CONSTRAINED_LANGUAGE (powershell.exe fails before the bootstrap runs)
+                return CommandResult(stdout=b"", stderr=clixml_error(_CONSTRAINED), exit_code=1)
             if not scripts.is_command_line(command, arguments):
                 return CommandResult(
                     stdout=b"",
@@ -750,28 +811,42 @@ class WindowsHost:
             for name in request.services
             if (service := state.services.get(name.casefold())) is not None
         ]
+        firewall = state.services.get(FIREWALL_SERVICE.casefold())
         facts: dict[str, object] = {
             "computer_name": state.computer_name,
             "role": request.role,
             "seal_key": self.seal_key(),
             "lock": LockInfo(**vars(state.lock)) if state.lock else None,
             "firewall_rules": [
-                FirewallRuleFacts(display_name=rule.name, **vars(rule))
+                _rule_facts(rule)
                 for rule in state.firewall_rules
                 if rule.group == request.firewall_group
             ],
+            "open_rpc_rules": [
+                _rule_facts(rule)
+                for rule in state.firewall_rules
+                if self._opens_rpc(rule, request.rpc_ports, request.telephony_service)
+            ],
             "services": services,
-            "system": SystemFacts(**vars(state.system)),
+            "system": SystemFacts(
+                **vars(state.system),
+                firewall_service_running=firewall is not None and firewall.state == "running",
+            ),
             "tools": ToolFacts(
-                tsecimp=True,
-                tcmsetup=True,
+                tsecimp="tsecimp.exe" in state.system32,
+                tcmsetup="tcmsetup.exe" in state.system32,
                 verpatch=bool(request.verpatch_path)
                 and request.verpatch_path.casefold() in state.files,
             ),
             "package_cache": list(state.package_cache),
+            "winrm": WinRMConfigFacts(**vars(state.winrm)),
+            "package_source_readable": (
+                self._reads_share(request.package_source) if request.package_source else None
+            ),
         }
         if request.role == "server":
-            if "tsecimp" in state.hung:  # rule: HANGING_TOOLS
+            stops = "tsecimp" in state.hung or request.timeouts.command == 0
+            if stops and "tsecimp.exe" in state.system32:  # rule: HANGING_TOOLS
                 raise ScriptThrow(str(_timeout("tsecimp.exe", "command", request.timeouts)))
             facts |= {
                 "telephony": self._telephony_facts(request.telephony_service),
@@ -812,7 +887,7 @@ class WindowsHost:
         return SealKey(modulus=big_endian(numbers.n), exponent=big_endian(numbers.e))
 
     def _service_facts(self, service: ServiceRecord) -> ServiceFacts:
-        sid = self._sid_of(service.account)
+        sid = self.sid_of(service.account)
         return ServiceFacts.model_validate(
             {
                 "name": service.name,
@@ -824,7 +899,7 @@ class WindowsHost:
             }
         )
 
-    def _sid_of(self, account: str) -> str | None:
+    def sid_of(self, account: str) -> str | None:
         """The SID a name translates to here, None when it does not (unknown account)."""
         builtin = _builtin_sid(account)
         if builtin is not None:
@@ -936,7 +1011,7 @@ class WindowsHost:
             )
             if file is not None and file.instance is not None:
                 entry.instance = file.instance
-                settings = self._settings_of(file.instance)
+                settings = self.settings_of(file.instance)
                 if settings is not None:
                     entry.k_account = settings.k_account
                     entry.line_name_format = settings.line_name_format
@@ -946,7 +1021,7 @@ class WindowsHost:
         if service is not None:
             service.state = "running"
 
-    def _settings_of(self, instance: str) -> TspSettingsRecord | None:
+    def settings_of(self, instance: str) -> TspSettingsRecord | None:
         for record in self.state.tsp_settings.values():
             if record.instance.casefold() == instance.casefold():
                 return record
@@ -988,12 +1063,14 @@ class WindowsHost:
 
     def tsecimp_listing(self) -> str | None:
         """``tsecimp /d``: as any TAPI client, it starts a stopped (not disabled) TapiSrv."""
-        if self.state.role != "server":
+        if self.state.role != "server" or "tsecimp.exe" not in self.state.system32:
             return None
         service = self.state.services.get(TELEPHONY_SERVICE.casefold())
-        if service is None or self._start_failure(service) is not None:
+        if service is None:
             return ""  # TAPI cannot initialise: no providers, no lines
         if service.state != "running":
+            if self._start_failure(service) is not None:
+                return ""
             self._start_telephony()
         return format_listing(self.listed_providers())
 
@@ -1004,7 +1081,7 @@ class WindowsHost:
                 f"{service.name} did not start: The service cannot be started, either because it "
                 "is disabled or because it has no enabled devices associated with it."
             )
-        sid = self._sid_of(service.account)
+        sid = self.sid_of(service.account)
         # rule: LOGON_RIGHT (no right, or a stored password the account no longer has: 1069)
         if sid is not None and sid in _LOGON_BY_DEFINITION:
             return None
@@ -1051,7 +1128,7 @@ class WindowsHost:
 
     def instance_password(self, instance: str) -> Secret | None:
         """The CTI password a TSP instance would use (for lab parts that check credentials)."""
-        record = self._settings_of(instance)
+        record = self.settings_of(instance)
         return self._open_stored(record.password_sealed) if record else None
 
     def service_password(self, name: str) -> Secret | None:
@@ -1115,9 +1192,40 @@ class WindowsHost:
         return service
 
     def _run_tool(self, tool: str, kind: str = "command") -> None:
-        """A native command starts; one the lab was told hangs runs into its timeout."""
-        if tool in self.state.hung:  # rule: HANGING_TOOLS
+        """A native command starts; one the lab was told hangs, or any under a timeout of 0 s,
+        runs into its timeout. A Windows tool that is not in System32 does not start."""
+        windows_tool = _WINDOWS_TOOLS_BY_NAME.get(tool)
+        if windows_tool is not None and windows_tool not in self.state.system32:
+            raise StepFailure(
+                f"{_SYSTEM32}\\{tool}.exe cannot be started: The system cannot find the file "
+                "specified"
+            )
+        if tool in self.state.hung or getattr(self._timeouts, kind) == 0:  # rule: HANGING_TOOLS
             raise _timeout(f"{tool}.exe", kind, self._timeouts)
+
+    def _reads_share(self, source: str) -> bool:
+        """Whether a WinRM session on this host reads a file on another machine's share."""
+        # rule: SECOND_HOP (no credentials go on to the share; only shares the host reads itself)
+        return any(
+            source.casefold().startswith(share.casefold()) for share in self.state.readable_shares
+        )
+
+    def _opens_rpc(self, rule: FirewallRuleRecord, ports: Sequence[str], telephony: str) -> bool:
+        """What gather.ps1's Test-OpensRpc decides: an enabled inbound allow rule for TCP or any
+        protocol, in a profile active now, not limited to another program or service, whose local
+        ports reach TapiSrv's."""
+        # rule: FIREWALL_PROFILES
+        if not (rule.enabled and rule.direction == 1 and rule.action == 1):
+            return False
+        if rule.protocol not in (6, 256) or not rule.profiles & self.state.firewall_profiles:
+            return False
+        program = rule.application
+        if program and program != "System" and not program.casefold().endswith("\\svchost.exe"):
+            return False
+        services = {"*", telephony.casefold(), "rpcss"}
+        return (not rule.service or rule.service.casefold() in services) and _ports_reach(
+            rule.local_ports, ports
+        )
 
     def _package_file(self, op: PackageInstall) -> LabPackage | None:
         """The package as the host gets it, its sha256 checked; None: not a Windows Installer
@@ -1142,11 +1250,7 @@ class WindowsHost:
                 )
             actual = hashlib.sha256(content).hexdigest()
         else:
-            readable = any(
-                op.source.casefold().startswith(share.casefold())
-                for share in self.state.readable_shares
-            )
-            if not readable:  # rule: SECOND_HOP
+            if not self._reads_share(op.source):
                 raise StepFailure(
                     f"the host cannot read {op.source} (access denied): over WinRM it has no "
                     "credentials for another machine (the second hop), so the share must grant "
@@ -1224,7 +1328,7 @@ class WindowsHost:
         """What the scripts' Grant-LogonRight does (LsaAddAccountRights)."""
         if _builtin_sid(account) is not None:
             return "not needed"
-        sid = self._sid_of(account)
+        sid = self.sid_of(account)
         if sid is None:  # rule: LSA_ADD_ACCOUNT_RIGHTS
             raise StepFailure(
                 f"the account '{account}' does not exist here (it does not translate to a SID): "
@@ -1243,7 +1347,7 @@ class WindowsHost:
         builtin = _builtin_sid(name)
         if builtin is not None:
             # rule: BUILTIN_ACCOUNT_PASSWORD
-            if password is None and builtin != self._sid_of(service.account):
+            if password is None and builtin != self.sid_of(service.account):
                 return 21
             return 0
         account = self.state.accounts.get(name.strip().casefold())
@@ -1345,7 +1449,7 @@ class WindowsHost:
         key = op.settings_key.replace("{instance}", op.instance)
         normalized = _registry_key(key)
         sealed = self._accept_sealed(op.password) if op.password is not None else None
-        reader = self._sid_of(op.reader)
+        reader = self.sid_of(op.reader)
         if reader is None:  # rule: LSA_ADD_ACCOUNT_RIGHTS (the same translation to a SID)
             raise StepFailure(
                 f"the account '{op.reader}' does not exist here (it does not translate to a "

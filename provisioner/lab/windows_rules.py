@@ -164,9 +164,39 @@ RULES: tuple[Rule, ...] = (
         "HANGING_TOOLS",
         "Console tools and service stops can hang (stopping the Telephony service 'often hangs' "
         "while a TSP is loaded); Process.WaitForExit(milliseconds) returns false when the time "
-        "is up and the process keeps running until it is killed.",
+        "is up and the process keeps running until it is killed. WaitForExit(0) returns at once: "
+        "false while the process still runs, which a just-started tool always does.",
         "https://learn.microsoft.com/dotnet/api/system.diagnostics.process.waitforexit; "
         "https://wiki.innovaphone.com/index.php?title=Howto:Troubleshooting_the_TAPI_service_provider",
+    ),
+    Rule(
+        "CONSTRAINED_LANGUAGE",
+        "In ConstrainedLanguage mode (an application control policy such as AppLocker or WDAC "
+        "sets it) PowerShell invokes methods and sets properties only on core types: the "
+        "bootstrap fails before any script runs, and powershell.exe writes the error to stderr "
+        "and exits 1.",
+        "https://learn.microsoft.com/dotnet/api/system.management.automation.pslanguagemode; "
+        "https://learn.microsoft.com/powershell/module/microsoft.powershell.core/about/"
+        "about_language_modes",
+    ),
+    Rule(
+        "WINRM_DEFAULTS",
+        "winrm/config's defaults: MaxEnvelopeSizekb 500, MaxConcurrentOperationsPerUser 1500, "
+        "Shell MaxShellsPerUser 30 and MaxMemoryPerShellMB 1024; the WSMan: drive shows each "
+        "(WSMan:\\localhost\\MaxEnvelopeSizekb, ...\\Shell\\MaxShellsPerUser, ...).",
+        "https://learn.microsoft.com/windows/win32/winrm/"
+        "installation-and-configuration-for-windows-remote-management; "
+        "https://learn.microsoft.com/powershell/module/microsoft.wsman.management/about/"
+        "about_wsman_provider",
+    ),
+    Rule(
+        "FIREWALL_PROFILES",
+        "A rule applies only in the profiles its Profiles mask names (1 Domain, 2 Private, 4 "
+        "Public); INetFwPolicy2.CurrentProfileTypes gives the profiles active now, Domain (1) on "
+        "a domain-joined server that reaches its domain controller.",
+        "https://learn.microsoft.com/windows/win32/api/netfw/"
+        "nf-netfw-inetfwpolicy2-get_currentprofiletypes; "
+        "https://learn.microsoft.com/windows/win32/api/netfw/ne-netfw-net_fw_profile_type2",
     ),
 )
 

@@ -12,7 +12,8 @@ Three scripts run on a host, all from ``templates/``, all fed by JSON on stdin:
 
 Version 2 changed the package source (uploads, HTTPS, a UNC path only where the host reads the
 share by itself), added native-command timeouts, the logon right, registry ACLs and the facts a
-preflight reads (Windows, PowerShell, elevation, tools).
+preflight reads (Windows, PowerShell, elevation, tools, WinRM's quotas, firewall rules of any
+group that open TapiSrv's RPC ports, whether the host reads a UNC package source itself).
 
 Values come back in the host's own spelling (firewall profiles as a bit mask, addresses as
 ``10.0.2.0/255.255.255.0``): turning them into one canonical form is the job of each resource
@@ -31,6 +32,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 CONTRACT_VERSION = 2
+RPC_PORTS = ("135", "445", "49152-65535")
+"""What remote TAPI listens on: the RPC endpoint mapper, SMB named pipes, dynamic RPC ports."""
 
 StartMode = Literal["auto", "delayed-auto", "manual", "disabled"]
 ServiceState = Literal["running", "stopped"]
@@ -174,6 +177,8 @@ class FirewallRuleFacts(_Strict):
     remote_addresses: str = "*"
     profiles: int
     enabled: bool
+    application: str = ""  # the program the rule is limited to ("System" for SMB), "" any
+    service: str = ""  # the service the rule is limited to, "" any
 
 
 class TapiClientFacts(_Strict):
@@ -205,6 +210,16 @@ class ToolFacts(_Strict):
     verpatch: bool  # at the request's verpatch_path (downloaded separately, never packaged)
 
 
+class WinRMConfigFacts(_Strict):
+    """The host's WinRM quotas as its ``WSMan:`` drive shows them (``winrm/config``); None
+    where the WinRM user may not read one."""
+
+    max_envelope_size_kb: int | None = None  # MaxEnvelopeSizekb
+    max_shells_per_user: int | None = None  # Shell\MaxShellsPerUser
+    max_concurrent_operations_per_user: int | None = None  # Service\...
+    max_memory_per_shell_mb: int | None = None  # Shell\MaxMemoryPerShellMB
+
+
 class HostFacts(_Strict):
     """Everything one gather returns. ``tsecimp_listing`` is the raw text of ``tsecimp /d``."""
 
@@ -225,6 +240,11 @@ class HostFacts(_Strict):
     system: SystemFacts | None = None
     tools: ToolFacts | None = None
     package_cache: list[str] = Field(default_factory=list)  # sha256 of the packages it holds
+    winrm: WinRMConfigFacts | None = None
+    # enabled inbound allow rules of ANY group, in a profile active now, for TCP or any protocol,
+    # not limited to another program or service, whose local ports reach the request's rpc_ports
+    open_rpc_rules: list[FirewallRuleFacts] = Field(default_factory=list)
+    package_source_readable: bool | None = None  # the request's package_source; None: not asked
 
 
 class Timeouts(_Strict):
@@ -252,6 +272,8 @@ class GatherRequest(_Strict):
     instance_settings_key: str = ""  # registry path with {instance}
     verpatch_path: str = ""  # where verpatch.exe is expected (reported in tools)
     timeouts: Timeouts = Timeouts()  # tsecimp /d runs under ``command``
+    rpc_ports: list[str] = Field(default_factory=lambda: list(RPC_PORTS))  # for open_rpc_rules
+    package_source: str = ""  # a UNC package source: does the host read it by itself?
 
 
 # --- operations -------------------------------------------------------------------------------

@@ -211,10 +211,11 @@ def digest(value: Any) -> str:
 
 def facts_digest(facts: HostFacts) -> str:
     """What a plan read from a host, minus what changes on every read: the lock, the preflight
-    facts (free disk space), the package cache, and whether the Telephony service runs (the
-    gather's own ``tsecimp /d`` starts it when it is stopped, after reading it; no resource
-    compares it)."""
-    data = facts.model_dump(mode="json", exclude={"lock", "system", "package_cache"})
+    facts (free disk space, quotas, other groups' rules), the package cache, and whether the
+    Telephony service runs (the gather's own ``tsecimp /d`` starts it when it is stopped, after
+    reading it; no resource compares it)."""
+    preflight = {"system", "winrm", "open_rpc_rules", "package_source_readable"}
+    data = facts.model_dump(mode="json", exclude={"lock", "package_cache", *preflight})
     if data.get("telephony"):
         data["telephony"]["service"].pop("state", None)
     return digest(data)

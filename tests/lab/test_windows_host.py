@@ -14,6 +14,7 @@ from provisioner.lab.windows_host import (
     LAB_CTI_ENGINE_SERVICE,
     LAB_PACKAGES,
     CommandResult,
+    FirewallRuleRecord,
     LockRecord,
     WindowsHost,
     WindowsHostState,
@@ -46,6 +47,7 @@ from provisioner.remote.contract import (
     TspInstanceRemove,
     UploadRequest,
     UploadResponse,
+    WinRMConfigFacts,
 )
 from provisioner.remote.sealing import seal
 from provisioner.remote.tsecimp import (
@@ -772,6 +774,8 @@ def test_a_service_whose_account_cannot_log_on_as_a_service_does_not_start(host)
     }
     apply_ok(host, ServiceControl(op="service.start", name="TapiSrv"))
     assert gather(host).telephony.service.state == "running"
+    host.state.logon_rights.clear()  # taken away while it runs: it keeps running, and listing
+    assert gather(host).tsecimp_listing
 
 
 def test_a_settings_key_nobody_protected_is_readable_by_every_user(host) -> None:
@@ -842,3 +846,100 @@ def test_the_preflight_facts_come_with_every_gather(host) -> None:
     assert (facts.tools.tsecimp, facts.tools.tcmsetup, facts.tools.verpatch) == (True, True, True)
     host.state.system.pending_reboot.append("Windows Update")
     assert gather(host).system.pending_reboot == ["Windows Update"]
+
+
+# --- what a preflight reads, and how the model fails for it ----------------------------------------
+
+
+def rule_record(**changes: object) -> FirewallRuleRecord:
+    """An enabled inbound rule allowing TCP 135 from anyone in every profile, changed."""
+    fields: dict[str, object] = {
+        "name": "by hand",
+        "description": "",
+        "group": "File and Printer Sharing",
+        "direction": 1,
+        "action": 1,
+        "protocol": 6,
+        "local_ports": "135",
+        "remote_ports": "*",
+        "remote_addresses": "*",
+        "profiles": 0x7FFFFFFF,
+        "enabled": True,
+    }
+    return FirewallRuleRecord(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "opens"),
+    [
+        ({}, True),
+        ({"local_ports": "RPC"}, True),  # the dynamic RPC ports, by keyword
+        ({"local_ports": "RPC-EPMap"}, True),
+        ({"local_ports": "*"}, True),
+        ({"local_ports": "400-500"}, True),  # reaches 445
+        ({"local_ports": "5985,60000"}, True),
+        ({"protocol": 256}, True),  # any protocol
+        ({"application": "System"}, True),  # SMB is served by System
+        ({"application": "%SystemRoot%\\system32\\svchost.exe", "service": "TapiSrv"}, True),
+        ({"local_ports": "5986"}, False),
+        ({"local_ports": "136-444"}, False),
+        ({"protocol": 17}, False),  # UDP
+        ({"enabled": False}, False),
+        ({"action": 0}, False),  # block
+        ({"direction": 2}, False),
+        ({"profiles": 4}, False),  # Public only, while Domain is active
+        ({"application": "C:\\Apps\\crm.exe"}, False),
+        ({"service": "Spooler"}, False),
+    ],
+)
+def test_gather_reports_the_rules_of_any_group_that_open_tapisrvs_ports(host, changes, opens):
+    host.state.firewall_rules.append(rule_record(**changes))
+    assert [r.name for r in gather(host).open_rpc_rules] == (["by hand"] if opens else [])
+
+
+def test_gather_reports_the_winrm_quotas_the_listener_enforces(host) -> None:
+    assert gather(host).winrm == WinRMConfigFacts(
+        max_envelope_size_kb=500,
+        max_shells_per_user=30,
+        max_concurrent_operations_per_user=1500,
+        max_memory_per_shell_mb=1024,
+    )
+
+
+def test_the_tools_are_reported_from_system32_and_a_missing_tsecimp_prints_no_listing(host):
+    del host.state.system32["tsecimp.exe"]
+    facts = gather(host)
+    assert facts.tools is not None and (facts.tools.tsecimp, facts.tools.tcmsetup) == (False, True)
+    assert facts.tsecimp_listing is None
+    xml = render_xml([XmlUser("NFON\\jdoe", lines=[XmlLine(address="100")])])
+    response = apply(host, TsecimpImport(xml=xml, backup_name="b.txt"))
+    assert "tsecimp.exe cannot be started" in response.results[0].message
+
+
+def test_the_firewall_service_is_reported_from_mpssvc(host) -> None:
+    host.state.services["mpssvc"].state = "stopped"
+    facts = gather(host)
+    assert facts.system is not None and not facts.system.firewall_service_running
+
+
+def test_a_gather_is_asked_whether_the_host_reads_a_share_by_itself(host) -> None:
+    share = "\\\\files\\software\\NFONTAPI.msi"
+    ask = gather_request().model_copy(update={"package_source": share})
+    read = scripts.parse_output(run(host, ask).stdout, HostFacts)
+    assert (gather(host).package_source_readable, read.package_source_readable) == (None, False)
+    host.state.readable_shares.append("\\\\files\\software\\")
+    assert scripts.parse_output(run(host, ask).stdout, HostFacts).package_source_readable
+
+
+def test_constrained_language_mode_fails_before_any_script_runs(host) -> None:
+    host.state.system.language_mode = "ConstrainedLanguage"
+    result = run(host, gather_request())
+    assert (result.stdout, result.exit_code) == (b"", 1)
+    with pytest.raises(scripts.RemoteScriptError, match="supported only on core types"):
+        scripts.parse_output(result.stdout, HostFacts, stderr=result.stderr, exit_code=1)
+
+
+def test_a_native_command_under_a_timeout_of_zero_is_stopped(host) -> None:
+    quick = gather_request().model_copy(update={"timeouts": Timeouts(command=0)})
+    with pytest.raises(scripts.RemoteScriptError, match=r"within 0 s .*command_timeout_seconds"):
+        scripts.parse_output(run(host, quick).stdout, HostFacts)

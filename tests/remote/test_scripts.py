@@ -6,6 +6,7 @@ import base64
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import tree_sitter_powershell
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from tree_sitter import Language, Node, Parser
 
+from provisioner.lab import windows_host
 from provisioner.lab.windows_host import SIMULATED_OPERATIONS
 from provisioner.platform import TIMEOUT_KEYS
 from provisioner.remote import contract, scripts
@@ -490,8 +492,33 @@ def fields(*models: type[BaseModel]) -> set[str]:
         ("Get-PackageFacts", (contract.PackageFacts,)),
         ("Get-LocationFacts", (contract.LocationFacts,)),
         ("Get-TapiClientFacts", (contract.TapiClientFacts,)),
+        ("ConvertTo-FirewallRuleFacts", (contract.FirewallRuleFacts,)),
+        ("Get-WinRMConfigFacts", (contract.WinRMConfigFacts,)),
     ],
 )
 def test_gather_builds_each_document_with_exactly_the_contracts_fields(function, models) -> None:
     gather = scripts.load("gather").text
     assert function_keys(gather, function) == fields(*models)
+
+
+def test_gather_fills_every_field_of_the_facts_document() -> None:
+    """The one pass at the end: the $facts table and what is added to it per role."""
+    gather = scripts.load("gather").text
+    one_pass = gather[gather.index("# --- one pass") :]
+    start = one_pass.index("$facts = @{")
+    table = one_pass[start : one_pass.index("\n}", start)]
+    keys = set(re.findall(r"^    ([a-z_]+) = ", table, re.MULTILINE))
+    keys |= set(re.findall(r"\$facts\['([a-z_]+)'\] = ", one_pass))
+    assert keys == set(HostFacts.model_fields)
+
+
+def test_gather_and_the_lab_model_read_the_same_rpc_criteria_from_the_request() -> None:
+    """Which rules open TapiSrv's ports: the ports come from the request, the keywords and the
+    services beside them are the same on both sides."""
+    gather = scripts.load("gather").text
+    model = Path(windows_host.__file__).read_text(encoding="utf-8")
+    assert "@($request['rpc_ports'])" in gather and "request.rpc_ports" in model
+    for token in ("'RPC'", "'RPC-EPMap'", "'RpcSs'", "'System'", "svchost.exe", "@(6, 256)"):
+        assert token in gather, token
+    for token in ('"rpc"', '"rpc-epmap"', '"rpcss"', '"System"', "svchost.exe", "(6, 256)"):
+        assert token in model, token
