@@ -1,4 +1,5 @@
-"""The command line: ``provisioner validate|plan|apply|drift|render|facts|schema|export|lab``.
+"""The command line: validate, plan, apply, drift, render, facts, doctor, schema, export
+and lab.
 
 Exit codes everywhere: 0 success and nothing to change, 1 error, 2 success with changes or drift.
 A :class:`~provisioner.errors.ProvisionerError` prints as one line and exits 1; so does a usage
@@ -274,6 +275,34 @@ def facts(paths: tuple[Path, ...], inventory: str | None, name: str, output_form
 
 @app.command()
 @cache_option
+@paths_argument
+@inventory_option
+@click.option("--server", "name", required=True, help="a server name or a client host name")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--capture",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="also save what was read, secrets and user names replaced, for a bug report",
+)
+def doctor(
+    paths: tuple[Path, ...],
+    inventory: str | None,
+    name: str,
+    output_format: str,
+    capture: Path | None,
+) -> None:
+    """Check one host before the first apply: one gather, read-only (exit 1 on a failed check)."""
+    from provisioner.doctor import doctor_command
+
+    sys.exit(
+        doctor_command(
+            paths, _options(inventory), name=name, output_format=output_format, capture=capture
+        )
+    )
+
+
+@app.command()
+@cache_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @inventory_option
 @click.option("--server", "name", required=True, help="the server to adopt")
@@ -356,7 +385,7 @@ def lab_down(directory: Path) -> None:
 @lab_dir_option
 def lab_tamper(host: str, action: str, argument: str, directory: Path) -> None:
     """Change the lab behind the provisioner's back (ACTION: remove-firewall-rule, stop-service,
-    unassign-user, remove-extension)."""
+    set-system, set-winrm, open-rpc-port, ...: an unknown one lists them all)."""
     from provisioner.lab import daemon
 
     answer = daemon.control(

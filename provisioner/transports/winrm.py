@@ -75,10 +75,11 @@ _FAULT_ADVICE = {
 _CODE_ALIASES = {2144108120: MAX_OPERATIONS_EXCEEDED}
 
 # One Send envelope must stay below pywinrm's MaxEnvelopeSize (153,600): base64 grows stdin by
-# 4/3, and the SOAP header around it takes about 2 KB.
-_MAX_ENVELOPE = Protocol.DEFAULT_MAX_ENV_SIZE
+# 4/3, and the SOAP header around it takes about 2 KB. No request is larger: a host's
+# MaxEnvelopeSizekb must allow this much.
+MAX_ENVELOPE_BYTES = Protocol.DEFAULT_MAX_ENV_SIZE
 _SEND_ENVELOPE_RESERVE = 4_096
-_MAX_SEND_BYTES = (_MAX_ENVELOPE - _SEND_ENVELOPE_RESERVE) // 4 * 3
+_MAX_SEND_BYTES = (MAX_ENVELOPE_BYTES - _SEND_ENVELOPE_RESERVE) // 4 * 3
 DEFAULT_COMMAND_TIMEOUT_S = 1800  # the most one command may take unless the settings say
 _RETRY_DELAY_S = 0.5  # before the one retry of a read-only command
 _ABORT_OPERATION_TIMEOUT_S = 5  # Signal and Delete sent by abort() wait no longer than this
@@ -170,6 +171,11 @@ class WinRMEndpoint:
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.address}/wsman"
+
+    @property
+    def verifies_certificate(self) -> bool:
+        """https, with the host's certificate checked (unless allow_insecure and no CA file)."""
+        return self.scheme == "https" and not (self.allow_insecure and not self.ca_file)
 
 
 @dataclass
@@ -434,9 +440,7 @@ class WinRMSession:
         raise self._interruption()
 
     def _make_protocol(self, endpoint: WinRMEndpoint) -> Protocol:
-        verify = endpoint.scheme == "https" and not (
-            endpoint.allow_insecure and not endpoint.ca_file
-        )
+        verify = endpoint.verifies_certificate
         try:
             return _CountingProtocol(
                 self.counters,

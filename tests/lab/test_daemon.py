@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from tests.test_doctor import BREAKAGES
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "manifests" / "examples" / "client-tapi"
 
@@ -62,6 +64,8 @@ def test_lab_up_status_tamper_down(tmp_path: Path) -> None:
         again = provisioner("lab", "up", str(EXAMPLE), "--dir", str(lab))
         assert again.returncode == 1
         assert "a lab already runs" in again.stderr
+
+        break_every_doctor_check(lab, env | {"PROVISIONER_STATE_DIR": str(tmp_path / "state")})
     finally:
         down = provisioner("lab", "down", "--dir", str(lab))
     assert down.returncode == 0
@@ -69,3 +73,33 @@ def test_lab_up_status_tamper_down(tmp_path: Path) -> None:
     assert not (lab / "lab.json").exists()
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert provisioner("lab", "status", "--dir", str(lab)).returncode == 1
+
+
+def doctor(host: str, env: dict[str, str]) -> dict[str, str]:
+    """``doctor --format json``: each check's status."""
+    ran = provisioner("doctor", str(EXAMPLE), "--server", host, "--format", "json", env=env)
+    return {c["check"]: c["status"] for c in json.loads(ran.stdout)["checks"]}
+
+
+def break_every_doctor_check(lab: Path, env: dict[str, str]) -> None:
+    """After apply every check passes; the tamper actions, sent through the CLI to the running
+    lab, make their checks fail. Three rounds, as some breakages hide others: without TAPI or
+    tsecimp.exe there is no listing to read, and the language mode stops the gather itself."""
+    applied = provisioner("apply", str(EXAMPLE), "--auto-approve", env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert set(doctor("tapi01", env).values()) == {"passed"}
+    hiding = {"TapiSrv", "C:\\Windows\\System32\\tsecimp.exe"}
+    first = [b for b in BREAKAGES if b[2] not in hiding and b[3] != "language mode"]
+    then = [b for b in BREAKAGES if b[2] in hiding]
+    last = [b for b in BREAKAGES if b[3] == "language mode"]
+    seen = {b[3] for b in first if b[0] != "ws-0101"}
+    expected = [seen, seen - {"tsecimp listing"} | {b[3] for b in then}, {"language mode"}]
+    for breakages, failing in zip((first, then, last), expected, strict=True):
+        for host, action, argument, _, _ in breakages:
+            ran = provisioner(
+                "lab", "tamper", host or "tapi01", action, argument, "--dir", str(lab)
+            )
+            assert ran.returncode == 0, ran.stderr
+        failed = {check for check, status in doctor("tapi01", env).items() if status == "failed"}
+        assert failed == failing
+    assert doctor("ws-0101", env)["tcmsetup"] == "failed"
