@@ -1,5 +1,5 @@
-"""The command line: validate, plan, apply, drift, render, facts, doctor, schema, export
-and lab.
+"""The command line: validate, plan, apply, drift, render, facts, doctor, conformance, schema,
+export and lab.
 
 Exit codes everywhere: 0 success and nothing to change, 1 error, 2 success with changes or drift.
 A :class:`~provisioner.errors.ProvisionerError` prints as one line and exits 1; so does a usage
@@ -299,6 +299,19 @@ def doctor(
             paths, _options(inventory), name=name, output_format=output_format, capture=capture
         )
     )
+
+
+@app.command()
+@cache_option
+@paths_argument
+@inventory_option
+@click.option("--server", "name", required=True, help="a test server that holds no tenants")
+def conformance(paths: tuple[Path, ...], inventory: str | None, name: str) -> None:
+    """Run the host contract's behavioural cases on a test server: creates and removes a
+    throw-away TSP instance and firewall rule only; refuses a server that holds tenants."""
+    from provisioner.conformance import conformance_command
+
+    sys.exit(conformance_command(paths, _options(inventory), name=name))
 
 
 @app.command()
