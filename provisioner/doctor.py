@@ -520,13 +520,14 @@ def diagnose(estate: Estate, host: Host, endpoint: WinRMEndpoint, connect: Conne
         if isinstance(exc, HostError) and isinstance(exc.cause, RemoteScriptError):
             findings.append(gather_failure(exc))
         return Report(host, findings)
-    subject = Subject(
-        host,
-        facts,
-        context(estate, host, PlanInputs(facts={host.key: facts})),
-        package_size(estate, host),
-    )
-    return Report(host, [transport_finding(endpoint, None), *run_checks(subject)], facts)
+    findings = run_checks(subject_of(estate, host, facts))
+    return Report(host, [transport_finding(endpoint, None), *findings], facts)
+
+
+def subject_of(estate: Estate, host: Host, facts: HostFacts) -> Subject:
+    """What the checks read of a host's facts (gathered now, or captured)."""
+    ctx = context(estate, host, PlanInputs(facts={host.key: facts}))
+    return Subject(host, facts, ctx, package_size(estate, host))
 
 
 def find_host(estate: Estate, name: str) -> Host:

@@ -14,13 +14,14 @@ import pytest
 from ruamel.yaml import YAML
 
 from provisioner.connectors import in_process
-from provisioner.doctor import CHECKS, diagnose, doctor_request
+from provisioner.doctor import CHECKS, diagnose, doctor_request, run_checks, subject_of
 from provisioner.lab.tamper import tamper
 from provisioner.lab.windows_host import WindowsHostState
 from provisioner.planner import Host
 from provisioner.remote.contract import HostFacts
 from provisioner.remote.tsecimp import merge_providers, parse_listing
 from provisioner.transports.winrm import WinRMEndpoint
+from tests.support.host_fixtures import HostFixture, host_fixtures
 from tests.support.host_model import ModelEstate
 from tests.support.lab import EXAMPLES, LabEstate, LabFor, running_lab
 from tests.support.testbed import SERVER_MANIFEST, TEST_SERVER, manifests_of_the_test_server
@@ -237,3 +238,19 @@ def test_a_capture_keeps_what_was_read_without_secrets_or_user_names(
     ]
     assert shape == original
     assert json.loads(files["doctor.json"])["passed"] is True
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    [f for f in host_fixtures() if f.doctor is not None and "example" in f.expected],
+    ids=lambda f: f.name,
+)
+def test_the_checks_read_a_captured_host_as_its_capture_did(fixture: HostFixture) -> None:
+    """A capture's facts load as the contract's, and the checks, run offline on them, report
+    what the capture's doctor run reported (the WinRM check needs the connection)."""
+    facts = fixture.facts
+    assert facts is not None and facts.tsecimp_listing == fixture.listing
+    findings = run_checks(subject_of(fixture.estate(), fixture.host(), facts))
+    recorded = dict(fixture.doctor or {})
+    assert recorded.pop("WinRM") == "passed"
+    assert {f.check: f.status for f in findings} == recorded

@@ -23,24 +23,12 @@ from provisioner.remote.tsecimp import (
     render_xml,
     split_glued_users,
 )
+from provisioner.resources import line_assignment
+from tests.support.host_fixtures import FIXTURES, HostFixture, host_fixtures
 from tests.support.reference import TAPI_MANUAL, reference_document
 
-# The sample output of "tsecimp /d" in Microsoft's tsecimp documentation, garbled user included.
-MICROSOFT_SAMPLE = """\
-NDIS Proxy TAPI Service Provider
-  Line: WAN Miniport (L2TP)
-    Permanent ID: 12345678910
-
-NDIS Proxy TAPI Service Provider
-  Line: LPT1DOMAIN1\\User1
-    Permanent ID: 12345678910
-
-Microsoft H.323 Telephony Service Provider
-  Line: H323 Line
-    Permanent ID: 123456
-    Addresses:
-      BLDG1-TAPI32
-"""
+# Modelled on the sample output of "tsecimp /d" in Microsoft's tsecimp documentation.
+MICROSOFT_SAMPLE = (FIXTURES / "microsoft-sample" / "listing.txt").read_text(encoding="utf-8")
 
 MICROSOFT_PARSED = [
     ListedProvider(
@@ -324,3 +312,35 @@ def test_parse_xml_reads_microsofts_spellings_and_refuses_broken_xml() -> None:
         parse_xml("<Users/>")
     with pytest.raises(TsecimpError, match="DomainUser"):
         parse_xml("<UserList><User/></UserList>")
+
+
+# --- captured and hand-made listings (tests/fixtures/hosts) ------------------------------------
+
+
+def as_expected(providers: list[ListedProvider]) -> list[dict[str, object]]:
+    return [{"name": p.name, "lines": [vars(line) for line in p.lines]} for p in providers]
+
+
+SERVER_FIXTURES = [f for f in host_fixtures() if f.listing is not None]
+
+
+@pytest.mark.parametrize("fixture", SERVER_FIXTURES, ids=lambda f: f.name)
+def test_each_fixture_listing_reads_as_recorded(fixture: HostFixture) -> None:
+    """Providers merged as expected (where someone checked them by hand), and the server's
+    reading of the listing finds exactly the problems recorded (none for a lab capture; a
+    contributed one without example manifests is read by the parser alone)."""
+    merged = merge_providers(parse_listing(fixture.listing or ""))
+    if "providers" in fixture.expected:
+        assert as_expected(merged) == fixture.expected["providers"]
+    if "example" in fixture.expected:  # as that example's server reads it
+        problems = line_assignment.listing(fixture.context()).problems
+    else:
+        problems = listing_problems(merged)
+    assert problems == fixture.expected.get("problems", [])
+
+
+def test_the_fixtures_cover_both_layouts_a_bom_crlf_and_a_forgery() -> None:
+    listings = [f.listing or "" for f in SERVER_FIXTURES]
+    assert any(text.startswith("\ufeff") and "\r\n" in text for text in listings)
+    assert any("    Users:" in text for text in listings)  # one block per provider
+    assert any(f.expected.get("problems") for f in SERVER_FIXTURES)
