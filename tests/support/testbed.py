@@ -1,8 +1,8 @@
 """A designated test server: a TapiServer that holds no tenants and no managed firewall rules.
 
-It is what ``provisioner conformance`` runs on. Its manifests reuse the client-tapi example's
-Site; applying them installs the NFON package and configures TapiSrv, as an admin would before
-running the conformance suite on a real test server::
+It is what ``provisioner conformance`` runs on (``examples/first-contact/tapitest.yaml``, beside
+the client-tapi example's Site); applying it installs the NFON package and configures TapiSrv,
+as an admin would before running the conformance suite on a real test server::
 
     model = prepared_test_server(tmp_path)            # applied in-process
     windows = model.windows(TEST_SERVER)              # the lab's Windows model
@@ -13,19 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.host_model import ModelEstate
-from tests.support.lab import EXAMPLES
+from tests.support.lab import EXAMPLES, ROOT
 
 TEST_SERVER = "tapitest"
-SERVER_MANIFEST = f"""\
-kind: TapiServer
-name: {TEST_SERVER}
-address: 10.20.1.99
-client_subnets: [10.20.2.0/24]
-package:
-  version: "1.0.0"
-  source: https://files.nfon.test/software/NFON/NFONTAPI-1.0.0.msi
-  sha256: 099b31ed49b497a3fb2b228b6c82182200292f178f0140b91569066cd792bd1f
-"""
+SERVER_MANIFEST = (ROOT / "examples" / "first-contact" / f"{TEST_SERVER}.yaml").read_text("utf-8")
 
 
 def manifests_of_the_test_server() -> dict[str, str]:
