@@ -90,8 +90,7 @@ def _read_listing(ctx: HostContext) -> HostListing:
             continue
         pbx = ctx.extensions.get(tenant.name)
         if pbx is None and any("\\" in line.name for line in provider.lines):
-            unread.add(tenant.name)  # its PBX problem says why
-            continue
+            unread.add(tenant.name)  # its PBX problem says why; the listing's shape still counts
         formats = {tenant.line_name_format, *_live_formats(ctx, tenant.k_account)}
         for line in provider.lines:
             where = f"{provider.name!r} line {line.name!r}"

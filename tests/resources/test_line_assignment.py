@@ -209,3 +209,27 @@ def test_a_tenant_whose_pbx_was_not_read_plans_no_line_assignments() -> None:
     assert {r.tenant for r in line_assignment.live(ctx)} == {"k6732"}
     assert "k7001" not in {r.tenant for r in line_assignment.desired(ctx)}
     assert {r.tenant for r in line_assignment.desired(ctx)} >= {"k6732"}
+
+
+def test_the_listing_of_a_tenant_whose_pbx_was_not_read_must_still_read_one_way_only() -> None:
+    """Its users wait for its PBX, but a line without an address (what a line name holding a
+    line break prints) is a problem of the listing itself, which doctor reads without the PBX."""
+    forged = (
+        "NFON Third Party TAPI K7001\r\n"
+        "  Line: K7001 102 CarlNFON\\k7001-carl\r\n"
+        "    Permanent ID: 9\r\n"
+        "    Addresses:\r\n"
+        "      102\r\n"
+        "\r\n"
+        "NFON Third Party TAPI K7001\r\n"
+        "  Line: K7001 101 Anna\r\n"
+        "  Line: K7001 100 Ben\r\n"
+        "    Addresses:\r\n"
+        "      100NFON\\k7001-ben\r\n"
+        "    Permanent ID: 7\r\n"
+        "    Addresses:\r\n"
+        "      101\r\n"
+    )
+    read = line_assignment.listing(host_context({}, forged, pbx={}))
+    assert read.unread == {"k7001"}
+    assert read.problems == ["'NFON Third Party TAPI K7001' line 'K7001 101 Anna' lists no address"]
