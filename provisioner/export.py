@@ -591,8 +591,7 @@ def _user_problem(user: str, directory: DirectoryFacts) -> str:
 def _spelling(user: str, directory: DirectoryFacts) -> str:
     """The user as the directory spells the account, where it was read."""
     found = directory.users.get(domain_user_key(user))
-    domain = user.split("\\", 1)[0]
-    return f"{domain}\\{found.sam}" if found is not None else user
+    return found.account if found is not None else user
 
 
 # --- YAML -----------------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ def build_plan(
     if isinstance(inputs.directory, DirectoryFacts):
         _check_group_isolation(estate, inputs.directory, plan)
         directory_changes = [
-            diff(want, have) for want, have in users_group.pairs(estate, inputs.directory, removed)
+            diff(want, have)
+            for want, have in users_group.pairs(estate, inputs.directory, skipped, removed)
         ]
         plan.changes[:0] = directory_changes  # group membership first: it needs no host
     selectors = list(targets)

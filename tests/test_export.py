@@ -112,9 +112,9 @@ def test_users_the_directory_does_not_know_or_disabled_are_written_commented_out
 
     directory = DirectoryFacts(
         users={
-            "NFON\\ANNA": ADUser("Anna", "S-1", "Anna", False, "cn=anna", frozenset()),
+            "NFON\\ANNA": ADUser("Anna", "NFON", "Anna", False, "CN=Anna", "cn=anna"),
             "NFON\\GONE": None,
-            "NFON\\OLD": ADUser("old", "S-2", None, True, "cn=old", frozenset()),
+            "NFON\\OLD": ADUser("old", "NFON", None, True, "CN=old", "cn=old"),
         }
     )
     found = [listed("NFON\\ANNA", "100"), listed("NFON\\GONE", "101"), listed("NFON\\OLD", "100")]

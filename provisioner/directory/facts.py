@@ -1,21 +1,21 @@
 """What the provisioner needs to know from Active Directory, read in as few searches as possible.
 
 A manifest names users as ``DOMAIN\\sam``. :func:`resolve_domain` turns ``NFON`` into the domain's
-DN; :func:`lookup_users` reads all users of a run in one search per batch::
+DN; :func:`lookup_users` reads all users of a run in one search per batch, the batches spread
+over a pool of connections::
 
     domain = resolve_domain(conn, "NFON")   # DomainInfo('NFON', 'DC=nfon,DC=test', 'nfon.test')
-    users = lookup_users(conn, domain, ["jdoe", "MMuster"], groups=["TAPI-Users"])
-    users["mmuster"]
-    # ADUser(sam='mmuster', sid='S-1-5-21-1004336348-1177238915-682003330-1104',
-    #        display_name='Max Muster', disabled=False, dn='CN=Max Muster,OU=Staff,DC=nfon,DC=test',
-    #        member_of=frozenset({'TAPI-Users'}))
+    users = lookup_users(pool, domain, ["jdoe", "straße"])
+    users["STRAßE"]                          # keyed as Windows compares names (domain_user_key)
+    # ADUser(sam='Straße', domain='NFON', display_name='Eva Straße', disabled=False,
+    #        dn='CN=Eva Straße,OU=Staff,DC=nfon,DC=test', dn_key='cn=eva straße,ou=staff,...')
 
-Each user carries its objectSid, which a rename does not change (sAMAccountName and DN do).
+Only what the plan uses is read: the name as the directory spells it, displayName (the default
+friendly name) and userAccountControl (disabled or not).
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,7 +23,8 @@ from ldap3.utils.conv import escape_filter_chars
 
 from provisioner.directory.model import ADGroup, ADUser
 from provisioner.errors import ProvisionerError
-from provisioner.transports.ldap import LDAPConnection, dn_key
+from provisioner.manifest.models import domain_user_key
+from provisioner.transports.ldap import LDAPConnection, LDAPEntry, LDAPPool, dn_key
 
 # crossRef.systemFlags: FLAG_CR_NTDS_NC (1) | FLAG_CR_NTDS_DOMAIN (2) marks a domain partition.
 _DOMAIN_CROSSREF = 3
@@ -33,6 +34,12 @@ MAX_BATCH_SIZE = 999
 _ACCOUNT_DISABLED = 0x2
 # The bitwise-AND matching rule (LDAP_MATCHING_RULE_BIT_AND).
 _BIT_AND = "1.2.840.113556.1.4.803"
+# LDAP_MATCHING_RULE_IN_CHAIN: "memberOf:<this>:=G" matches members of G through any depth of
+# nested groups (Microsoft Learn, "Search Filter Syntax",
+# https://learn.microsoft.com/en-us/windows/win32/adsi/search-filter-syntax).
+_IN_CHAIN = "1.2.840.113556.1.4.1941"
+_USERS = "(objectCategory=person)(objectClass=user)"
+_USER_ATTRIBUTES = ("sAMAccountName", "displayName", "userAccountControl")
 
 
 class DirectoryError(ProvisionerError):
@@ -54,31 +61,6 @@ class DomainInfo:
     netbios: str
     dn: str
     dns_root: str
-
-
-def sid_to_string(raw: bytes) -> str:
-    """Render a binary objectSid (MS-DTYP 2.4.2.2) in the ``S-1-5-21-...`` form.
-
-    The layout, all that is needed to read it::
-
-        byte 0       Revision, always 1
-        byte 1       SubAuthorityCount N, at most 15
-        bytes 2-7    IdentifierAuthority, a 48-bit big-endian number (5 = NT AUTHORITY)
-        bytes 8-...  N SubAuthorities, each a 32-bit little-endian number
-
-    >>> sid_to_string(bytes.fromhex("010500000000000515000000a1b2c3d4e5f6a7b8c9d0e1f2f4010000"))
-    'S-1-5-21-3569595041-3098015461-4074885321-500'
-    """
-    if len(raw) < 8 or raw[0] != 1:
-        raise ValueError(f"not a SID (revision {raw[:1].hex() or 'missing'}): {raw.hex()}")
-    count = raw[1]
-    if count > 15 or len(raw) != 8 + 4 * count:
-        raise ValueError(f"not a SID ({count} sub-authorities in {len(raw)} bytes): {raw.hex()}")
-    authority = int.from_bytes(raw[2:8], "big")
-    # MS-DTYP writes an authority of 2**32 or more in hex.
-    authority_text = str(authority) if authority < 2**32 else f"0x{authority:012X}"
-    subs = struct.unpack(f"<{count}I", raw[8:])
-    return "-".join(["S", str(raw[0]), authority_text, *map(str, subs)])
 
 
 def resolve_domain(conn: LDAPConnection, netbios: str) -> DomainInfo:
@@ -106,59 +88,55 @@ def resolve_domain(conn: LDAPConnection, netbios: str) -> DomainInfo:
         )
     entry = found[0]
     return DomainInfo(
-        netbios=entry.text("nETBIOSName") or netbios.upper(),
+        netbios=entry.text("nETBIOSName") or netbios,
         dn=entry.text("nCName") or "",
         dns_root=entry.text("dnsRoot") or "",
     )
 
 
 def lookup_users(
-    conn: LDAPConnection,
+    ldap: LDAPConnection | LDAPPool,
     domain: DomainInfo,
     sams: Iterable[str],
     *,
-    groups: Iterable[str] = (),
     batch_size: int = 300,
 ) -> dict[str, ADUser]:
-    """Users by lower-case sAMAccountName; names that match no user are simply absent.
+    """Users keyed by :func:`domain_user_key` of their sAMAccountName; names that match no user
+    are simply absent.
 
-    One paged search per ``batch_size`` names (an OR filter), plus one search for ``groups``
-    when given. ``groups`` are group sAMAccountNames or DNs; ``ADUser.member_of`` holds those
-    (as written here) that the user is a direct member of. Nested groups are not expanded.
+    One search per ``batch_size`` names (an OR filter); a pool runs the batches on its
+    connections at once. The names are sent as given and the directory decides what matches.
     """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be 1..{MAX_BATCH_SIZE}, not {batch_size}")
-    wanted = list(dict.fromkeys(sam.lower() for sam in sams))
-    if not wanted:
-        return {}
-    group_dns = _group_dns(conn, domain, groups)
-    attributes = ["sAMAccountName", "objectSid", "displayName", "userAccountControl"]
-    if group_dns:
-        attributes.append("memberOf")
-    users: dict[str, ADUser] = {}
-    for batch in _batches(wanted, batch_size):
+    wanted = list({domain_user_key(sam): sam for sam in sams}.values())
+
+    def search(conn: LDAPConnection, batch: list[str]) -> list[ADUser]:
         names = "".join(f"(sAMAccountName={escape_filter_chars(sam)})" for sam in batch)
         entries = conn.search_paged(
             domain.dn,
-            f"(&(objectCategory=person)(objectClass=user)(|{names}))",
-            attributes,
+            f"(&{_USERS}(|{names}))",
+            _USER_ATTRIBUTES,
             page_size=batch_size + 1,  # a full page makes the server send a cookie: one more ask
         )
-        for entry in entries:
-            sam = entry.text("sAMAccountName") or ""
-            raw_sid = entry.binary("objectSid")
-            if not sam or raw_sid is None:
-                continue  # not readable with our rights: treat it as absent
-            member_of = {dn_key(dn) for dn in entry.texts("memberOf")}
-            users[sam.lower()] = ADUser(
-                sam=sam,
-                sid=sid_to_string(raw_sid),
-                display_name=entry.text("displayName"),
-                disabled=bool(int(entry.text("userAccountControl") or 0) & _ACCOUNT_DISABLED),
-                dn=entry.dn,
-                member_of=frozenset(name for name, dn in group_dns.items() if dn in member_of),
-            )
-    return users
+        return [user for entry in entries if (user := _user(entry, domain)) is not None]
+
+    found = ldap.map(search, list(_batches(wanted, batch_size)))
+    return {domain_user_key(user.sam): user for batch in found for user in batch}
+
+
+def _user(entry: LDAPEntry, domain: DomainInfo) -> ADUser | None:
+    sam = entry.text("sAMAccountName")
+    if not sam:
+        return None  # not readable with our rights: treat it as absent
+    return ADUser(
+        sam=sam,
+        domain=domain.netbios,
+        display_name=entry.text("displayName"),
+        disabled=bool(int(entry.text("userAccountControl") or 0) & _ACCOUNT_DISABLED),
+        dn=entry.dn,
+        dn_key=dn_key(entry.dn),
+    )
 
 
 def read_group(conn: LDAPConnection, domain: DomainInfo, name: str) -> ADGroup:
@@ -174,28 +152,19 @@ def read_group(conn: LDAPConnection, domain: DomainInfo, name: str) -> ADGroup:
     members = conn.read_ranged(group.dn, "member")
     return ADGroup(
         name=group.text("sAMAccountName") or name,
+        domain=domain.netbios,
         dn=group.dn,
         members=frozenset(member.decode("utf-8") for member in members),
     )
 
 
-def _group_dns(conn: LDAPConnection, domain: DomainInfo, groups: Iterable[str]) -> dict[str, str]:
-    """Map each requested group (name or DN, as written) to its DN key, in one search."""
-    requested = list(dict.fromkeys(groups))
-    by_dn = {group: dn_key(group) for group in requested if "=" in group}
-    names = [group for group in requested if "=" not in group]
-    if not names:
-        return by_dn
-    terms = "".join(f"(sAMAccountName={escape_filter_chars(name)})" for name in names)
-    found = conn.search_paged(domain.dn, f"(&(objectClass=group)(|{terms}))", ["sAMAccountName"])
-    dns = {(entry.text("sAMAccountName") or "").lower(): dn_key(entry.dn) for entry in found}
-    missing = [name for name in names if name.lower() not in dns]
-    if missing:
-        raise GroupNotFoundError(
-            f"group(s) {', '.join(missing)} do not exist in {domain.netbios}; "
-            "create them in AD or fix the manifest"
-        )
-    return {**by_dn, **{name: dns[name.lower()] for name in names}}
+def nested_members(conn: LDAPConnection, domain: DomainInfo, group_dn: str) -> frozenset[str]:
+    """The DN keys of every user in ``group_dn``, directly or through nested groups (one search,
+    the directory walks the nesting)."""
+    found = conn.search_paged(
+        domain.dn, f"(&{_USERS}(memberOf:{_IN_CHAIN}:={escape_filter_chars(group_dn)}))", ["1.1"]
+    )
+    return frozenset(dn_key(entry.dn) for entry in found)
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

@@ -1,7 +1,9 @@
 """Reading what the manifests need from Active Directory, per Site, in batched searches.
 
-One bind per Site, one crossRef search for the domain, one paged search per batch of users and
-one read per tenant users group::
+Per Site, over a small pool of connections: one crossRef search for the domain, one search
+per batch of users (the batches at once), one read per tenant users group, and for a group with
+a member that is not one of the manifests' users (perhaps a nested group) one search for all its
+users through nesting::
 
     read_directory(estate, inventory) →
         DirectoryFacts(users={"NFON\\\\JDOE": ADUser(...), "NFON\\\\GONE": None},
@@ -12,14 +14,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from provisioner.directory.facts import lookup_users, read_group, resolve_domain
-from provisioner.directory.model import DirectoryFacts, group_key
+from provisioner.directory.facts import (
+    DomainInfo,
+    lookup_users,
+    nested_members,
+    read_group,
+    resolve_domain,
+)
+from provisioner.directory.model import ADGroup, DirectoryFacts, group_key
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
 from provisioner.manifest.models import Site, domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import PlanProblem
-from provisioner.transports.ldap import LDAPConnection, LDAPSettings, dn_key
+from provisioner.transports.ldap import LDAPConnection, LDAPPool, LDAPSettings, dn_key
+
+# Connections per Site at most: a few keep the directory busy while answers are decoded.
+MAX_CONNECTIONS = 4
 
 
 def settings_for(site: Site, inventory: Inventory) -> LDAPSettings:
@@ -42,7 +53,10 @@ def settings_for(site: Site, inventory: Inventory) -> LDAPSettings:
     )
 
 
-def read_directory(estate: Estate, inventory: Inventory) -> DirectoryFacts:
+def read_directory(
+    estate: Estate, inventory: Inventory, *, parallelism: int = MAX_CONNECTIONS
+) -> DirectoryFacts:
+    """What the manifests' users and groups are in AD; ``parallelism`` bounds the connections."""
     facts = DirectoryFacts()
     if inventory.directory is not None and inventory.directory.enabled is False:
         facts.notes.append(
@@ -51,19 +65,24 @@ def read_directory(estate: Estate, inventory: Inventory) -> DirectoryFacts:
         return facts
     for site in estate.sites.values():
         try:
-            _read_site(estate, site, inventory, facts)
+            _read_site(estate, site, inventory, facts, min(parallelism, MAX_CONNECTIONS))
         except ProvisionerError as exc:
             facts.problems.append(PlanProblem(f"site {site.name}: Active Directory: {exc}"))
     return facts
 
 
-def _read_site(estate: Estate, site: Site, inventory: Inventory, facts: DirectoryFacts) -> None:
-    netbios = site.directory.netbios_domain.upper()
+def _read_site(
+    estate: Estate, site: Site, inventory: Inventory, facts: DirectoryFacts, connections: int
+) -> None:
+    netbios = domain_user_key(site.directory.netbios_domain)
     servers = {name for name, s in estate.servers.items() if estate.site_of(s) is site}
     tenants = [t for t in estate.tenants.values() if t.server in servers]
-    users = sorted({domain_user_key(a.user) for t in tenants for a in t.assignments})
-    ours = [u for u in users if u.split("\\")[0] == netbios]
-    foreign = [u for u in users if u.split("\\")[0] != netbios]
+    spelled: dict[str, str] = {}  # user key → the name as the manifests first spell it
+    for tenant in tenants:
+        for assignment in tenant.assignments:
+            spelled.setdefault(domain_user_key(assignment.user), assignment.user)
+    ours = sorted(key for key in spelled if key.split("\\")[0] == netbios)
+    foreign = sorted(spelled[key] for key in spelled if key.split("\\")[0] != netbios)
     if foreign:
         facts.notes.append(
             f"site {site.name}: {len(foreign)} users of other domains are not checked "
@@ -72,20 +91,32 @@ def _read_site(estate: Estate, site: Site, inventory: Inventory, facts: Director
     groups = sorted({group_key(t.users_group) for t in tenants if t.users_group})
     if not ours and not groups:
         return
-    with LDAPConnection.open(settings_for(site, inventory)) as conn:
-        domain = resolve_domain(conn, netbios)
+    with LDAPPool(settings_for(site, inventory), size=connections) as pool:
+        domain = pool.run(lambda conn: resolve_domain(conn, site.directory.netbios_domain))
         found = lookup_users(
-            conn, domain, [u.split("\\")[1] for u in ours], batch_size=site.directory.batch_size
+            pool,
+            domain,
+            [spelled[key].split("\\", 1)[1] for key in ours],
+            batch_size=site.directory.batch_size,
         )
-        for user in ours:
-            ad_user = found.get(user.split("\\")[1].lower())
-            facts.users[user] = ad_user
-            if ad_user is not None:
-                facts.user_keys[user] = dn_key(ad_user.dn)
-                facts.keys[dn_key(ad_user.dn)] = user
-        for key in groups:  # validate made sure they are all in this Site's domain
-            group = read_group(conn, domain, key.split("\\", 1)[1])
+        for key in ours:
+            user = found.get(key.split("\\", 1)[1])
+            facts.users[key] = user
+            if user is not None:
+                facts.by_dn[user.dn_key] = key
+        # validate made sure the groups are all in this Site's domain
+        read = pool.map(lambda conn, key: _read_group(conn, domain, key), groups)
+        for key, group in zip(groups, read, strict=True):
             facts.groups[key] = group
-            facts.member_keys[key] = {dn_key(dn): dn for dn in group.members}
-        facts.operations += conn.operations
+            facts.members[key] = {dn_key(dn): dn for dn in group.members}
+        strangers = [key for key in groups if set(facts.members[key]) - set(facts.by_dn)]
+        nested = pool.map(
+            lambda conn, key: nested_members(conn, domain, facts.groups[key].dn), strangers
+        )
+        facts.nested.update(zip(strangers, nested, strict=True))
+        facts.operations += pool.operations
     facts.read_sites.add(site.name)
+
+
+def _read_group(conn: LDAPConnection, domain: DomainInfo, key: str) -> ADGroup:
+    return read_group(conn, domain, key.split("\\", 1)[1])

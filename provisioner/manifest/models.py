@@ -20,6 +20,7 @@ them with a live system is the job of the resource modules, which canonicalise b
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from enum import StrEnum
@@ -113,8 +114,29 @@ DomainGroup = Annotated[
 
 
 def domain_user_key(user: str) -> str:
-    """Windows compares account names without regard to case: one key for both spellings."""
-    return user.upper()
+    """One key for every spelling Windows takes for the same account: ``nfon\\Straße`` and
+    ``NFON\\STRAßE`` share ``NFON\\STRAßE``; ``NFON\\STRASSE`` is another account.
+
+    Windows compares account names case-insensitively one UTF-16 code unit at a time, through
+    its upcase table: RtlUpcaseUnicodeChar maps one WCHAR to one WCHAR (Microsoft Learn,
+    https://learn.microsoft.com/en-us/windows-hardware/drivers/ddi/wdm/nf-wdm-rtlupcaseunicodechar).
+    Python's ``str.upper()`` applies full case mapping instead ("ß" → "SS"), which would merge
+    two accounts and write a name that is neither: never use it here. The key is for comparing
+    only; names are written as the manifest or the directory spells them.
+    """
+    if user.isascii():
+        return user.upper()
+    return "".join(_upcase_char(c) for c in user)
+
+
+@functools.cache
+def _upcase_char(char: str) -> str:
+    """The one-to-one (simple) uppercase of a BMP character; itself when it has none."""
+    if ord(char) > 0xFFFF:
+        return char  # a surrogate pair: the upcase table maps single code units only
+    # where full mapping expands (ß → SS, ᾳ → ΑΙ), the simple mapping, if any, is the
+    # titlecase form (ᾳ → ᾼ); ß has none
+    return next((mapped for mapped in (char.upper(), char.title()) if len(mapped) == 1), char)
 
 
 KAccount = Annotated[

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from provisioner.directory.model import DirectoryFacts
 from provisioner.manifest.models import Tenant, domain_user_key
 from provisioner.plan.model import Action, Change
 from provisioner.remote.contract import Operation, TsecimpImport
@@ -269,13 +270,15 @@ def xml_users(
     # a user changed in several tenants of this host appears several times in one import:
     # NoMerge in one entry would wipe what another entry just added
     entries = Counter(_user_of(c) for c in changes if c.action is not Action.NOOP)
+    accounts = account_names(ctx)
     users = []
     for change in changes:
         if change.action is Action.NOOP:
             continue
         tenant = tenants[change.tenant or ""]
         known = provider_lines(ctx, tenant.k_account)
-        user = _user_of(change)
+        key = _user_of(change)
+        user = accounts.get(key, key)
         wanted = list((change.after or {}).get("lines", []))
         current = list((change.before or {}).get("lines", []))
         added = [line for line in wanted if line not in current]
@@ -291,11 +294,10 @@ def xml_users(
                 return XmlLine(permanent_id=permanent_id, remove=remove)
             return XmlLine(address=extension, remove=remove)
 
-        key = domain_user_key(user)
         only_here = (
             lines_elsewhere is not None
             and lines_elsewhere.get(key, 0) == len(current)
-            and entries[_user_of(change)] == 1
+            and entries[key] == 1
         )
         if current and not set(wanted) & set(current) and only_here:
             # the whole set is replaced and nothing else of the user's is touched
@@ -317,6 +319,25 @@ def desired_xml_users(ctx: HostContext, friendly_names: dict[str, str | None]) -
             XmlUser(user, friendly_names.get(domain_user_key(user)), no_merge=True, lines=lines)
         )
     return users
+
+
+def account_names(ctx: HostContext) -> dict[str, str]:
+    """Each user key of this host's tenants → the name to write to the host: as the directory
+    spells it, else as the manifest does, else as the host lists it (a user being removed).
+
+    Names are never case-mapped here: ``NFON\\STRASSE`` is another account than ``NFON\\Straße``.
+    """
+    names: dict[str, str] = {}
+    for lines in listing(ctx).lines.values():
+        for line in lines.values():
+            names.update((domain_user_key(user), user) for user in line.users)
+    for tenant in ctx.tenants:
+        names.update((domain_user_key(a.user), a.user) for a in tenant.assignments)
+    if isinstance(ctx.directory, DirectoryFacts):
+        names.update(
+            (key, user.account) for key, user in ctx.directory.users.items() if user is not None
+        )
+    return names
 
 
 def _user_of(change: Change) -> str:

@@ -23,12 +23,14 @@ import contextlib
 import math
 import re
 import ssl
+import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import ldap3
@@ -37,6 +39,9 @@ from ldap3.utils.dn import parse_dn
 
 from provisioner.errors import TransportError
 from provisioner.secrets import Secret
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # The OID of the paged-results control (RFC 2696), as ldap3 keys it in a result.
 _PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
@@ -211,6 +216,7 @@ class LDAPConnection:
             return_empty_attributes=False,  # absent means absent (and ldap3 breaks on ranges else)
             collect_usage=True,
             read_only=False,
+            check_names=False,  # no schema is read (get_info=NONE): values stay raw bytes anyway
         )
         opened = cls(settings, conn)
         try:
@@ -306,6 +312,10 @@ class LDAPConnection:
         """Search requests sent so far; every page of a paged search is one."""
         usage = self._conn.usage
         return usage.search_operations if usage else 0
+
+    def map(self, work: Callable[[LDAPConnection, T], R], items: Sequence[T]) -> list[R]:
+        """``work(self, item)`` for each item in turn (:meth:`LDAPPool.map` runs them at once)."""
+        return [work(self, item) for item in items]
 
     def root_dse(self, attributes: Sequence[str]) -> LDAPEntry:
         """Read attributes of the RootDSE (``configurationNamingContext``, ...)."""
@@ -471,6 +481,63 @@ class LDAPConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+
+class LDAPPool:
+    """Up to ``size`` bound connections to one directory, opened as the work needs them::
+
+        with LDAPPool(settings, size=4) as pool:
+            domain = pool.run(lambda conn: resolve_domain(conn, "NFON"))
+            pages = pool.map(search_batch, batches)   # at most 4 searches in flight at once
+
+    Each connection serves one request at a time; a pool of a few keeps the directory busy
+    while this process decodes the answers (as ``--parallelism`` does for hosts).
+    """
+
+    def __init__(self, settings: LDAPSettings, size: int = 4) -> None:
+        self.settings = settings
+        self.size = max(1, size)
+        self._idle: list[LDAPConnection] = []
+        self._opened: list[LDAPConnection] = []
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[LDAPConnection], R]) -> R:
+        """``work(conn)`` on an idle connection (a new one when none is idle)."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = LDAPConnection.open(self.settings)
+            with self._lock:
+                self._opened.append(conn)
+        try:
+            return work(conn)
+        finally:
+            with self._lock:
+                self._idle.append(conn)
+
+    def map(self, work: Callable[[LDAPConnection, T], R], items: Sequence[T]) -> list[R]:
+        """``work(conn, item)`` for every item, on at most ``size`` connections at once."""
+        if len(items) < 2 or self.size == 1:
+            return [self.run(lambda conn, item=item: work(conn, item)) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.size, len(items))) as executor:
+            return list(executor.map(lambda item: self.run(lambda c: work(c, item)), items))
+
+    @property
+    def operations(self) -> int:
+        """LDAP requests sent so far on all of the pool's connections."""
+        return sum(conn.operations for conn in self._opened)
+
+    def close(self) -> None:
+        for conn in self._opened:
+            conn.close()
+        self._opened.clear()
+        self._idle.clear()
+
+    def __enter__(self) -> LDAPPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
