@@ -361,12 +361,34 @@ lab_dir_option = click.option(
 @lab_dir_option
 @click.option("--servers", type=click.IntRange(0, 500), default=0, help="extra generic servers")
 @click.option("--clients", type=click.IntRange(0, 500), default=0, help="extra generic clients")
-def lab_up(paths: tuple[Path, ...], directory: Path, servers: int, clients: int) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="give up when the lab is not ready after SECONDS, stopping what it started "
+    "(default: wait while it starts; a first Samba provisioning takes tens of seconds)",
+)
+def lab_up(
+    paths: tuple[Path, ...], directory: Path, servers: int, clients: int, timeout: float | None
+) -> None:
     """Start a lab for the manifests under PATHS (default: each manifests/examples/ folder)."""
     from provisioner.lab import daemon
 
-    manifests = list(paths) or sorted(p for p in Path("manifests/examples").glob("*") if p.is_dir())
-    state = daemon.up(directory, manifests, servers=servers, clients=clients)
+    examples = Path("manifests/examples")
+    manifests = list(paths) or sorted(p for p in examples.glob("*") if p.is_dir())
+    if not manifests:
+        raise ProvisionerError(
+            f"no manifests to simulate: give their paths (provisioner lab up PATH...); "
+            f"without paths the lab takes each folder of {examples}/, and there is none here"
+        )
+    state = daemon.up(
+        directory,
+        manifests,
+        servers=servers,
+        clients=clients,
+        timeout=timeout,
+        progress=lambda line: click.echo(f"lab: {line}", err=True),
+    )
     _print_lab(state)
     click.echo(f"inventory: {state['inventory']}")
     click.echo(f"use it:    export PROVISIONER_INVENTORY={state['inventory']}")

@@ -17,18 +17,22 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 
 from provisioner.errors import ProvisionerError
 from provisioner.lab.cti_api import PBX, CTIAPISimulator
+from provisioner.lab.directory import LabDirectory, counted, start_lab_directory
+from provisioner.lab.samba import Progress, SambaDC
 from provisioner.lab.tls import ensure_lab_tls
 from provisioner.lab.windows_host import AdminSetup, WindowsHost
 from provisioner.lab.wsman_server import WSManServer
 from provisioner.manifest import load_estate
-from provisioner.manifest.models import SecretRef
+from provisioner.manifest.models import SecretRef, Site, domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.planner import Host, profile_for
 from provisioner.secrets import Secret
@@ -50,6 +54,14 @@ class LabHost:
         return self.server.port
 
 
+@dataclass(frozen=True)
+class LabDomain:
+    """The AD domain a Site names: ``LabDomain(netbios="NFON", realm="NFON.TEST")``."""
+
+    netbios: str
+    realm: str
+
+
 @dataclass
 class LabPlan:
     """What the lab must simulate, read from the manifests."""
@@ -59,9 +71,45 @@ class LabPlan:
     pbx_lines: dict[str, set[str]] = field(default_factory=dict)  # K-account → extensions
     cti_variables: dict[str, str] = field(default_factory=dict)  # env name → K-account
     other_variables: set[str] = field(default_factory=set)
-    users: dict[str, str] = field(default_factory=dict)  # DOMAIN\SAM → display name
-    groups: set[str] = field(default_factory=set)  # DOMAIN\GROUP
+    # user key → (DOMAIN\sam as the manifests first spell it, display name)
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)  # group key → DOMAIN\group
+    domains: list[LabDomain] = field(default_factory=list)  # in the order the Sites came
     setup: dict[str, AdminSetup] = field(default_factory=dict)  # server → its admin's work
+
+    @property
+    def domain(self) -> LabDomain | None:
+        """The domain the lab's DC serves: the first Site's (one DC fits in a lab)."""
+        return self.domains[0] if self.domains else None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.servers or self.clients or self.pbx_lines)
+
+
+def site_domain(site: Site) -> LabDomain:
+    """The Site's NetBIOS domain, and a realm from its bind UPN or its LDAP URL's host name."""
+    directory = site.directory
+    upn_suffix = directory.bind_user.rpartition("@")[2] if "@" in directory.bind_user else ""
+    host = urlsplit(directory.ldap_url).hostname or ""
+    labels = [] if _is_address(host) else host.split(".")
+    if upn_suffix:
+        realm = upn_suffix
+    elif len(labels) > 2:
+        realm = ".".join(labels[1:])  # dc1.acme.test → acme.test
+    elif len(labels) == 2:
+        realm = host
+    else:
+        realm = f"{directory.netbios_domain}.test"
+    return LabDomain(directory.netbios_domain.upper(), realm.upper())
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def read_manifests(paths: Iterable[Path]) -> LabPlan:
@@ -83,15 +131,20 @@ def _add_estate(plan: LabPlan, estate: Estate) -> None:
         plan.setup.setdefault(name, AdminSetup()).learn(server, profile_for(estate, host))
     for clients in estate.clients.values():
         plan.clients.extend(h for h in clients.hosts if h not in plan.clients)
+    for site in estate.sites.values():
+        domain = site_domain(site)
+        if domain.netbios not in {d.netbios for d in plan.domains}:
+            plan.domains.append(domain)
     for tenant in estate.tenants.values():
         lines = plan.pbx_lines.setdefault(tenant.k_account, set())
         for assignment in tenant.assignments:
             lines.update(assignment.lines)
             plan.users.setdefault(
-                assignment.user, assignment.friendly_name or assignment.user.split("\\")[1]
+                domain_user_key(assignment.user),
+                (assignment.user, assignment.friendly_name or assignment.user.split("\\")[1]),
             )
         if tenant.users_group:
-            plan.groups.add(tenant.users_group)
+            plan.groups.setdefault(domain_user_key(tenant.users_group), tenant.users_group)
         if tenant.cti_password.env:
             plan.cti_variables[tenant.cti_password.env] = tenant.k_account
     for ref in _secret_refs(estate):
@@ -116,7 +169,12 @@ def _secret_refs(estate: Estate) -> Iterable[SecretRef]:
 
 
 class Lab:
-    """Starts and stops the simulated estate; see the module docstring."""
+    """Starts and stops the simulated estate; see the module docstring.
+
+    With ``active_directory`` the lab starts a Samba AD DC of its own for the manifests' domain;
+    ``dc`` hands it one that is already running instead (tests share one), which it only seeds.
+    ``progress`` hears what is being started, for a user who waits.
+    """
 
     def __init__(
         self,
@@ -126,6 +184,8 @@ class Lab:
         extra_servers: int = 0,
         extra_clients: int = 0,
         active_directory: bool = False,
+        dc: SambaDC | None = None,
+        progress: Progress = lambda _: None,
     ) -> None:
         self.directory = directory
         self.plan = read_manifests(manifests)
@@ -135,8 +195,10 @@ class Lab:
         self.cti: CTIAPISimulator | None = None
         self.winrm_password = Secret(secrets.token_urlsafe(18))
         self.values: dict[str, str] = {}
-        self.want_directory = active_directory
-        self.ad: Any = None  # the Samba AD DC, when the lab runs one
+        self.want_directory = active_directory or dc is not None
+        self.dc = dc
+        self.progress = progress
+        self.ad: LabDirectory | None = None  # the Samba AD DC, when the lab runs one
         self.directory_note = ""
 
     @property
@@ -150,6 +212,15 @@ class Lab:
         self.stop()
 
     def start(self) -> Lab:
+        """Start every part; whatever fails or interrupts the start stops what was started."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         tls = ensure_lab_tls(self.directory / "tls")
         pbxs = {}
@@ -158,6 +229,7 @@ class Lab:
             spare = str(int(numbers[-1]) + 1) if numbers else "100"
             extensions = [{"number": n, "name": f"Extension {n}"} for n in [*numbers, spare]]
             pbxs[k_account] = PBX(k_account, secrets.token_urlsafe(12), extensions)  # type: ignore[arg-type]
+        self.progress(f"starting the simulated NFON CTI API ({counted(len(pbxs), 'PBX')})")
         self.cti = CTIAPISimulator(pbxs.values(), tls=(tls.cert_file, tls.key_file)).start()
         cti = self.cti
 
@@ -173,30 +245,27 @@ class Lab:
         }
         self.values |= {v: secrets.token_urlsafe(18) for v in sorted(self.plan.other_variables)}
         downloads = {u: c for setup in self.plan.setup.values() for u, c in setup.downloads.items()}
-        try:
-            for name, role in [(s, "server") for s in self.plan.servers] + [
-                (c, "client") for c in self.plan.clients
-            ]:
-                windows = WindowsHost.fresh(name.upper()[:15], role, pbx_lines, web=downloads.get)  # type: ignore[arg-type]
-                self.plan.setup.get(name, AdminSetup()).prepare(windows, self.values)
-                server = WSManServer(
-                    windows,
-                    username=LAB_USER,
-                    password=self.winrm_password,
-                    ssl_context=tls.server_context(),
-                )
-                server.start()
-                self.hosts[name] = LabHost(name, role, windows, server)
-        except BaseException:
-            self.stop()
-            raise
+        hosts = [(s, "server") for s in self.plan.servers]
+        hosts += [(c, "client") for c in self.plan.clients]
+        self.progress(f"starting {counted(len(hosts), 'simulated Windows host')}")
+        for name, role in hosts:
+            windows = WindowsHost.fresh(name.upper()[:15], role, pbx_lines, web=downloads.get)  # type: ignore[arg-type]
+            self.plan.setup.get(name, AdminSetup()).prepare(windows, self.values)
+            server = WSManServer(
+                windows,
+                username=LAB_USER,
+                password=self.winrm_password,
+                ssl_context=tls.server_context(),
+            )
+            server.start()
+            self.hosts[name] = LabHost(name, role, windows, server)
         self.values[WINRM_PASSWORD_VARIABLE] = self.winrm_password.reveal()
         if self.want_directory:
             self._start_directory()
         self.write_inventory(tls.ca_file)
-        return self
 
     def stop(self) -> None:
+        """Stop every part that runs; safe to call again."""
         for host in self.hosts.values():
             host.server.stop()
         self.hosts.clear()
@@ -245,13 +314,22 @@ class Lab:
         }
 
     def _start_directory(self) -> None:
-        from provisioner.lab.directory import start_lab_directory
-
+        if self.plan.domain is None and self.dc is None:
+            self.directory_note = "no Active Directory in this lab: the manifests name no Site"
+            return
         try:
-            self.ad = start_lab_directory(self.directory / "ad", self.plan)
+            self.ad = start_lab_directory(
+                self.directory / "ad", self.plan, dc=self.dc, progress=self.progress
+            )
         except ProvisionerError as exc:
             self.directory_note = f"no Active Directory in this lab: {exc}"
             return
+        others = [d.netbios for d in self.plan.domains if d.netbios != self.ad.dc.netbios]
+        if others:
+            self.directory_note = (
+                f"{self.ad.ldaps_url} serves {self.ad.dc.netbios} only (one DC per lab): the "
+                f"users of {', '.join(others)} are not simulated"
+            )
         self.values[DIRECTORY_PASSWORD_VARIABLE] = self.ad.bind_password.reveal()
 
     def status(self) -> dict[str, Any]:
@@ -267,5 +345,10 @@ class Lab:
             },
             "cti_api": self.cti.base_url if self.cti else None,
             "cti_requests": len(self.cti.requests) if self.cti else 0,
-            "active_directory": self.ad.ldaps_url if self.ad else self.directory_note or "off",
+            "active_directory": _joined(self.ad.ldaps_url if self.ad else "", self.directory_note)
+            or "off",
         }
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)

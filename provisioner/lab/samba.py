@@ -1,33 +1,43 @@
-"""A real Samba AD domain controller on 127.0.0.1, for tests and benchmarks.
+"""A real Samba AD domain controller on 127.0.0.1, for the lab, tests and benchmarks.
 
-Samba listens on the fixed LDAP ports (389/636), so one DC serves a whole network namespace. A
-small registry in the cache dir (``dc.json`` under an ``flock``) records the running DC and the
-processes using it, so parallel test workers can share one DC (``shared=True``) and a DC left
-behind by a crashed run is recognised and stopped::
+Samba listens on the fixed LDAP ports (389/636), so one DC serves a whole network namespace.
+A registry in the cache dir, one file per network namespace and user (``dc-net4026532281-u0.json``
+under an ``flock``), records the running DC and the process that started it, so that a DC left
+behind by a crashed run is recognised and stopped, and a DC of another namespace (another lab,
+another user's tests) is never taken for ours::
 
     {"pid": 4242, "pid_started": 901234, "targetdir": "<workdir>/samba", "realm": "NFON.TEST",
-     "netbios": "NFON", "owners": [[4100, 899000], [4101, 899010]]}
+     "netbios": "NFON", "owner": [4100, 899000]}
+
+A DC belongs to the process that started it: nothing joins it (a lab that should use a DC that is
+already running, as tests do, is handed it). Samba, samba-tool and the import die with the
+thread that started them (``PR_SET_PDEATHSIG`` through util-linux ``setpriv``), so a process
+killed at any point leaves no DC holding the ports.
 
 A fresh provision takes seconds, so the provisioned targetdir is cached as a ``.tgz`` keyed by the
 Samba version and the domain names; starting from the cache takes well under a second::
 
-    dc = SambaDC.start(tmp_path)            # restore (or provision), new TLS cert, start, wait
-    dc.ldaps_url, dc.netbios                # 'ldaps://127.0.0.1:636', 'NFON'
+    dc = SambaDC.start(tmp_path, realm="ACME.TEST", netbios="ACME", progress=print)
+    dc.ldaps_url, dc.netbios                # 'ldaps://127.0.0.1:636', 'ACME'
     dc.ca_file                              # <workdir>/samba/private/tls/ca.pem
+    dc.import_ldif(users_ldif(f"CN=Users,{dc.domain_dn}", users, realm=dc.realm))  # in bulk
     with dc.admin_connection() as conn:
         create_users(conn, dc.users_dn, [LabUser("jdoe", display_name="Jane Doe")], realm=dc.realm)
     dc.stop()
 
 Samba's Python bindings exist only for the system interpreter, so everything here drives the
-``samba-tool`` and ``samba`` programs as subprocesses and talks to the DC over LDAP.
+``samba-tool`` and ``samba`` programs (and ``samba_import.py`` under Samba's interpreter) as
+subprocesses and talks to the DC over LDAP.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,10 +45,9 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ldap3.utils.dn import escape_rdn
 
@@ -54,16 +63,21 @@ DEFAULT_REALM = "NFON.TEST"
 DEFAULT_NETBIOS = "NFON"
 SAMBA_PACKAGES = ("samba", "samba-ad-dc", "samba-ad-provision")
 
+Progress = Callable[[str], None]
+
 # Bump when the provisioning recipe changes, so stale cached targetdirs are not reused.
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2
 # The provisioned smb.conf holds the targetdir's absolute path; the cache stores this instead.
 _TARGETDIR_PLACEHOLDER = "@LAB_TARGETDIR@"
 _ADMIN_PASSWORD_FILE = "lab-admin-password"
 # Without samba-ad-provision, provisioning fails for want of this schema file.
 _SCHEMA_FILE = Path("/usr/share/samba/setup/ad-schema/AD_DS_Attributes__Windows_Server_2012_R2.ldf")
-_START_TIMEOUT = 30.0
+START_TIMEOUT = 120.0  # until Samba listens; it takes about a second on an idle machine
 _STOP_TIMEOUT = 10.0
+_IMPORT_SCRIPT = Path(__file__).with_name("samba_import.py")
 
+_USER_CLASSES = ("top", "person", "organizationalPerson", "user")
+_GROUP_CLASSES = ("top", "group")
 # userAccountControl flags (MS-ADTS 2.2.16).
 UF_ACCOUNTDISABLE = 0x2
 UF_PASSWD_NOTREQD = 0x20
@@ -94,40 +108,34 @@ def samba_missing() -> list[str]:
     return missing
 
 
-def ensure_samba_installed() -> None:
-    """Install Samba's AD DC packages with apt-get when root; otherwise say what to install."""
-    if not samba_missing():
-        return
-    command = ["apt-get", "install", "-y", "--no-install-recommends", *SAMBA_PACKAGES]
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise SambaError(f"Samba AD DC is not installed; run as root: {' '.join(command)}")
-    with _locked("install"):
-        if not samba_missing():
-            return
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        installed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if installed.returncode != 0:
-            # Usually an empty or outdated package list: refresh it once and retry.
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
-            installed = subprocess.run(
-                command, env=env, capture_output=True, text=True, check=False
-            )
-        if installed.returncode != 0 or samba_missing():
-            raise SambaError(
-                f"installing Samba failed ({_tail(installed.stdout + installed.stderr)}); "
-                f"run: {' '.join(command)}"
-            )
+def require_samba() -> None:
+    """Raise, naming what to install, unless Samba's AD DC can be provisioned here."""
+    missing = samba_missing()
+    if missing:
+        raise SambaError(
+            f"Samba AD DC is not installed ({', '.join(missing)} missing): run scripts/setup.sh, "
+            f"or as root: apt-get install --no-install-recommends {' '.join(SAMBA_PACKAGES)}"
+        )
 
 
 def _samba_tool() -> str:
     return _find_program("samba-tool") or "samba-tool"
 
 
+def _samba_python() -> str:
+    """The interpreter that has Samba's Python bindings: the one samba-tool runs on."""
+    with contextlib.suppress(OSError), open(_samba_tool(), "rb") as tool:
+        first = tool.readline().decode(errors="replace")
+        if first.startswith("#!") and "python" in first:
+            return first[2:].split()[0]
+    return "/usr/bin/python3"
+
+
 def samba_version() -> str:
     """``4.17.12-Debian`` for ``samba --version`` printing ``Version 4.17.12-Debian``."""
     program = _find_program("samba")
     if program is None:
-        raise SambaError("samba is not installed; call ensure_samba_installed() first")
+        raise SambaError("samba is not installed; call require_samba() first")
     out = subprocess.run([program, "--version"], capture_output=True, text=True, check=False)
     return out.stdout.strip().removeprefix("Version ").strip() or "unknown"
 
@@ -144,6 +152,15 @@ def cache_dir() -> Path:
     path = root / "samba"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def _namespace() -> str:
+    """``net4026532281-u0``: this network namespace and user, which one DC registry serves.
+
+    Two namespaces have their own loopback ports and so their own DCs; a DC recorded by another
+    must never be taken for ours (it is not reachable from here).
+    """
+    return f"net{os.stat('/proc/self/ns/net').st_ino}-u{os.getuid()}"
 
 
 @contextlib.contextmanager
@@ -182,11 +199,11 @@ class _Registry:
     targetdir: str
     realm: str
     netbios: str
-    owners: list[list[int]] = field(default_factory=list)
+    owner: list[int]  # [pid, start time] of the process that started the DC
 
     @staticmethod
     def path() -> Path:
-        return cache_dir() / "dc.json"
+        return cache_dir() / f"dc-{_namespace()}.json"
 
     @classmethod
     def load(cls) -> _Registry | None:
@@ -202,14 +219,19 @@ class _Registry:
     def clear(cls) -> None:
         cls.path().unlink(missing_ok=True)
 
-    def live_owners(self) -> list[list[int]]:
-        return [owner for owner in self.owners if _is_alive(owner[0], owner[1])]
-
 
 def _me() -> list[int]:
     started = _process_started(os.getpid())
     assert started is not None  # we are running
     return [os.getpid(), started]
+
+
+def _dies_with_parent(command: list[str]) -> list[str]:
+    """``command``, made to be killed when the thread that starts it ends (util-linux setpriv
+    sets PR_SET_PDEATHSIG, which survives the exec): a lab killed at any point leaves no
+    Samba or samba-tool behind. Without setpriv the normal stop paths still apply."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 # -- provisioning ------------------------------------------------------------------------------
@@ -226,21 +248,23 @@ def _archive_path(realm: str, netbios: str) -> Path:
     return cache_dir() / f"dc-{version}-{realm}-{netbios}-r{_RECIPE_VERSION}.tgz"
 
 
-def _provision_archive(realm: str, netbios: str) -> Path:
+def _provision_archive(realm: str, netbios: str, progress: Progress) -> Path:
     """The cached provisioned targetdir, provisioning it first when there is none."""
     archive = _archive_path(realm, netbios)
-    if archive.is_file():
-        return archive
-    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="provision-") as scratch:
-        target = Path(scratch) / "dc"
-        _provision(target, realm, netbios)
-        conf = target / "etc" / "smb.conf"
-        conf.write_text(conf.read_text().replace(str(target), _TARGETDIR_PLACEHOLDER))
-        partial = archive.with_suffix(".partial")
-        partial.touch(mode=0o600)  # it holds the Administrator password and the domain's keys
-        with tarfile.open(partial, "w:gz") as tar:
-            tar.add(target, arcname=".")
-        partial.replace(archive)
+    with _locked(f"provision-{realm}-{netbios}"):
+        if archive.is_file():
+            return archive
+        progress(f"provisioning domain {netbios} ({realm}) with samba-tool, once per domain")
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="provision-") as scratch:
+            target = Path(scratch) / "dc"
+            _provision(target, realm, netbios)
+            conf = target / "etc" / "smb.conf"
+            conf.write_text(conf.read_text().replace(str(target), _TARGETDIR_PLACEHOLDER))
+            partial = archive.with_suffix(".partial")
+            partial.touch(mode=0o600)  # it holds the Administrator password and the domain's keys
+            with tarfile.open(partial, "w:gz") as tar:
+                tar.add(target, arcname=".")
+            partial.replace(archive)
     return archive
 
 
@@ -261,6 +285,8 @@ def _provision(target: Path, realm: str, netbios: str) -> None:
         "tls keyfile": f"{tls}/key.pem",
         "tls certfile": f"{tls}/cert.pem",
         "tls cafile": f"{tls}/ca.pem",
+        # a lab DC is thrown away when it stops: no fsync on every change
+        "ldb:nosync": "true",
     }
     command = [
         _samba_tool(), "domain", "provision", f"--targetdir={target}", f"--realm={realm}",
@@ -269,7 +295,9 @@ def _provision(target: Path, realm: str, netbios: str) -> None:
     ]  # fmt: skip
     # No --adminpass: a command line is visible to every user. Samba then generates one and
     # logs it, and we read it from the output, which goes nowhere else.
-    done = subprocess.run(command, env=_samba_env(), capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        _dies_with_parent(command), env=_samba_env(), capture_output=True, text=True, check=False
+    )
     output = done.stdout + done.stderr
     password = next(
         (
@@ -289,7 +317,9 @@ def _provision(target: Path, realm: str, netbios: str) -> None:
         _samba_tool(), "domain", "passwordsettings", "set", "-s", str(target / "etc" / "smb.conf"),
         "--max-pwd-age=0", "--min-pwd-age=0", "--history-length=0",
     ]  # fmt: skip
-    done = subprocess.run(settings, env=_samba_env(), capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        _dies_with_parent(settings), env=_samba_env(), capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise SambaError(f"samba-tool passwordsettings failed: {_tail(done.stdout + done.stderr)}")
 
@@ -368,12 +398,13 @@ def _stop_leftover_in(target: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _launch(target: Path) -> subprocess.Popen[bytes]:
+def _launch(target: Path, timeout: float) -> subprocess.Popen[bytes]:
+    """Start Samba from ``target`` and wait until it listens; on any failure stop it again."""
     samba = _find_program("samba") or "samba"
     log = open(target / "log" / "samba.out", "ab")  # noqa: SIM115 (handed to the child)
     with log:
         process = subprocess.Popen(
-            [samba, "-i", "-M", "single", "-s", str(target / "etc" / "smb.conf")],
+            _dies_with_parent([samba, "-i", "-M", "single", "-s", str(target / "etc/smb.conf")]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -381,23 +412,27 @@ def _launch(target: Path) -> subprocess.Popen[bytes]:
             env=_samba_env(),
             start_new_session=True,  # our own process group, so stop() reaches every child
         )
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not _port_open(LDAPS_PORT):
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            output = (target / "log" / "samba.out").read_text(errors="replace")
-            raise SambaError(
-                f"Samba did not start listening on {HOST}:{LDAPS_PORT}: {_tail(output)}"
-            )
-        time.sleep(0.05)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _port_open(LDAPS_PORT):
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = (target / "log" / "samba.out").read_text(errors="replace")
+                waited = "" if process.poll() is not None else f" within {timeout:.0f} s"
+                raise SambaError(
+                    f"Samba did not start listening on {HOST}:{LDAPS_PORT}{waited}: {_tail(output)}"
+                )
+            time.sleep(0.05)
+    except BaseException:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     return process
 
 
 @dataclass
 class SambaDC:
-    """A running lab DC. ``stop()`` it; with ``shared=True`` the last user's stop ends it."""
+    """A running lab DC, started by this process; ``stop()`` it (or use ``with``)."""
 
     targetdir: Path
     realm: str
@@ -456,26 +491,25 @@ class SambaDC:
         *,
         realm: str = DEFAULT_REALM,
         netbios: str = DEFAULT_NETBIOS,
-        shared: bool = False,
+        progress: Progress = lambda _: None,
+        timeout: float = START_TIMEOUT,
     ) -> SambaDC:
         """Start a DC in ``workdir/samba`` (restored from the cache, or provisioned into it).
 
-        With ``shared=True`` a DC that other live processes already use is joined instead (its
-        targetdir is theirs). A DC whose users have all died is a leftover and is stopped first.
+        One DC fits in a network namespace: a DC that another live process of this namespace
+        started is an error naming it; one whose starter died is a leftover and is stopped.
+        ``timeout`` bounds the wait until Samba listens.
         """
-        ensure_samba_installed()
-        with _locked("dc"):
+        require_samba()
+        with _locked(f"dc-{_namespace()}"):
             registry = _Registry.load()
             if registry is not None and _is_alive(registry.pid, registry.pid_started):
-                if registry.live_owners():
-                    if shared and (registry.realm, registry.netbios) == (realm, netbios):
-                        registry.owners = [*registry.live_owners(), _me()]
-                        registry.save()
-                        return cls._from_registry(registry)
+                if _is_alive(*registry.owner):
                     raise SambaError(
-                        f"a lab DC (pid {registry.pid}, realm {registry.realm}) is in use by "
-                        f"process(es) {', '.join(str(o[0]) for o in registry.live_owners())}; "
-                        f"only one DC fits on {HOST}:{LDAPS_PORT}: wait for them or stop it"
+                        f"a lab DC for {registry.netbios} (pid {registry.pid}, in "
+                        f"{registry.targetdir}) already runs in this network namespace, started "
+                        f"by process {registry.owner[0]}; one DC fits on {HOST}:{LDAPS_PORT}: "
+                        "stop that lab, or run this one in another network namespace"
                     )
                 _terminate(registry.pid, registry.pid_started)
             _Registry.clear()
@@ -489,46 +523,71 @@ class SambaDC:
                         f"stop it (ss -ltnp 'sport = :{port}' names it) or use another network "
                         "namespace"
                     )
-            _restore(_provision_archive(realm, netbios), target)
+            archive = _provision_archive(realm, netbios, progress)
+            progress(f"starting Samba AD DC for {netbios} ({realm}) on {HOST}:{LDAPS_PORT}")
+            _restore(archive, target)
             write_tls_files(target / "private" / "tls", realm)
-            process = _launch(target)
+            process = _launch(target, timeout)
             started = _process_started(process.pid)
             if started is None:
+                process.wait()
                 raise SambaError(f"Samba exited right after starting; see {target}/log/samba.out")
-            registry = _Registry(process.pid, started, str(target), realm, netbios, [_me()])
+            registry = _Registry(process.pid, started, str(target), realm, netbios, _me())
             registry.save()
-            dc = cls._from_registry(registry)
-            dc._process = process
-            return dc
-
-    @classmethod
-    def _from_registry(cls, registry: _Registry) -> SambaDC:
-        target = Path(registry.targetdir)
         return cls(
             targetdir=target,
-            realm=registry.realm,
-            netbios=registry.netbios,
+            realm=realm,
+            netbios=netbios,
             admin_password=Secret((target / _ADMIN_PASSWORD_FILE).read_text().strip()),
-            pid=registry.pid,
-            pid_started=registry.pid_started,
+            pid=process.pid,
+            pid_started=started,
+            _process=process,
         )
 
+    def import_ldif(self, ldif: str, progress: Progress = lambda _: None) -> str:
+        """Add the entries of ``ldif`` in a few large transactions (existing ones are skipped).
+
+        Runs ``samba_import.py`` under Samba's interpreter against the DC's database; the LDIF
+        goes over stdin, so the passwords in it appear on no command line. ``progress`` hears
+        ``added N, skipped M of T`` after each transaction; the last of these is returned.
+        """
+        # -I: not the script's directory first on sys.path, where our samba.py would shadow Samba's
+        conf = str(self.targetdir / "etc" / "smb.conf")
+        command = [_samba_python(), "-I", str(_IMPORT_SCRIPT), conf]
+        with tempfile.TemporaryFile("w+") as errors:
+            process = subprocess.Popen(
+                _dies_with_parent(command),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=_samba_env(),
+                text=True,
+            )
+            assert process.stdin is not None and process.stdout is not None
+            with process:
+                try:
+                    process.stdin.write(ldif)
+                    process.stdin.close()
+                    said = ""
+                    for line in process.stdout:
+                        said = line.strip()
+                        progress(said)
+                except BaseException:
+                    process.kill()  # interrupted: do not wait for the rest of the import
+                    raise
+            errors.seek(0)
+            if process.returncode != 0:
+                raise SambaError(f"importing into the lab DC failed: {_tail(errors.read())}")
+        return said
+
     def stop(self) -> None:
-        """Release this DC; stop it when no other live process still uses it. Idempotent."""
+        """Stop the DC and wait until it is gone. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        with _locked("dc"):
+        with _locked(f"dc-{_namespace()}"):
             registry = _Registry.load()
             if registry is not None and registry.pid == self.pid:
-                others = registry.live_owners()
-                # one entry per handle: a process may hold several (a lab inside a test run)
-                if _me() in others:
-                    others.remove(_me())
-                if others:
-                    registry.owners = others
-                    registry.save()
-                    return
                 _Registry.clear()
             _terminate(self.pid, self.pid_started)
         if self._process is not None:
@@ -564,31 +623,40 @@ def ensure_ou(conn: LDAPConnection, dn: str) -> str:
     return dn
 
 
+def _user_attributes(user: LabUser, realm: str) -> dict[str, str | bytes]:
+    flags = UF_NORMAL_ACCOUNT | (UF_ACCOUNTDISABLE if user.disabled else 0)
+    attributes: dict[str, str | bytes] = {
+        "sAMAccountName": user.sam,
+        "userPrincipalName": f"{user.sam}@{realm.lower()}",
+    }
+    if user.display_name:
+        attributes["displayName"] = user.display_name
+    if user.password is None:
+        flags |= UF_PASSWD_NOTREQD
+    else:
+        # AD takes a password as the UTF-16LE encoding of the quoted string.
+        attributes["unicodePwd"] = f'"{user.password.reveal()}"'.encode("utf-16-le")
+    attributes["userAccountControl"] = str(flags)
+    return attributes
+
+
+def user_dn(container_dn: str, user: LabUser) -> str:
+    return f"CN={escape_rdn(user.sam)},{container_dn}"
+
+
 def create_users(
     conn: LDAPConnection, container_dn: str, users: Iterable[LabUser], *, realm: str
 ) -> list[str]:
     """Create ``users`` in ``container_dn``, one LDAP add each; return their DNs in order.
 
+    Fine for a few; many go faster through :meth:`SambaDC.import_ldif` (:func:`users_ldif`).
     Setting a password costs several times more than the add itself, so only users that a test
     binds as should get one.
     """
     created = []
     for user in users:
-        dn = f"CN={escape_rdn(user.sam)},{container_dn}"
-        flags = UF_NORMAL_ACCOUNT | (UF_ACCOUNTDISABLE if user.disabled else 0)
-        attributes: dict[str, Any] = {
-            "sAMAccountName": user.sam,
-            "userPrincipalName": f"{user.sam}@{realm.lower()}",
-        }
-        if user.display_name:
-            attributes["displayName"] = user.display_name
-        if user.password is None:
-            flags |= UF_PASSWD_NOTREQD
-        else:
-            # AD takes a password as the UTF-16LE encoding of the quoted string.
-            attributes["unicodePwd"] = f'"{user.password.reveal()}"'.encode("utf-16-le")
-        attributes["userAccountControl"] = str(flags)
-        conn.add(dn, ["top", "person", "organizationalPerson", "user"], attributes)
+        dn = user_dn(container_dn, user)
+        conn.add(dn, _USER_CLASSES, _user_attributes(user, realm))
         created.append(dn)
     return created
 
@@ -598,11 +666,71 @@ def create_group(
 ) -> str:
     """Create a global security group ``name`` with ``member_dns``; return its DN."""
     dn = f"CN={escape_rdn(name)},{container_dn}"
-    attributes: dict[str, Any] = {"sAMAccountName": name}
+    conn.add(dn, _GROUP_CLASSES, _group_attributes(name, member_dns))
+    return dn
+
+
+def _group_attributes(name: str, member_dns: Sequence[str]) -> dict[str, str | list[str]]:
+    attributes: dict[str, str | list[str]] = {"sAMAccountName": name}
     if member_dns:
         attributes["member"] = list(member_dns)
-    conn.add(dn, ["top", "group"], attributes)
-    return dn
+    return attributes
+
+
+# -- seeding in bulk: LDIF (RFC 2849) for SambaDC.import_ldif ----------------------------------
+
+# A value that may be written as it is; anything else (non-ASCII, a leading space, colon or
+# "<", a trailing space, a line break) is written base64-encoded ("name:: ...").
+_LDIF_SAFE = re.compile(
+    r"[\x01-\x09\x0b\x0c\x0e-\x1f!-9;=-\x7f]"  # SAFE-INIT-CHAR: not space, ":" or "<"
+    r"[\x01-\x09\x0b\x0c\x0e-\x7f]*"  # SAFE-CHAR: ASCII without NUL, LF, CR
+    r"(?<! )"  # "values that end with SPACE SHOULD be base-64 encoded"
+)
+
+
+def ldif_entry(
+    dn: str, object_classes: Sequence[str], attributes: Mapping[str, str | bytes | Sequence[str]]
+) -> str:
+    """One entry to add, as LDIF text (ending in a blank line)."""
+    lines = [_ldif_line("dn", dn), *(_ldif_line("objectClass", c) for c in object_classes)]
+    for name, value in attributes.items():
+        values = [value] if isinstance(value, str | bytes) else list(value)
+        lines += [_ldif_line(name, one) for one in values]
+    return "".join(lines) + "\n"
+
+
+def ldif_add_member(group_dn: str, member_dn: str) -> str:
+    """A change that adds ``member_dn`` to the group ``group_dn``."""
+    return (
+        _ldif_line("dn", group_dn)
+        + "changetype: modify\nadd: member\n"
+        + _ldif_line("member", member_dn)
+        + "-\n\n"
+    )
+
+
+def _ldif_line(name: str, value: str | bytes) -> str:
+    if isinstance(value, str) and _LDIF_SAFE.fullmatch(value):
+        return f"{name}: {value}\n"
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return f"{name}:: {base64.b64encode(data).decode('ascii')}\n"
+
+
+def ou_ldif(dn: str) -> str:
+    return ldif_entry(dn, ["top", "organizationalUnit"], {})
+
+
+def users_ldif(container_dn: str, users: Iterable[LabUser], *, realm: str) -> str:
+    """Entries for ``users`` in ``container_dn``, as :func:`create_users` would make them."""
+    return "".join(
+        ldif_entry(user_dn(container_dn, user), _USER_CLASSES, _user_attributes(user, realm))
+        for user in users
+    )
+
+
+def group_ldif(container_dn: str, name: str, member_dns: Sequence[str] = ()) -> str:
+    dn = f"CN={escape_rdn(name)},{container_dn}"
+    return ldif_entry(dn, _GROUP_CLASSES, _group_attributes(name, member_dns))
 
 
 # -- helpers -----------------------------------------------------------------------------------

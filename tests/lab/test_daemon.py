@@ -8,8 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from ruamel.yaml import YAML
 
+from tests.support.processes import (
+    describe,
+    in_new_network_namespace,
+    kill_all,
+    marked,
+    marked_processes,
+    new_marker,
+    wait_until_gone,
+)
 from tests.test_doctor import BREAKAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,3 +113,127 @@ def break_every_doctor_check(lab: Path, env: dict[str, str]) -> None:
         failed = {check for check, status in doctor("tapi01", env).items() if status == "failed"}
         assert failed == failing
     assert doctor("ws-0101", env)["tcmsetup"] == "failed"
+def test_lab_up_outside_the_repository_says_it_found_no_manifests(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "provisioner", "lab", "up", "--dir", str(tmp_path / "lab")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # no manifests/examples here
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("error: no manifests to simulate: give their paths"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "lab" / "lab.json").exists()
+
+
+# -- a lab up that is stopped half-way leaves nothing behind -----------------------------------
+#
+# Each run is a `lab up` with Active Directory in a network namespace of its own (Samba's ports
+# are fixed), whose processes all carry a marker: afterwards none of them may be left.
+
+
+def _lab_up(
+    tmp_path: Path, marker: str, *extra: str, kill_child: str = "KILL", cache: Path | None = None
+) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "provisioner", "lab", "up", str(EXAMPLE)]
+    command += ["--dir", str(tmp_path / "lab"), *extra]
+    environment = {"PROVISIONER_CACHE": str(cache)} if cache else {}
+    return subprocess.Popen(
+        in_new_network_namespace(command, kill_child=kill_child),
+        cwd=ROOT,
+        env=marked(marker, **environment),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _assert_nothing_left(marker: str, said: str = "") -> None:
+    """Nothing marked runs once the stop has had its time (lab up gives the daemon 30 s)."""
+    left = wait_until_gone(marker)
+    described = describe(left)
+    kill_all(left)
+    assert not left, f"left running: {described}; lab up said: {said}"
+
+
+@pytest.mark.samba
+@pytest.mark.parametrize(
+    ("point", "kill_child"),
+    [
+        ("lab: starting the simulated NFON CTI API", "KILL"),
+        ("lab: starting 4 simulated Windows hosts", "INT"),  # Ctrl-C
+        ("lab: provisioning domain", "KILL"),  # samba-tool at work (an empty cache)
+        ("lab: starting Samba AD DC", "KILL"),
+        ("lab: importing", "TERM"),
+    ],
+    ids=["first-step", "ctrl-c", "provisioning", "samba-starting", "importing"],
+)
+def test_lab_up_stopped_at_any_point_leaves_no_process(
+    tmp_path: Path, point: str, kill_child: str
+) -> None:
+    marker = new_marker()
+    cache = tmp_path / "cache" if "provisioning" in point else None
+    process = _lab_up(tmp_path, marker, kill_child=kill_child, cache=cache)
+    said = []
+    try:
+        assert process.stderr is not None
+        while line := process.stderr.readline():
+            said.append(line)
+            if line.startswith(point):
+                break
+        assert said and said[-1].startswith(point), said
+    finally:
+        process.kill()  # unshare; its --kill-child sends `lab up` the signal
+        _, rest = process.communicate()
+    _assert_nothing_left(marker, "".join(said) + rest)
+
+
+@pytest.mark.samba
+def test_lab_up_that_runs_out_of_time_stops_what_it_started(tmp_path: Path) -> None:
+    marker = new_marker()
+    process = _lab_up(tmp_path, marker, "--timeout", "0.5")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, out + err
+    assert "the lab was not ready within 0.5 s (--timeout)" in err
+    _assert_nothing_left(marker, err)
+
+
+@pytest.mark.samba
+def test_a_ready_lab_outlives_lab_up_and_a_killed_daemon_takes_its_samba_along(
+    tmp_path: Path,
+) -> None:
+    marker = new_marker()
+    process = _lab_up(tmp_path, marker)
+    out, err = process.communicate(timeout=300)
+    state_file = tmp_path / "lab" / "lab.json"
+    daemon = json.loads(state_file.read_text())["pid"] if state_file.exists() else None
+    try:
+        assert process.returncode == 0, out + err
+        assert "lab: starting Samba AD DC for NFON (NFON.TEST)" in err
+        assert "Active Directory: ldaps://127.0.0.1:636" in out
+        assert daemon in marked_processes(marker), "the lab did not outlive lab up"
+    finally:
+        kill_all([daemon] if daemon else [])  # SIGKILL: no chance to clean up
+    _assert_nothing_left(marker)
+
+
+def test_lab_up_says_why_the_lab_did_not_start_and_leaves_nothing(tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "site.yaml").write_text("kind: Site\nname: broken\n")
+    marker = new_marker()
+    command = ["lab", "up", str(manifests), "--dir", str(tmp_path / "lab")]
+    done = subprocess.run(
+        [sys.executable, "-m", "provisioner", *command],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=marked(marker),
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: the lab did not start: "), line
+    assert "site.yaml" in line and "(lab: the manifests must validate)" in line, line
+    assert not wait_until_gone(marker)

@@ -1,7 +1,7 @@
 """Active Directory inside the plan: the whole loop against a real Samba AD DC.
 
 Each test runs an example estate in a lab of its own whose Active Directory is the session's
-Samba DC. One DC serves every test and every xdist worker, so each test renames the example's
+Samba DC, handed to the lab. One DC serves every test, so each test renames the example's
 accounts to names of its own (``NFON\\jdoe`` becomes ``NFON\\jdoe5c1f9a2``) and binds with an
 account of its own. Tests then change AD behind the provisioner's back through the DC's
 Administrator connection, as an AD admin would::
@@ -23,9 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -35,11 +32,16 @@ import pytest
 from ldap3.utils.conv import escape_filter_chars
 from ruamel.yaml import YAML
 
-from provisioner.directory.reader import read_directory
+from provisioner.directory.reader import MAX_CONNECTIONS, read_directory
 from provisioner.inventory import load_inventory
-from provisioner.lab import samba
 from provisioner.lab.estate import DIRECTORY_PASSWORD_VARIABLE, Lab
-from provisioner.lab.samba import UF_ACCOUNTDISABLE, LabUser, SambaDC, create_users
+from provisioner.lab.samba import (
+    UF_ACCOUNTDISABLE,
+    LabUser,
+    SambaDC,
+    create_group,
+    create_users,
+)
 from provisioner.manifest import load_estate
 from provisioner.manifest.models import domain_user_key
 from provisioner.plan.model import Action
@@ -49,14 +51,14 @@ from provisioner.remote.tsecimp import XmlUser, parse_xml
 from provisioner.runner import Run
 from provisioner.secrets import Secret
 from provisioner.transports.ldap import LDAPConnection, dn_key
-from tests.support.lab import EXAMPLES, ROOT, CliResult, LabEstate, secret_hits
+from tests.support.lab import EXAMPLES, CliResult, LabEstate, secret_hits
 
 pytestmark = pytest.mark.samba
 
 DOMAIN = "NFON"
 LAB_CONTAINER = "OU=Lab Users"  # where provisioner.lab.directory seeds the manifests' accounts
 ACCOUNT_OPERATORS = "CN=Account Operators,CN=Builtin"
-_DOMAIN_NAME = re.compile(r"NFON\\([A-Za-z0-9._-]+)")
+_DOMAIN_NAME = re.compile(r"NFON\\([\w.-]+)")
 
 
 class ADEstate:
@@ -240,22 +242,6 @@ def _remove_accounts(admin: LDAPConnection, dc: SambaDC, suffix: str) -> None:
         admin.delete(entry.dn)
 
 
-def release_lab_dc(lab: Lab) -> None:
-    """Take the session's DC out of the lab before it stops, and drop the one registry entry
-    the lab's handle added, which is what ``SambaDC.stop()`` should do for a process holding two
-    handles. Its current stop() drops them all and ends the DC that the tests' ``samba_dc`` still
-    holds (test_a_second_handle_on_the_shared_dc_in_one_process_does_not_end_it); once it is
-    fixed, letting ``lab.stop()`` stop the handle does the same."""
-    if lab.ad is None:
-        return
-    lab.ad = None
-    with samba._locked("dc"):
-        registry = samba._Registry.load()
-        if registry is not None and samba._me() in registry.owners:
-            registry.owners.remove(samba._me())
-            registry.save()
-
-
 @contextmanager
 def running_ad_lab(directory: Path, manifests: Path, dc: SambaDC) -> Iterator[ADEstate]:
     suffix = secrets.token_hex(4)[:_SUFFIX_LENGTH]
@@ -269,10 +255,9 @@ def running_ad_lab(directory: Path, manifests: Path, dc: SambaDC) -> Iterator[AD
         ExitStack() as stack,
     ):
         stack.callback(_remove_accounts, admin, dc, suffix)
-        lab = Lab(directory / "lab", [copied], active_directory=True)
+        lab = Lab(directory / "lab", [copied], dc=dc)
         stack.callback(lab.stop)
         lab.start()
-        stack.callback(release_lab_dc, lab)
         assert lab.ad is not None, lab.directory_note
         _own_bind_account(lab, admin, dc, suffix)
         monkeypatch.setenv("PROVISIONER_INVENTORY", str(lab.inventory_path))
@@ -398,6 +383,23 @@ def test_missing_user_with_policy_skip_leaves_its_lines_alone(ad_lab: ADLabFor, 
         assert dn_key(ad.dn("jdoe")) in ad.members("K6732-TAPI-Users")
 
 
+def test_a_user_skipped_by_the_policy_is_not_put_into_the_users_group(ad_lab: ADLabFor) -> None:
+    ad = ad_lab(CLIENT_TAPI)
+    ad.disable("jdoe")
+    ad.site_policy("skip")
+
+    group = changes_by_address(ad)["tenant/k6732/users_group"]
+    assert group["change"]["actions"] == ["update"]
+    members = group["change"]["after"]["members"]  # type: ignore[index]
+    assert ad.user("jdoe") not in members and ad.user("MAUERSBERGERM") in members, members
+
+    applied = ad.estate.apply()
+    assert applied.code == 0, applied.output
+    assert dn_key(ad.dn("jdoe")) not in ad.members("K6732-TAPI-Users")
+    assert dn_key(ad.dn("MAUERSBERGERM")) in ad.members("K6732-TAPI-Users")
+    assert ad.estate.plan().code == 0
+
+
 @MISSING
 def test_missing_user_with_policy_remove_lines_loses_its_lines(ad_lab: ADLabFor, how: str) -> None:
     ad = ad_lab(CLIENT_TAPI)
@@ -506,7 +508,8 @@ def test_users_group_members_follow_the_manifest(ad_lab: ADLabFor) -> None:
     group = ad.estate.plan_json("--target", "tenant/k6732/users_group")["resource_changes"][0]
     assert group["change"]["actions"] == ["update"]
     assert group["change"]["before"]["members"] == []
-    assert sorted(group["change"]["after"]["members"]) == sorted(ad.key(u) for u in users)
+    # as the directory spells the accounts (here as the manifests do: the lab seeded them so)
+    assert sorted(group["change"]["after"]["members"]) == sorted(ad.user(u) for u in users)
 
     assert ad.estate.apply().code == 0
     assert ad.members("K6732-TAPI-Users") == {dn_key(ad.dn(u)) for u in users}
@@ -551,22 +554,27 @@ def test_group_changes_are_idempotent_when_ad_moved_meanwhile(ad_lab: ADLabFor) 
 # --- tenant isolation -----------------------------------------------------------------------
 
 
-def test_user_in_another_tenants_group_holds_back_its_own_tenant(ad_lab: ADLabFor) -> None:
-    ad = ad_lab(MULTI_TENANT)
-    ben = ad.dn("k7001-ben")
-    ad.add_member("CRM-K8450-Users", ben)  # a k7001 user in k8450's group, by hand
-
+def _isolation_holds_back_k7001(ad: ADEstate) -> CliResult:
+    """k7001's ben is in k8450's users group: a problem in the plan, k7001 held back in apply."""
     plan = ad.estate.plan()
     assert plan.code == 1, plan.output
     [problem] = problems(plan)
     assert problem.startswith(
         f"tenant k7001: {ad.user('k7001-ben')} is a member of tenant k8450's users group"
     ), problem
-
     applied = ad.estate.apply()
     assert applied.code == 1, applied.output
     held = [line for line in applied.out.splitlines() if "held back:" in line]
     assert held and all("tenant/k7001/" in line for line in held), held
+    return applied
+
+
+def test_user_in_another_tenants_group_holds_back_its_own_tenant(ad_lab: ADLabFor) -> None:
+    ad = ad_lab(MULTI_TENANT)
+    ben = ad.dn("k7001-ben")
+    ad.add_member("CRM-K8450-Users", ben)  # a k7001 user in k8450's group, by hand
+
+    applied = _isolation_holds_back_k7001(ad)
     assert "✓ tenant/k8450/users_group ok" in applied.out
     # k8450's group change removed the intruder; k7001 got nothing
     assert dn_key(ben) not in ad.members("CRM-K8450-Users")
@@ -577,6 +585,83 @@ def test_user_in_another_tenants_group_holds_back_its_own_tenant(ad_lab: ADLabFo
     # with the intruder gone the next run goes ahead for k7001 too
     assert ad.estate.apply().code == 0
     assert ad.estate.plan().code == 0
+
+
+def test_a_user_in_another_tenants_group_through_a_nested_group_is_found(
+    ad_lab: ADLabFor,
+) -> None:
+    """Membership through nesting counts: AD grants the outer group's rights to the inner
+    group's members (LDAP_MATCHING_RULE_IN_CHAIN finds them)."""
+    ad = ad_lab(MULTI_TENANT)
+    inner = create_group(ad.admin, ad.container, f"nest{ad.suffix}", [ad.dn("k7001-ben")])
+    middle = create_group(ad.admin, ad.container, f"mid{ad.suffix}", [inner])
+    ad.add_member("CRM-K8450-Users", middle)  # k7001's ben, two groups down in k8450's group
+
+    _isolation_holds_back_k7001(ad)
+    # k8450's group change removed the nested group; then k7001 goes ahead too
+    assert dn_key(middle) not in ad.members("CRM-K8450-Users")
+    assert ad.estate.apply().code == 0
+    assert ad.estate.plan().code == 0
+
+
+# --- account names are the directory's -------------------------------------------------------
+
+
+def _with_assignments(directory: Path, *users: str) -> Path:
+    """The client-TAPI example with assignments for ``users`` (``NFON\\name``), one line each."""
+    manifests = directory / "spelled"
+    shutil.copytree(CLIENT_TAPI, manifests)
+    tenant = manifests / "k6732.yaml"
+    tenant.write_text(
+        tenant.read_text(encoding="utf-8")
+        + "".join(
+            f'  - user: NFON\\{user}\n    lines: ["{1270 + n}"]\n' for n, user in enumerate(users)
+        ),
+        encoding="utf-8",
+    )
+    return manifests
+
+
+def test_names_are_written_as_the_directory_spells_them(ad_lab: ADLabFor, tmp_path: Path) -> None:
+    ad = ad_lab(_with_assignments(tmp_path, "straße"))
+    spelled = f"Straße{ad.suffix}"  # the manifest says straße…; AD spells it with a capital
+    ad.rename("straße", spelled)
+
+    plan = ad.estate.plan()
+    assert plan.code == 2, plan.output
+    assert not problems(plan)
+    changes = changes_by_address(ad)
+    assert f"tenant/k6732/line_assignment/{domain_user_key(ad.user('straße'))}" in changes
+    group = changes["tenant/k6732/users_group"]
+    assert f"NFON\\{spelled}" in group["change"]["after"]["members"]  # type: ignore[index]
+    assert "strasse" not in plan.out.lower(), "a name was case-mapped by full case mapping"
+
+    applied = ad.estate.apply()
+    assert applied.code == 0, applied.output
+    written = [user.domain_user for user in ad.imported_users("tapi01")]
+    assert f"NFON\\{spelled}" in written, written
+    assert not [name for name in written if "strasse" in name.lower()], written
+    assert dn_key(ad.dn("straße")) in ad.members("K6732-TAPI-Users")
+    assert ad.estate.plan().code == 0
+
+
+def test_strasse_and_straße_are_two_accounts(ad_lab: ADLabFor, tmp_path: Path) -> None:
+    """Python's str.upper() makes ß "SS"; Windows compares one character at a time."""
+    ad = ad_lab(_with_assignments(tmp_path, "straße", "strasse"))
+    sharp, double = ad.user("straße"), ad.user("strasse")
+    assert domain_user_key(sharp) != domain_user_key(double)
+    assert ad.dn("straße") != ad.dn("strasse")
+
+    changes = changes_by_address(ad)
+    for user in (sharp, double):
+        change = changes[f"tenant/k6732/line_assignment/{domain_user_key(user)}"]
+        assert change["change"]["actions"] == ["create"], change
+    group = changes["tenant/k6732/users_group"]
+    assert {sharp, double} <= set(group["change"]["after"]["members"])  # type: ignore[index, arg-type]
+
+    applied = ad.estate.apply("--target", "tenant/k6732/users_group")
+    assert applied.code == 0, applied.output
+    assert {dn_key(ad.dn("straße")), dn_key(ad.dn("strasse"))} <= ad.members("K6732-TAPI-Users")
 
 
 # --- the directory itself failing -----------------------------------------------------------
@@ -660,9 +745,10 @@ def test_a_plan_reads_ad_in_a_handful_of_ldap_operations(ad_lab: ADLabFor, tmp_p
         inputs = run.inputs()
     assert not inputs.problems, inputs.problems
     assert sum(user is not None for user in run.directory.users.values()) == users
-    # a bind, the RootDSE and the crossRef for the domain, one search per batch of users,
-    # and per users group one search and one read of its members
-    budget = 1 + 2 + math.ceil(users / batch) + 2 * 1
+    # a bind per connection, the RootDSE and the crossRef for the domain, one search per batch
+    # of users, and per users group one search and one read of its members
+    batches = math.ceil(users / batch)
+    budget = min(batches, MAX_CONNECTIONS) + 2 + batches + 2 * 1
     assert run.directory.operations <= budget, (
         f"{run.directory.operations} LDAP operations for {users} users in batches of {batch}; "
         f"budget {budget}"
@@ -672,40 +758,45 @@ def test_a_plan_reads_ad_in_a_handful_of_ldap_operations(ad_lab: ADLabFor, tmp_p
 # --- the lab's shared DC --------------------------------------------------------------------
 
 
-def test_a_second_handle_on_the_shared_dc_in_one_process_does_not_end_it(
+def test_a_lab_handed_a_dc_seeds_it_and_leaves_it_running(
     samba_dc: SambaDC, tmp_path: Path
 ) -> None:
-    """A lab joins the tests' DC from the same process; stopping the lab must leave it running.
+    suffix = secrets.token_hex(4)[:_SUFFIX_LENGTH]
+    manifests = tmp_path / "manifests"
+    shutil.copytree(CLIENT_TAPI, manifests)
+    names = _renamed(manifests, suffix)
+    with samba_dc.admin_connection() as admin, ExitStack() as stack:
+        stack.callback(_remove_accounts, admin, samba_dc, suffix)
+        with Lab(tmp_path / "lab", [manifests], dc=samba_dc) as lab:
+            assert lab.ad is not None and lab.ad.dc is samba_dc, lab.directory_note
+        found = admin.search_paged(
+            samba_dc.domain_dn, f"(sAMAccountName={names['jdoe']})", ["displayName"]
+        )
+        assert [entry.text("displayName") for entry in found] == ["Jane Doe"]
+    assert Path(f"/proc/{samba_dc.pid}").exists(), "the lab stopped a DC it did not start"
+    with samba_dc.admin_connection() as admin:
+        assert admin.root_dse(["defaultNamingContext"]).text("defaultNamingContext")
 
-    Run in a child process (as another xdist worker would be), so that the failure it looks
-    for cannot end the DC the other tests use: the session's DC keeps an owner throughout.
-    """
-    child = textwrap.dedent(
-        f"""
-        import json, pathlib
-        from provisioner.lab.samba import SambaDC, _Registry, _me
-        first = SambaDC.start(pathlib.Path({str(tmp_path / "a")!r}), shared=True)
-        second = SambaDC.start(pathlib.Path({str(tmp_path / "b")!r}), shared=True)
-        second.stop()
-        registry = _Registry.load()
-        print(json.dumps(registry is not None and _me() in registry.live_owners()))
-        first.stop()
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) is True, (
-        "after one of its two handles stopped, the process no longer counts as a user of the DC"
-    )
+
+def test_a_lab_never_takes_over_a_dc_another_lab_started(samba_dc: SambaDC, tmp_path: Path) -> None:
+    """The session's DC holds this namespace's LDAP ports: a lab that wants a DC of its own says
+    so, instead of seeding (and later stopping) another lab's DC."""
+    with Lab(tmp_path / "lab", [CLIENT_TAPI], active_directory=True) as lab:
+        assert lab.ad is None
+        assert "already runs in this network namespace" in lab.directory_note
+        assert str(samba_dc.targetdir) in lab.directory_note
+        assert "active_directory" in lab.status()
+        inventory = YAML(typ="safe").load(lab.inventory_path.read_text(encoding="utf-8"))
+        assert inventory["directory"] == {"enabled": False}
+    with samba_dc.admin_connection() as admin:  # untouched
+        assert not admin.search_paged(samba_dc.domain_dn, "(sAMAccountName=jdoe)", ["cn"])
 
 
 def test_a_second_lab_leaves_the_first_labs_directory_usable(
     samba_dc: SambaDC, tmp_path: Path
 ) -> None:
-    """Two labs on the shared DC, as two xdist workers run them: the second lab's start must
-    not change what the first lab's inventory binds with."""
+    """Two labs handed one DC: the second lab's start must not change what the first lab's
+    inventory binds with."""
     suffix = secrets.token_hex(4)[:_SUFFIX_LENGTH]
     manifests = tmp_path / "manifests"
     shutil.copytree(CLIENT_TAPI, manifests)
@@ -714,11 +805,10 @@ def test_a_second_lab_leaves_the_first_labs_directory_usable(
     assert not errors
     with samba_dc.admin_connection() as admin, ExitStack() as stack:
         stack.callback(_remove_accounts, admin, samba_dc, suffix)
-        labs = [Lab(tmp_path / name, [manifests], active_directory=True) for name in "ab"]
+        labs = [Lab(tmp_path / name, [manifests], dc=samba_dc) for name in "ab"]
         for lab in labs:
             stack.callback(lab.stop)
             lab.start()
-            stack.callback(release_lab_dc, lab)
             assert lab.ad is not None, lab.directory_note
         facts = read_directory(estate, load_inventory(labs[0].inventory_path))
     assert not facts.problems, [p.message for p in facts.problems]

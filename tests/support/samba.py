@@ -1,7 +1,8 @@
 """Pytest fixtures for a real Samba AD DC on 127.0.0.1 (load with ``pytest_plugins``).
 
-``samba_dc`` is one DC per test session, shared by all xdist workers; ``samba_lab`` makes
-uniquely named users and groups in a lab OU so tests never step on each other::
+``samba_dc`` is one DC per test session (Samba's ports fit one DC per network namespace: run the
+suite in a namespace of its own); ``samba_lab`` makes uniquely named users and groups in a lab OU
+so tests never step on each other::
 
     def test_x(samba_lab):
         jane = samba_lab.user(display_name="Jane Doe", password=True)  # LabAccount(sam='u3f9a...')
@@ -14,8 +15,6 @@ is missing or cannot start fails the tests; elsewhere it skips.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,14 +29,14 @@ from provisioner.lab.samba import (
     create_group,
     create_users,
     ensure_ou,
-    samba_missing,
+    user_dn,
+    users_ldif,
 )
 from provisioner.secrets import Secret
 from provisioner.transports.ldap import LDAPConnection, LDAPSettings
 from tests.support.ci import part_unavailable
 
 LAB_OU = "OU=Provisioner Lab"
-BULK_USER_COUNT = 2000
 
 
 @dataclass(frozen=True)
@@ -109,15 +108,9 @@ def samba_unavailable(reason: str) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
-    """A running lab DC with the base OU layout; stopped when the last worker is done."""
+    """A running lab DC with the base OU layout, for the whole session."""
     try:
-        missing = samba_missing()
-        if missing:
-            samba_unavailable(
-                f"Samba AD DC is not installed (missing {', '.join(missing)}): run "
-                "scripts/setup.sh --test"
-            )
-        dc = SambaDC.start(tmp_path_factory.mktemp("samba-dc"), shared=True)
+        dc = SambaDC.start(tmp_path_factory.mktemp("samba-dc"))
     except ProvisionerError as exc:
         samba_unavailable(f"Samba AD DC unavailable: {exc}")
     try:
@@ -137,15 +130,8 @@ def samba_lab(samba_dc: SambaDC) -> Iterator[LabDirectory]:
 
 @pytest.fixture(scope="session")
 def samba_bulk_users(samba_lab: LabDirectory) -> list[LabAccount]:
-    """2,000 users without passwords, created once per DC (a few seconds) for every xdist worker.
-
-    The first worker creates them and lists them in the DC's targetdir; the others read the list.
-    """
-    listing = samba_lab.dc.targetdir / "bulk-users.json"
-    with open(samba_lab.dc.targetdir / "bulk-users.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if listing.is_file():
-            return [LabAccount(sam, dn) for sam, dn in json.loads(listing.read_text())]
-        accounts = samba_lab.users(BULK_USER_COUNT, prefix="bulk")
-        listing.write_text(json.dumps([[a.sam, a.dn] for a in accounts]))
-        return accounts
+    """2,000 users without passwords, imported in one go once per session."""
+    users = [LabUser(samba_lab.unique("bulk"), display_name="Bulk user") for _ in range(2000)]
+    dc = samba_lab.dc
+    dc.import_ldif(users_ldif(samba_lab.users_dn, users, realm=dc.realm))
+    return [LabAccount(user.sam, user_dn(samba_lab.users_dn, user)) for user in users]
