@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the provisioner needs on a Debian machine (run as root): the Python venv with the
 # package, and with --test also Samba (a real AD DC for the directory tests) and Chromium (the
-# HTML report test). Safe to run again: it only installs what is missing.
+# HTML report test). Safe to run again: it only installs what is missing, and runs pip only when
+# pyproject.toml (or the extras asked for) changed since the last run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,10 +30,19 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
+extras=""
+$want_test && extras="[test]"
+# pip runs only when pyproject.toml changed or more extras are asked for than were installed
+# (offline, pip would otherwise spend a minute failing to reach PyPI): the stamp in .venv holds
+# the hash of pyproject.toml and the extras of the last install
+hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+installed="$(cat .venv/.provisioner-setup 2>/dev/null || true)"
+if [ -x .venv/bin/python ] && { [ "$installed" = "$hash $extras" ] || [ "$installed" = "$hash [test]" ]; }; then
+  exit 0
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-extras=""
-$want_test && extras="[test]"
 .venv/bin/python -m pip install -q -e ".${extras}"
+echo "$hash $extras" > .venv/.provisioner-setup
