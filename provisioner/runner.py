@@ -169,12 +169,17 @@ class Run:
         return facts, problems
 
     def inputs(self) -> PlanInputs:
-        """Everything a plan reads: every host's facts, every tenant's PBX."""
-        facts, problems = self.gather()
-        self.pbx = read_pbx(
-            self.estate, self.inventory, self.estate.tenants, parallelism=self.parallelism
-        )
-        self.directory = read_directory(self.estate, self.inventory)
+        """Everything a plan reads: every host's facts, every tenant's PBX, and meanwhile (it
+        needs neither) the directory."""
+        with ThreadPoolExecutor(max_workers=1) as meanwhile:
+            directory = meanwhile.submit(
+                read_directory, self.estate, self.inventory, parallelism=self.parallelism
+            )
+            facts, problems = self.gather()
+            self.pbx = read_pbx(
+                self.estate, self.inventory, self.estate.tenants, parallelism=self.parallelism
+            )
+            self.directory = directory.result()
         return PlanInputs(
             facts=facts,
             problems=problems + self.pbx.problems + self.directory.problems,

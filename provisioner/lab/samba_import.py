@@ -19,7 +19,7 @@ import samba.param  # type: ignore[import-not-found]
 from samba.auth import system_session  # type: ignore[import-not-found]
 from samba.samdb import SamDB  # type: ignore[import-not-found]
 
-CHUNK = 5000  # entries per transaction: larger ones cost more per entry, smaller ones commits
+CHUNK = 2000  # entries per transaction: larger ones cost more per entry, smaller ones commits
 
 
 def main() -> None:

@@ -331,6 +331,23 @@ class LDAPConnection:
             return None
         return found[0][0] if found[0] else None
 
+    def search(
+        self,
+        base: str,
+        search_filter: str,
+        attributes: Sequence[str],
+        *,
+        scope: Literal["subtree", "level", "base"] = "subtree",
+    ) -> list[LDAPEntry]:
+        """The entries of one search without paging, for searches that cannot match more than
+        AD's MaxPageSize (1,000) entries, such as up to 999 names (AD would stop there).
+
+        Cheaper than :meth:`search_paged` for the server: Samba runs a paged search twice
+        (it collects the matches, then reads each again for the page), four times the work.
+        """
+        found = self._search_page(base, search_filter, attributes, _SCOPES[scope], None, None)
+        return found[0] if found is not None else []
+
     def search_paged(
         self,
         base: str,
@@ -518,10 +535,14 @@ class LDAPPool:
 
     def map(self, work: Callable[[LDAPConnection, T], R], items: Sequence[T]) -> list[R]:
         """``work(conn, item)`` for every item, on at most ``size`` connections at once."""
+
+        def one(item: T) -> R:
+            return self.run(lambda conn: work(conn, item))
+
         if len(items) < 2 or self.size == 1:
-            return [self.run(lambda conn, item=item: work(conn, item)) for item in items]
+            return [one(item) for item in items]
         with ThreadPoolExecutor(max_workers=min(self.size, len(items))) as executor:
-            return list(executor.map(lambda item: self.run(lambda c: work(c, item)), items))
+            return list(executor.map(one, items))
 
     @property
     def operations(self) -> int:
@@ -542,12 +563,23 @@ class LDAPPool:
 
 
 def dn_key(dn: str) -> str:
-    """A DN in a form fit for comparison: AD compares DNs case-insensitively, ignoring spacing."""
+    """A DN in a form fit for comparison: AD compares DNs case-insensitively, ignoring spacing.
+
+    A DN without escapes, quotes or multi-valued RDNs (nearly all) is split directly, which
+    gives what the full parse gives at a fraction of its cost (plans compute thousands).
+    """
+    if not _DN_SPECIAL.search(dn):
+        pairs = [part.partition("=") for part in dn.split(",")]
+        if all(sep and attr.strip() and "=" not in value for attr, sep, value in pairs):
+            return ",".join(f"{a.strip().lower()}={v.strip().lower()}" for a, _, v in pairs)
     try:
         parts = parse_dn(dn, strip=True)
     except ldap3_errors.LDAPInvalidDnError:
         return dn.lower()
     return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+
+
+_DN_SPECIAL = re.compile(r'[\\"+;<>#]')  # escapes, quoting, multi-valued RDNs, old separators
 
 
 def _find_range(entry: LDAPEntry, attribute: str) -> tuple[str | None, Sequence[bytes]]:

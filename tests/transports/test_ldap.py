@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.utils.dn import parse_dn
 
 from provisioner.errors import TransportError
 from provisioner.lab.samba import SambaDC
@@ -27,6 +29,7 @@ from provisioner.transports.ldap import (
     LDAPStrongerAuthRequiredError,
     LDAPTLSError,
     LDAPUnreachableError,
+    dn_key,
 )
 from tests.support.samba import LabDirectory, samba_unavailable
 
@@ -245,3 +248,38 @@ def test_missing_samba_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.Mo
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="Samba AD DC unavailable"):
         samba_unavailable("Samba AD DC unavailable: test")
+
+
+# -- DN keys -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dn",
+    [
+        "CN=Jane Doe,OU=Staff,DC=nfon,DC=test",
+        "cn=jane doe, ou=Staff , DC=nfon,dc=TEST",
+        "CN=Straße,OU=Lab Users,DC=nfon,DC=test",
+        "CN=Doe\\, Jane,OU=Staff,DC=nfon,DC=test",
+        'CN="Doe, Jane",DC=nfon',
+        "CN=a+UID=b,DC=nfon",
+        "CN=a=b,DC=nfon",
+        "CN=#04024869,DC=nfon",
+        "CN=x,,DC=nfon",
+        "not a dn",
+        "",
+    ],
+)
+def test_dn_key_of_a_plain_dn_is_what_the_full_parse_gives(dn: str) -> None:
+    try:
+        parts = parse_dn(dn, strip=True)
+    except LDAPInvalidDnError:
+        expected = dn.lower()
+    else:
+        expected = ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+    assert dn_key(dn) == expected
+
+
+def test_dn_key_ignores_case_and_spacing() -> None:
+    assert dn_key("CN=Jane Doe, OU=Staff,DC=nfon,DC=test") == dn_key(
+        "cn=jane doe,ou=staff,dc=NFON,dc=test"
+    )
