@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.directory.model import ADUser, DirectoryFacts
 from provisioner.manifest import load_estate
 from provisioner.plan.model import Action, Change, Plan
 from provisioner.planner import Host, PlanInputs, context, plan_host
@@ -233,3 +234,48 @@ def test_the_listing_of_a_tenant_whose_pbx_was_not_read_must_still_read_one_way_
     read = line_assignment.listing(host_context({}, forged, pbx={}))
     assert read.unread == {"k7001"}
     assert read.problems == ["'NFON Third Party TAPI K7001' line 'K7001 101 Anna' lists no address"]
+
+
+# -- account names are written as spelled, never case-mapped ------------------------------------
+
+
+def test_names_are_written_as_the_manifest_spells_them_without_a_directory() -> None:
+    ctx = host_context({})
+    [user] = line_assignment.xml_users([line_change("k6732", None, ["100"])], ctx, {})
+    assert user.domain_user == "NFON\\crm-service"  # not the key NFON\CRM-SERVICE
+
+
+def test_names_are_written_as_the_directory_spells_them() -> None:
+    ctx = host_context({})
+    ctx.directory = DirectoryFacts(
+        users={
+            USER: ADUser(
+                sam="Crm-Service",
+                domain="NFON",
+                display_name=None,
+                disabled=False,
+                dn="CN=Crm-Service,DC=nfon,DC=test",
+                dn_key="cn=crm-service,dc=nfon,dc=test",
+            )
+        }
+    )
+    [user] = line_assignment.xml_users([line_change("k6732", None, ["100"])], ctx, {})
+    assert user.domain_user == "NFON\\Crm-Service"
+
+
+def test_a_user_only_the_host_lists_is_written_as_listed() -> None:
+    listed = "NFON\\Straße"
+    name = line_name("{k_account} {extension} {name}", "100", "Line 100", "K6732")
+    line = ListedLine(name=name, permanent_id="1100", addresses=["100"], users=[listed])
+    ctx = host_context({}, format_listing([ListedProvider("NFON Third Party TAPI K6732", [line])]))
+    change = Change(
+        address=line_assignment.address("k6732", listed),
+        action=Action.DELETE,
+        kind=line_assignment.KIND,
+        host="crm01",
+        tenant="k6732",
+        before={"lines": ["100"]},
+    )
+    assert change.address.endswith("NFON\\STRAßE")  # the key keeps ß: Windows maps no ß to SS
+    [user] = line_assignment.xml_users([change], ctx, {})
+    assert user.domain_user == listed
