@@ -102,7 +102,7 @@ def lookup_users(
     domain: DomainInfo,
     sams: Iterable[str],
     *,
-    batch_size: int = 300,
+    batch_size: int = 100,
 ) -> dict[str, ADUser]:
     """Users keyed by :func:`domain_user_key` of their sAMAccountName; names that match no user
     are simply absent.

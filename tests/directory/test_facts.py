@@ -151,7 +151,7 @@ def test_default_batches_cost_one_search_each(
     sams = [account.sam for account in samba_bulk_users]
     with samba_dc.admin_connection() as conn:
         users = lookup_users(conn, domain, sams)
-        assert conn.searches == math.ceil(len(sams) / 300)
+        assert conn.searches == math.ceil(len(sams) / 100)
     assert len(users) == len(sams)
 
 
