@@ -390,8 +390,10 @@ def lab_up(
         progress=lambda line: click.echo(f"lab: {line}", err=True),
     )
     _print_lab(state)
-    click.echo(f"inventory: {state['inventory']}")
-    click.echo(f"use it:    export PROVISIONER_INVENTORY={state['inventory']}")
+    inventories = state["estate_inventories"] or {"": state["inventory"]}
+    for name, inventory in inventories.items():
+        click.echo(f"inventory{f' for {name}' if name else ''}: {inventory}")
+        click.echo(f"use it:    export PROVISIONER_INVENTORY={inventory}")
 
 
 @lab.command("status")

@@ -237,6 +237,9 @@ def serve(
             "pid": os.getpid(),
             "control_port": server.server_address[1],
             "inventory": str(lab.inventory_path.resolve()),
+            "estate_inventories": {
+                name: str(path.resolve()) for name, path in lab.estate_inventories.items()
+            },
             **lab.status(),
         }
         temporary = directory / f".{STATE_FILE}.tmp"

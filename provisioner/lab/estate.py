@@ -76,6 +76,7 @@ class LabPlan:
     groups: dict[str, str] = field(default_factory=dict)  # group key → DOMAIN\group
     domains: list[LabDomain] = field(default_factory=list)  # in the order the Sites came
     setup: dict[str, AdminSetup] = field(default_factory=dict)  # server → its admin's work
+    estates: dict[str, set[str]] = field(default_factory=dict)  # manifest path → its hosts
 
     @property
     def domain(self) -> LabDomain | None:
@@ -120,6 +121,8 @@ def read_manifests(paths: Iterable[Path]) -> LabPlan:
         if errors:
             raise ProvisionerError(f"{errors[0]} (lab: the manifests must validate)")
         _add_estate(plan, estate)
+        hosts = {h for clients in estate.clients.values() for h in clients.hosts}
+        plan.estates[path.name or str(path)] = set(estate.servers) | hosts
     return plan
 
 
@@ -203,7 +206,15 @@ class Lab:
 
     @property
     def inventory_path(self) -> Path:
+        """The inventory of every host of the lab (of the one estate, when given one)."""
         return self.directory / "inventory.yaml"
+
+    @property
+    def estate_inventories(self) -> dict[str, Path]:
+        """Given several estates, one inventory each (a run refuses one naming other hosts)."""
+        if len(self.plan.estates) < 2:
+            return {}
+        return {name: self.directory / f"inventory-{name}.yaml" for name in self.plan.estates}
 
     def __enter__(self) -> Lab:
         return self.start()
@@ -277,6 +288,11 @@ class Lab:
             self.ad = None
 
     def write_inventory(self, ca_file: Path) -> None:
+        self._write_inventory(self.inventory_path, ca_file, set(self.hosts))
+        for name, path in self.estate_inventories.items():
+            self._write_inventory(path, ca_file, self.plan.estates[name])
+
+    def _write_inventory(self, path: Path, ca_file: Path, hosts: set[str]) -> None:
         assert self.cti is not None
         inventory = {
             "winrm": {
@@ -287,7 +303,9 @@ class Lab:
                 "ca_file": str(ca_file.resolve()),
             },
             "hosts": {
-                name: {"host": "127.0.0.1", "port": host.port} for name, host in self.hosts.items()
+                name: {"host": "127.0.0.1", "port": host.port}
+                for name, host in self.hosts.items()
+                if name in hosts
             },
             "cti_api": {"base_url": self.cti.base_url, "ca_file": str(ca_file.resolve())},
             "directory": self._directory_overlay(),
@@ -295,13 +313,13 @@ class Lab:
         }
         yaml = YAML()
         yaml.default_flow_style = False
-        with self.inventory_path.open("w", encoding="utf-8") as stream:
+        with path.open("w", encoding="utf-8") as stream:
             stream.write(
                 "# Written by 'provisioner lab up': maps the manifests' names to the lab, and\n"
                 "# holds lab-only values for their secret references. Not for production.\n"
             )
             yaml.dump(inventory, stream)
-        self.inventory_path.chmod(0o600)
+        path.chmod(0o600)
 
     def _directory_overlay(self) -> dict[str, Any]:
         if self.ad is None:

@@ -237,3 +237,22 @@ def test_lab_up_says_why_the_lab_did_not_start_and_leaves_nothing(tmp_path: Path
     assert line.startswith("error: the lab did not start: "), line
     assert "site.yaml" in line and "(lab: the manifests must validate)" in line, line
     assert not wait_until_gone(marker)
+
+
+def test_a_lab_of_several_estates_gives_each_an_inventory_of_its_own(tmp_path: Path) -> None:
+    """A run refuses an inventory naming hosts its manifests lack: one inventory per estate."""
+    lab = tmp_path / "lab"
+    up = provisioner("lab", "up", "--dir", str(lab))  # both examples
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        for example in ("client-tapi", "multi-tenant"):
+            inventory = lab / f"inventory-{example}.yaml"
+            assert f"inventory for {example}: {inventory}" in up.stdout
+            plan = provisioner(
+                "plan", str(EXAMPLE.parent / example), "--detailed-exitcode",
+                env={"PROVISIONER_INVENTORY": str(inventory),
+                     "PROVISIONER_STATE_DIR": str(tmp_path / "state")},
+            )  # fmt: skip
+            assert plan.returncode == 2, plan.stdout + plan.stderr
+    finally:
+        assert provisioner("lab", "down", "--dir", str(lab)).returncode == 0
