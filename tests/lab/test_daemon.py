@@ -113,6 +113,8 @@ def break_every_doctor_check(lab: Path, env: dict[str, str]) -> None:
         failed = {check for check, status in doctor("tapi01", env).items() if status == "failed"}
         assert failed == failing
     assert doctor("ws-0101", env)["tcmsetup"] == "failed"
+
+
 def test_lab_up_outside_the_repository_says_it_found_no_manifests(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "provisioner", "lab", "up", "--dir", str(tmp_path / "lab")],
