@@ -8,6 +8,7 @@ error (click's own code for those is 2, which here means "changes").
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -84,12 +85,29 @@ target_option = click.option(
     "(repeatable)",
 )
 
+state_option = click.option(
+    "--state",
+    metavar="URL",
+    help="the state store: postgresql://USER@HOST/DB for a team, sqlite:///PATH "
+    "(default: $PROVISIONER_STATE, else .provisioner/state.db)",
+)
+verbose_option = click.option("--verbose", is_flag=True, help="list what is otherwise counted")
 
-def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = True) -> Options:
+
+def _options(
+    inventory: str | None,
+    parallelism: int = 10,
+    no_colour: bool = True,
+    *,
+    state: str | None = None,
+    verbose: bool = False,
+) -> Options:
     return Options(
         inventory=inventory,
         parallelism=parallelism,
-        colour=not no_colour and sys.stdout.isatty(),
+        colour=not no_colour and sys.stdout.isatty() and "NO_COLOR" not in os.environ,
+        state=state,
+        verbose=verbose,
     )
 
 
@@ -99,6 +117,8 @@ def _options(inventory: str | None, parallelism: int = 10, no_colour: bool = Tru
 @parallelism_option
 @colour_option
 @target_option
+@state_option
+@verbose_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save the plan")
 @click.option(
     "--format", "output_format", type=click.Choice(["text", "json", "markdown"]), default="text"
@@ -115,6 +135,8 @@ def plan(
     parallelism: int,
     no_colour: bool,
     targets: tuple[str, ...],
+    state: str | None,
+    verbose: bool,
     out: Path | None,
     output_format: str,
     output: Path | None,
@@ -126,7 +148,7 @@ def plan(
     sys.exit(
         plan_command(
             paths,
-            _options(inventory, parallelism, no_colour),
+            _options(inventory, parallelism, no_colour, state=state, verbose=verbose),
             targets=targets,
             out=out,
             output_format=output_format,
@@ -142,6 +164,8 @@ def plan(
 @parallelism_option
 @colour_option
 @target_option
+@state_option
+@verbose_option
 @click.option(
     "--plan", "saved", type=click.Path(dir_okay=False, path_type=Path), help="a saved plan"
 )
@@ -152,6 +176,8 @@ def apply(
     parallelism: int,
     no_colour: bool,
     targets: tuple[str, ...],
+    state: str | None,
+    verbose: bool,
     saved: Path | None,
     auto_approve: bool,
 ) -> None:
@@ -161,7 +187,7 @@ def apply(
     sys.exit(
         apply_command(
             list(paths),
-            _options(inventory, parallelism, no_colour),
+            _options(inventory, parallelism, no_colour, state=state, verbose=verbose),
             targets=targets,
             saved_path=saved,
             auto_approve=auto_approve,
