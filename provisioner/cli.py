@@ -1,4 +1,4 @@
-"""The command line: ``provisioner validate|plan|apply|drift|render|facts|schema|export|lab``.
+"""The command line: ``provisioner validate|plan|apply|rollout|drift|render|facts|schema|export|lab``.
 
 Exit codes everywhere: 0 success and nothing to change, 1 error, 2 success with changes or drift.
 A :class:`~provisioner.errors.ProvisionerError` prints as one line and exits 1; so does a usage
@@ -18,9 +18,10 @@ import click
 
 from provisioner import __version__
 from provisioner.commands import Options
-from provisioner.errors import ProvisionerError
+from provisioner.errors import Interrupted, ProvisionerError
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 
@@ -92,6 +93,7 @@ state_option = click.option(
     "(default: $PROVISIONER_STATE, else .provisioner/state.db)",
 )
 verbose_option = click.option("--verbose", is_flag=True, help="list what is otherwise counted")
+auto_approve_option = click.option("--auto-approve", is_flag=True, help="do not ask to confirm")
 
 
 def _options(
@@ -169,7 +171,7 @@ def plan(
 @click.option(
     "--plan", "saved", type=click.Path(dir_okay=False, path_type=Path), help="a saved plan"
 )
-@click.option("--auto-approve", is_flag=True, help="do not ask for confirmation")
+@auto_approve_option
 def apply(
     paths: tuple[Path, ...],
     inventory: str | None,
@@ -227,6 +229,108 @@ def drift(
             targets=targets,
         )
     )
+
+
+class _RolloutGroup(click.Group):
+    """``rollout status [ID]`` is a subcommand; anything else starts (or resumes) a rollout."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@app.group(cls=_RolloutGroup)
+def rollout() -> None:
+    """Tenants in waves over many servers: provisioner rollout PATH... | --resume ID | status."""
+
+
+@rollout.command("start")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@inventory_option
+@parallelism_option
+@colour_option
+@target_option
+@state_option
+@verbose_option
+@click.option(
+    "--waves",
+    default="1,10%,50%,100%",
+    show_default=True,
+    help="tenants per wave, cumulative: numbers or percentages; the first is the canary",
+)
+@click.option(
+    "--max-failures",
+    default="0",
+    show_default=True,
+    metavar="N|P%",
+    help="failed tenants a wave may have before the rollout halts",
+)
+@click.option("--pause", type=click.FloatRange(0), default=0.0, metavar="S", help="between waves")
+@click.option("--confirm-each-wave", is_flag=True, help="ask before each wave")
+@click.option("--lease", type=click.FloatRange(1), default=60.0, metavar="S", hidden=True)
+@click.option("--resume", "resume_id", type=int, metavar="ID", help="continue or join a rollout")
+@auto_approve_option
+def rollout_start(
+    paths: tuple[Path, ...],
+    inventory: str | None,
+    parallelism: int,
+    no_colour: bool,
+    targets: tuple[str, ...],
+    state: str | None,
+    verbose: bool,
+    waves: str,
+    max_failures: str,
+    pause: float,
+    confirm_each_wave: bool,
+    lease: float,
+    resume_id: int | None,
+    auto_approve: bool,
+) -> None:
+    """Roll the manifests out in waves: wave 0 the servers' own resources, then the tenants,
+    canary first; halt when a wave fails too much. With --resume ID, continue a halted or
+    interrupted rollout from fresh facts, or join a running one as another worker."""
+    from provisioner.rollout.command import resume_command, rollout_command
+    from provisioner.state.rollouts import Settings
+
+    options = _options(inventory, parallelism, no_colour, state=state, verbose=verbose)
+    if resume_id is not None:
+        sys.exit(resume_command(resume_id, list(paths), options, auto_approve=auto_approve))
+    if not paths:
+        raise click.UsageError("give the manifest paths to roll out, or --resume ID")
+    if pause and confirm_each_wave:
+        raise click.UsageError("give --pause or --confirm-each-wave, not both")
+    settings = Settings(waves, max_failures, pause, confirm_each_wave, lease)
+    sys.exit(
+        rollout_command(
+            list(paths), options, settings=settings, targets=targets, auto_approve=auto_approve
+        )
+    )
+
+
+@rollout.command("status")
+@click.argument("rollout_id", required=False, type=int)
+@state_option
+@verbose_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "markdown", "html"]),
+    default="text",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
+def rollout_status(
+    rollout_id: int | None,
+    state: str | None,
+    verbose: bool,
+    output_format: str,
+    output: Path | None,
+) -> None:
+    """Show a rollout, running or finished (the latest without an ID)."""
+    from provisioner.rollout.command import status_command
+
+    options = _options(None, state=state, verbose=verbose)
+    sys.exit(status_command(rollout_id, options, output_format=output_format, output=output))
 
 
 @app.group()
@@ -382,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         code = EXIT_ERROR
+    except Interrupted as exc:
+        click.echo(f"interrupted: {exc}", err=True)
+        code = EXIT_INTERRUPTED
     except ProvisionerError as exc:
         click.echo(f"error: {exc}", err=True)
         code = EXIT_ERROR

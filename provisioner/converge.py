@@ -181,7 +181,9 @@ def check_against(
     after, after_hosts = build_plan(estate, inputs, targets=[])
     check = Check(facts, leftovers(after, after_hosts, results), owed(after, after_hosts, work))
     check.leftovers += [f"{p.host}: not verified: {p.message}" for p in problems if p.host]
-    check.health = health(estate, facts, reading, results, chosen)
+    applied = {r.host.name for r in results if r.host.role == "server"}
+    on_applied = [t for t in chosen if t.server in applied]
+    check.health = health(estate, facts, reading, on_applied)
     return check
 
 
@@ -254,18 +256,11 @@ def _needing(restart: Change, host_plans: dict[str, HostPlan]) -> list[Change]:
 
 
 def health(
-    estate: Estate,
-    facts: dict[str, HostFacts],
-    reading: Reading,
-    results: list[HostResult],
-    tenants: Iterable[Tenant],
+    estate: Estate, facts: dict[str, HostFacts], reading: Reading, tenants: Iterable[Tenant]
 ) -> list[TenantHealth]:
-    """Per tenant on an applied server: does the CTI engine run, does the CTI login work?"""
-    applied = {r.host.name for r in results if r.host.role == "server"}
+    """Per tenant: does its server's CTI engine run, does its CTI login work?"""
     found = []
     for tenant in sorted(tenants, key=lambda t: t.name):
-        if tenant.server not in applied:
-            continue
         server = estate.servers[tenant.server]
         host_facts = facts.get(f"server/{tenant.server}")
         engine = "not managed"

@@ -204,11 +204,13 @@ class StateStore:
 
     # --- reading and writing -----------------------------------------------------------------
 
-    def now(self) -> datetime:
-        """The store's clock (the server's for PostgreSQL: leases compare across machines)."""
+    def clock(self, conn: Connection) -> datetime:
+        """The store's time, UTC (the server's for PostgreSQL: leases compare across
+        machines)."""
         if self._sqlite:
             return utcnow()
-        return self.read(lambda c: c.execute(text("SELECT timezone('utc', now())")).scalar_one())
+        now: datetime = conn.execute(text("SELECT timezone('utc', now())")).scalar_one()
+        return now
 
     def read(self, function: Callable[[Connection], T]) -> T:
         return self._attempt(function, writing=False)
