@@ -119,17 +119,15 @@ class Worker:
 
     def drive(self) -> str:
         """Work until the rollout is complete, halted or interrupted; returns its status."""
-        threads = [
-            threading.Thread(target=self._loop, daemon=True) for _ in range(self.parallelism)
-        ]
-        for thread in threads:
-            thread.start()
+        finished = [threading.Event() for _ in range(self.parallelism)]
+        for event in finished:
+            threading.Thread(target=self._loop, args=(event,), daemon=True).start()
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)  # short waits: Ctrl-C reaches this thread
+            for event in finished:
+                while not event.wait(0.2):  # short waits: Ctrl-C reaches this thread
+                    pass
         except KeyboardInterrupt:
-            self.stop(threads)
+            self.stop(finished)
             raise
         finally:
             self.run.close()
@@ -137,17 +135,18 @@ class Worker:
             raise self.error
         return self.status
 
-    def stop(self, threads: list[threading.Thread]) -> None:
+    def stop(self, finished: list[threading.Event]) -> None:
         """Ctrl-C: send nothing more, let what is on its way finish and be recorded, give the
-        rest back; the rollout is interrupted, and resumable."""
+        rest back; the rollout is interrupted, and resumable. (Threads are waited for by
+        events: a ``Thread.join`` that a Ctrl-C interrupted may wrongly think them ended.)"""
         self.stopping.set()
-        for thread in threads:
-            thread.join()
+        for event in finished:
+            event.wait()
         self.rollouts.interrupt(self.run_id, f"interrupted (Ctrl-C) by {self.owner}")
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, finished: threading.Event) -> None:
         try:
             while not self.stopping.is_set():
                 unit = self.rollouts.claim(self.run_id, self.owner, self.settings.lease_s)
@@ -164,6 +163,8 @@ class Worker:
         except ProvisionerError as exc:  # the store went away: stop everywhere, say it once
             self.error = self.error or exc
             self.stopping.set()
+        finally:
+            finished.set()
 
     def _confirm(self) -> None:
         if self.ask is None or not self._asking.acquire(blocking=False):

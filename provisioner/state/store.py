@@ -48,7 +48,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.sql.expression import bindparam
 
-from provisioner.errors import ProvisionerError
+from provisioner.errors import Interrupted, ProvisionerError
 from provisioner.plan.model import Change
 from provisioner.planner import Host
 from provisioner.runner import ChangeResult, HostResult
@@ -513,7 +513,7 @@ def recorded_run(
     run_id = store.begin_run(kind, manifests=manifests, targets=targets, owner=owner)
     try:
         yield run_id
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         _finish_unfinished(store, run_id, "interrupted", "interrupted (Ctrl-C)")
         raise
     except Exception as exc:
