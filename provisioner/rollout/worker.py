@@ -215,9 +215,12 @@ class Worker:
         plan, host_plans = plan_of(self.estate, self.run.inventory, reading)
         work = hold_back(plan, host_plans, scope_of(unit, host, set(names)))
         lease.check()
+        record = RunRecord(self.store, self.run_id, wave=unit.wave, worker=self.owner)
+        if unit.taken_over_from and host.key in reading.facts:
+            # what the stopped worker sent, judged by the fresh plan
+            record.settle(host, {c.address for c in plan.actionable})
         results: list[HostResult] = []
         if work.pending:
-            record = RunRecord(self.store, self.run_id, wave=unit.wave, worker=self.owner)
             results = carry_out(self.run, work, reading, record)
         if any(r.status == "interrupted" for r in results):
             return UnitOutcome("failed", "interrupted", interrupted=True)

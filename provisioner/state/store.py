@@ -446,6 +446,43 @@ class RunRecord:
         with suppress(StateStoreGone):  # kept in the fallback file; the command ends saying so
             self.store.write(write, keep=keep)
 
+    def settle(self, host: Host, pending: set[str]) -> int:
+        """Batches another worker of this run sent to the host but never recorded the outcome
+        of (it stopped): their changes are ``ok`` when a fresh plan no longer has them, else
+        ``unknown``. Returns how many changes were settled."""
+
+        def write(conn: Connection) -> int:
+            orphans = select(batches.c.id).where(
+                batches.c.run_id == self.run_id,
+                batches.c.host == host.name,
+                batches.c.status == "sent",
+                batches.c.worker != self.worker,
+            )
+            rows = conn.execute(
+                select(changes.c.id, changes.c.address, batches.c.worker)
+                .join(batches, batches.c.id == changes.c.batch_id)
+                .where(changes.c.batch_id.in_(orphans), changes.c.status == "sent")
+            ).all()
+            for row_id, address, sender in rows:
+                done = address not in pending
+                why = (
+                    f"sent by {sender}, which stopped before it recorded the outcome; "
+                    f"{'verified done' if done else 'still to do'} by {self.worker}"
+                )
+                conn.execute(
+                    update(changes)
+                    .where(changes.c.id == row_id)
+                    .values(status="ok" if done else "unknown", message=why)
+                )
+            conn.execute(
+                update(batches)
+                .where(batches.c.id.in_(orphans))
+                .values(status="settled", message=f"settled by {self.worker}", finished_at=utcnow())
+            )
+            return len(rows)
+
+        return self.store.write(write, keep={"settle": host.name, "run_id": self.run_id})
+
     def unsent(self, host: Host, results: Sequence[ChangeResult], why: str) -> None:
         """Changes planned for a host but never sent, as a batch of status ``not-sent``."""
         handle = self.intent(host, [r.change for r in results], status="not-sent")
