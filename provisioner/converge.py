@@ -14,6 +14,7 @@ host and wave, with ``scope`` narrowing the work to the wave's tenants
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -40,6 +41,11 @@ from provisioner.runner import HostResult, Reading, Recorder, Run
 Scope = Callable[[Change], bool]
 MARKS = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}
 LISTED = 5  # held-back changes named one by one per tenant or host; more are counted
+
+
+def count(n: int, noun: str) -> str:
+    """``1 tenant``, ``2 tenants``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def everything(change: Change) -> bool:
@@ -302,6 +308,35 @@ def held_lines(held: Sequence[Change], *, verbose: bool) -> list[str]:
     return lines
 
 
+def grouped_notes(notes: Sequence[str], *, verbose: bool) -> list[str]:
+    """Notes that many tenants (or sites, hosts) share, as one line each: ``tenant k1:
+    extensions no one is assigned: 104`` for 40 tenants reads ``40 tenants: extensions no one is
+    assigned (k1, k2, k3, ...; --verbose lists each)``. A few stay as they are."""
+    if verbose:
+        return list(notes)
+    shared: dict[tuple[str, str], list[str]] = {}
+    for note in notes:
+        if found := _NOTE.match(note):
+            shared.setdefault((found["kind"], found["statement"]), []).append(found["name"])
+    lines, said = [], set()
+    for note in notes:
+        found = _NOTE.match(note)
+        key = (found["kind"], found["statement"]) if found else None
+        if key is None or len(shared[key]) <= LISTED:
+            lines.append(note)
+        elif key not in said:
+            said.add(key)
+            names = shared[key]
+            lines.append(
+                f"{len(names)} {key[0]}s: {key[1]} ({', '.join(names[:3])}, ...; --verbose lists "
+                "each)"
+            )
+    return lines
+
+
+_NOTE = re.compile(r"(?P<kind>tenant|site|host) (?P<name>[^:\s]+): (?P<statement>[^:]+)(?:: .*)?$")
+
+
 def result_lines(results: Sequence[HostResult]) -> list[str]:
     lines = []
     for result in results:
@@ -358,9 +393,8 @@ class Outcome:
         word = "complete" if self.complete else "incomplete"
         lines = [f"{what} {word}: {'; '.join(parts)}."]
         if self.complete and self.exit_code:
-            n = len(self.plan.problems)
-            reason = f"{n} problem{'s' if n != 1 else ''} listed above"
+            reason = f"{count(len(self.plan.problems), 'problem')} listed above"
             if self.work.held:
-                reason += f" held back {len(self.work.held)} changes"
+                reason += f" held back {count(len(self.work.held), 'change')}"
             lines.append(f"Exit code 1: {reason}; fix them and apply again.")
         return lines

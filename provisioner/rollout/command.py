@@ -20,12 +20,13 @@ from pathlib import Path
 import click
 
 from provisioner.commands import EXIT_ERROR, EXIT_OK, Options, confirm, load
+from provisioner.converge import count
 from provisioner.errors import Interrupted, ProvisionerError
 from provisioner.inventory import Inventory, load_inventory
 from provisioner.manifest.validate import Estate
 from provisioner.planner import Host, hosts
 from provisioner.rollout.progress import watching
-from provisioner.rollout.report import RENDERERS, Report, count, render_text
+from provisioner.rollout.report import RENDERERS, Report, render_text
 from provisioner.rollout.waves import assign, parse_threshold, parse_waves
 from provisioner.rollout.worker import Worker
 from provisioner.runner import default_owner

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import jinja2
 
+from provisioner.converge import count
 from provisioner.remote.scripts import templates_dir
 from provisioner.render.drift import _md as markdown_cell
 from provisioner.state.rollouts import RolloutState, TenantRow, WaveRow
@@ -127,11 +128,6 @@ def _duration(start: datetime, end: datetime | None) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
-
-
-def count(n: int, noun: str) -> str:
-    """``1 tenant``, ``2 tenants``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _tenants_text(tenants: Counter[str]) -> str:
