@@ -159,7 +159,8 @@ class Worker:
                     return
                 if status == "confirm":
                     self._confirm()
-                self.stopping.wait(POLL_S)
+                if status != "opened":  # else the next wave's units are there to claim
+                    self.stopping.wait(POLL_S)
         except ProvisionerError as exc:  # the store went away: stop everywhere, say it once
             self.error = self.error or exc
             self.stopping.set()

@@ -10,7 +10,7 @@ whichever worker notices it moves the rollout on, under a lock on the rollout's 
     rollouts.create(run_id, settings, waves=[[("k1", "tapi01")], ...], first=["server/tapi01"])
     unit = rollouts.claim(run_id, worker="alice@ws17 pid 1", lease_s=60)   # or None
     rollouts.finish(unit, "done", "", tenants={"k1": ("done", "")}, threshold=Amount(0, False))
-    rollouts.advance(run_id)   # "running", "confirm", "halted" or "complete"
+    rollouts.advance(run_id)   # "running", "opened", "confirm", "halted" or "complete"
 """
 
 from __future__ import annotations
@@ -335,7 +335,8 @@ class Rollouts:
 
     def advance(self, run_id: int) -> str:
         """Move the rollout on if its wave is over: halt it, open the next wave, or complete it.
-        Returns the rollout's status, or ``confirm`` while a wave waits for a yes."""
+        Returns the rollout's status, ``opened`` when the next wave has just opened, or
+        ``confirm`` while a wave waits for a yes."""
 
         def write(conn: Connection) -> str:
             state = _lock(conn, run_id)
@@ -379,7 +380,7 @@ class Rollouts:
                 .distinct()
             ).scalars().all()  # fmt: skip
             _add_units(conn, run_id, number + 1, [f"server/{s}" for s in sorted(servers)])
-            return status
+            return "opened" if status == "running" else status
 
         return self.store.write(write, keep={"rollout": run_id, "advance": True})
 

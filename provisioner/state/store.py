@@ -46,7 +46,6 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
-from sqlalchemy.sql.expression import bindparam
 
 from provisioner.errors import Interrupted, ProvisionerError
 from provisioner.plan.model import Change
@@ -151,8 +150,7 @@ class StateStore:
             engine = create_engine(
                 url,
                 pool_size=connections + 2,
-                max_overflow=connections,
-                pool_pre_ping=True,
+                max_overflow=connections,  # a connection the server dropped fails once: retried
                 connect_args={"connect_timeout": 10},
             )
         store = cls(engine, url, retry_s=float(os.environ.get(RETRY_VARIABLE, DEFAULT_RETRY_S)))
@@ -412,7 +410,7 @@ class RunRecord:
 
         def write(conn: Connection) -> int:
             batch_id = int(conn.execute(insert(batches).values(batch)).inserted_primary_key[0])
-            if rows:
+            if rows:  # executemany: pipelined by psycopg, one prepared statement in SQLite
                 conn.execute(insert(changes), [row | {"batch_id": batch_id} for row in rows])
             return batch_id
 
@@ -423,25 +421,27 @@ class RunRecord:
         """Each change's result; if the store is away for good they go to its fallback file
         (nothing is lost) and later intents refuse to send anything."""
         assert isinstance(handle, int)
-        outcomes = [
-            {"b_batch": handle, "b_address": r.change.address, "b_status": r.status,
-             "b_message": r.message}
-            for r in result.changes
-        ]  # fmt: skip
+        outcomes: dict[tuple[str, str], list[str]] = {}  # (status, message) → addresses
+        for r in result.changes:
+            outcomes.setdefault((r.status, r.message), []).append(r.change.address)
         done = {"status": result.status, "message": result.message, "finished_at": utcnow()}
 
         def write(conn: Connection) -> None:
-            if outcomes:
+            for (status, message), addresses in outcomes.items():  # mostly one: all "ok"
                 conn.execute(
                     update(changes)
-                    .where(changes.c.batch_id == bindparam("b_batch"))
-                    .where(changes.c.address == bindparam("b_address"))
-                    .values(status=bindparam("b_status"), message=bindparam("b_message")),
-                    outcomes,
+                    .where(changes.c.batch_id == handle, changes.c.address.in_(addresses))
+                    .values(status=status, message=message)
                 )
             conn.execute(update(batches).where(batches.c.id == handle).values(done))
 
-        keep = {"result": {"batch": handle, "host": result.host.name} | done, "changes": outcomes}
+        keep = {
+            "result": {"batch": handle, "host": result.host.name} | done,
+            "changes": [
+                {"status": status, "message": message, "addresses": addresses}
+                for (status, message), addresses in outcomes.items()
+            ],
+        }
         keep["result"]["finished_at"] = done["finished_at"].isoformat()
         with suppress(StateStoreGone):  # kept in the fallback file; the command ends saying so
             self.store.write(write, keep=keep)

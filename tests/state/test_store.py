@@ -204,7 +204,7 @@ def test_a_database_that_goes_away_loses_nothing(
             postgres.resume()
         message = str(gone.value)
         assert "went away" in message and str(store.fallback) in message and "\n" not in message
-        assert "tenant/k1/line_assignment/NFON\\\\U2" in kept and '"b_status": "ok"' in kept
+        assert "tenant/k1/line_assignment/NFON\\\\U2" in kept and '"status": "ok"' in kept
         assert "U3" in kept
     with StateStore.open(postgres_url) as store:
         [batch] = store.batches(run)  # what was recorded before is all there
