@@ -1,4 +1,5 @@
-"""The command line: ``provisioner validate|plan|apply|rollout|drift|render|facts|schema|export|lab``.
+"""The command line: ``provisioner validate|plan|apply|rollout|drift|render|facts|schema|export``
+and ``provisioner lab``.
 
 Exit codes everywhere: 0 success and nothing to change, 1 error, 2 success with changes or drift.
 A :class:`~provisioner.errors.ProvisionerError` prints as one line and exits 1; so does a usage

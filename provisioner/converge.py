@@ -2,7 +2,7 @@
 
     reading = run.read()                                     # gather, PBX, directory
     plan, host_plans = plan_of(estate, inventory, reading)   # the pure planner
-    work = hold_back(plan, host_plans)                       # what a problem concerns stays back
+    work = work_of(plan, host_plans)                         # what goes ahead, what is held back
     results = carry_out(run, work, reading, recorder)        # group changes, a batch per host
     check = verify(...)                                      # a fresh read: leftovers, health
     outcome = Outcome(plan, work, results, check)            # counts, lines, the exit code
@@ -72,17 +72,7 @@ class Work:
         return [c for c in changes if c.action is not Action.NOOP]
 
 
-def concerned_by(problems: Sequence[PlanProblem]) -> Scope:
-    """Whether a problem concerns a change: a tenant's problem holds back that tenant, a host's
-    that host; a problem that names neither (the directory cannot be read) holds back all."""
-    tenants = {p.tenant for p in problems if p.tenant}
-    hosts_ = {p.host for p in problems if p.host and not p.tenant}
-    if any(not p.tenant and not p.host for p in problems):
-        return everything
-    return lambda change: change.tenant in tenants or change.host in hosts_
-
-
-def hold_back(plan: Plan, host_plans: dict[str, HostPlan], scope: Scope = everything) -> Work:
+def work_of(plan: Plan, host_plans: dict[str, HostPlan], scope: Scope = everything) -> Work:
     """The work within ``scope``; the planner already took out what a problem concerns
     (``plan.held_back``) and the restarts only that needed."""
     held = set(plan.held_back)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from provisioner.converge import (
     Outcome,
     Work,
-    concerned_by,
     grouped_notes,
     held_lines,
 )
@@ -19,19 +18,6 @@ TAPI01 = Host("server/tapi01", "tapi01", "server")
 
 def change(address: str, tenant: str | None, host: str = "h", kind: str = "tsp_instance") -> Change:
     return Change(address=address, action=Action.UPDATE, kind=kind, host=host, tenant=tenant)
-
-
-def test_hold_back_by_tenant_host_or_everything() -> None:
-    changes = [change("a", "t1"), change("b", "t2"), change("c", None, host="h2")]
-
-    def held(*problems: PlanProblem) -> list[str]:
-        concerned = concerned_by(problems)
-        return [c.address for c in changes if concerned(c)]
-
-    assert held(PlanProblem("x", tenant="t1")) == ["a"]
-    assert held(PlanProblem("x", host="h2")) == ["c"]
-    assert held(PlanProblem("directory unreadable")) == ["a", "b", "c"]
-    assert held() == []
 
 
 def test_held_back_changes_are_named_and_past_a_few_counted_per_kind() -> None:

@@ -23,9 +23,9 @@ from provisioner.converge import (
     Work,
     carry_out,
     health,
-    hold_back,
     plan_of,
     verify,
+    work_of,
 )
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
@@ -214,7 +214,7 @@ class Worker:
         facts, problems = self._facts_for(unit, host)
         reading = self.run.read_around(facts, problems, tenants)
         plan, host_plans = plan_of(self.estate, self.run.inventory, reading)
-        work = hold_back(plan, host_plans, scope_of(unit, host, set(names)))
+        work = work_of(plan, host_plans, scope_of(unit, host, set(names)))
         lease.check()
         record = RunRecord(self.store, self.run_id, wave=unit.wave, worker=self.owner)
         if unit.taken_over_from and host.key in reading.facts:
