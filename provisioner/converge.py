@@ -81,7 +81,7 @@ def work_of(plan: Plan, host_plans: dict[str, HostPlan], scope: Scope = everythi
             c for c in plan.actionable if c.kind == GROUP and c.address not in held and scope(c)
         ],
         hosts={key: narrowed(hp, scope) for key, hp in host_plans.items()},
-        held=[c for c in plan.actionable if c.address in held and c.kind != RESTART and scope(c)],
+        held=[c for c in plan.actionable if c.address in held and scope(c)],
     )
 
 

@@ -17,7 +17,8 @@ import jinja2
 
 from provisioner.converge import count
 from provisioner.remote.scripts import templates_dir
-from provisioner.render.drift import _md as markdown_cell
+from provisioner.render.markdown import code
+from provisioner.render.markdown import text as markdown_cell
 from provisioner.state.rollouts import RolloutState, TenantRow, WaveRow
 from provisioner.state.store import utcnow
 
@@ -185,8 +186,8 @@ def render_markdown(report: Report) -> str:
         f"**{markdown_cell(report.summary())}**",
         "",
         f"Started {state.started_at:%Y-%m-%d %H:%M:%S} UTC by {markdown_cell(state.owner)}, "
-        f"{report.duration}; waves `{state.settings.waves}`, max failures "
-        f"`{state.settings.max_failures}`.",
+        f"{report.duration}; waves {code(state.settings.waves, in_table=False)}, max failures "
+        f"{code(state.settings.max_failures, in_table=False)}.",
         "",
         "| wave | | state | hosts | tenants | duration |",
         "|---:|---|---|---:|---|---|",

@@ -43,6 +43,8 @@ def interrupt_while_held(estate: LabEstate, host: str, *argv: str | Path) -> tup
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # a suite started in the background inherits an ignored SIGINT: Ctrl-C as at a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert arrived.wait(60), f"{host} never got a batch"
