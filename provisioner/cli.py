@@ -95,6 +95,13 @@ state_option = click.option(
 )
 verbose_option = click.option("--verbose", is_flag=True, help="list what is otherwise counted")
 auto_approve_option = click.option("--auto-approve", is_flag=True, help="do not ask to confirm")
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0.0,
+    metavar="S",
+    help="queue up to S seconds behind another apply or rollout holding a host (default: fail)",
+)
 
 
 def _options(
@@ -104,6 +111,7 @@ def _options(
     *,
     state: str | None = None,
     verbose: bool = False,
+    wait: float = 0.0,
 ) -> Options:
     return Options(
         inventory=inventory,
@@ -111,6 +119,7 @@ def _options(
         colour=not no_colour and sys.stdout.isatty() and "NO_COLOR" not in os.environ,
         state=state,
         verbose=verbose,
+        wait=wait,
     )
 
 
@@ -169,6 +178,7 @@ def plan(
 @target_option
 @state_option
 @verbose_option
+@wait_option
 @click.option(
     "--plan", "saved", type=click.Path(dir_okay=False, path_type=Path), help="a saved plan"
 )
@@ -181,6 +191,7 @@ def apply(
     targets: tuple[str, ...],
     state: str | None,
     verbose: bool,
+    wait: float,
     saved: Path | None,
     auto_approve: bool,
 ) -> None:
@@ -190,7 +201,7 @@ def apply(
     sys.exit(
         apply_command(
             list(paths),
-            _options(inventory, parallelism, no_colour, state=state, verbose=verbose),
+            _options(inventory, parallelism, no_colour, state=state, verbose=verbose, wait=wait),
             targets=targets,
             saved_path=saved,
             auto_approve=auto_approve,
@@ -271,6 +282,7 @@ def rollout() -> None:
 @click.option("--confirm-each-wave", is_flag=True, help="ask before each wave")
 @click.option("--lease", type=click.FloatRange(1), default=60.0, metavar="S", hidden=True)
 @click.option("--resume", "resume_id", type=int, metavar="ID", help="continue or join a rollout")
+@wait_option
 @auto_approve_option
 def rollout_start(
     paths: tuple[Path, ...],
@@ -286,6 +298,7 @@ def rollout_start(
     confirm_each_wave: bool,
     lease: float,
     resume_id: int | None,
+    wait: float,
     auto_approve: bool,
 ) -> None:
     """Roll the manifests out in waves: wave 0 the servers' own resources, then the tenants,
@@ -294,7 +307,7 @@ def rollout_start(
     from provisioner.rollout.command import resume_command, rollout_command
     from provisioner.state.rollouts import Settings
 
-    options = _options(inventory, parallelism, no_colour, state=state, verbose=verbose)
+    options = _options(inventory, parallelism, no_colour, state=state, verbose=verbose, wait=wait)
     if resume_id is not None:
         sys.exit(resume_command(resume_id, list(paths), options, auto_approve=auto_approve))
     if not paths:

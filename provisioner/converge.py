@@ -37,6 +37,7 @@ from provisioner.resources import line_assignment
 from provisioner.resources.services import cti_engine_name
 from provisioner.resources.users_group import KIND as GROUP
 from provisioner.runner import HostResult, Reading, Recorder, Run
+from provisioner.state.locks import HostLocks
 
 Scope = Callable[[Change], bool]
 MARKS = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}
@@ -50,6 +51,16 @@ def count(n: int, noun: str) -> str:
 
 def everything(change: Change) -> bool:
     return True
+
+
+def lock_and_read(run: Run, locks: HostLocks, *, wait_s: float = 0.0) -> Reading:
+    """Lock the hosts, then read those locked (the lock covers the plan's own gather); a host
+    another apply or rollout holds is not contacted, and its problem names the holder."""
+    held = locks.take([h.key for h in run.hosts], wait_s=wait_s)
+    reading = run.read([h for h in run.hosts if h.key not in held])
+    for key, holder in held.items():
+        reading.problems.append(PlanProblem(str(holder), host=key.split("/", 1)[1]))
+    return reading
 
 
 def plan_of(

@@ -42,6 +42,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
+    IntegrityError,
     InterfaceError,
     OperationalError,
     SQLAlchemyError,
@@ -68,6 +69,10 @@ class StateError(ProvisionerError):
 
 class StateStoreGone(StateError):
     """The database went away and did not come back in time."""
+
+
+class StateConflict(StateError):
+    """A write lost a race with another writer (a key inserted meanwhile): read and try again."""
 
 
 def state_directory() -> Path:
@@ -233,6 +238,8 @@ class StateStore:
                 with self._serialised(writing), self.engine.begin() as conn:
                     return function(conn)
             except DBAPIError as exc:
+                if isinstance(exc, IntegrityError):
+                    raise StateConflict(f"the state store {self.where}: {reason(exc)}") from None
                 if not _transient(exc):
                     raise StateError(f"the state store {self.where}: {reason(exc)}") from None
                 if time.monotonic() + pause > deadline:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,34 @@ def test_ctrl_c_during_a_rollout_leaves_it_resumable(lab_for: LabFor, tmp_path: 
     assert resumed.code == 0, resumed.output
     assert state_of(estate, 1).status == "complete"
     assert estate.plan().code == 0
+
+
+def test_a_rollout_holds_its_hosts_between_waves(lab_for: LabFor) -> None:
+    """An apply while a rollout pauses between waves fails fast naming the rollout; after the
+    rollout is interrupted its hosts are free again."""
+    estate = lab_for(EXAMPLES / "multi-tenant")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "provisioner", "rollout", str(estate.manifests), "--auto-approve",
+         "--waves", "1,100%", "--pause", "60"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (estate.state_dir / "state.db").exists() or state_of(estate).current_wave < 1:
+            assert time.monotonic() < deadline and child.poll() is None, child.communicate()
+            time.sleep(0.3)
+        refused = estate.apply()
+        child.send_signal(signal.SIGINT)
+        output, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert refused.code == 1
+    assert "crm01 is locked by another rollout: rollout 1 since" in refused.out
+    assert child.returncode == 130, output
+    assert estate.apply().code == 0  # the interrupted rollout let its hosts go
