@@ -3,50 +3,21 @@ is sent, the command exits 130, and the rollout resumes from there."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from provisioner.lab.wsman_server import WSManServer
 from tests.loop.test_winrm_budget import scripts_run
 from tests.rollout.test_rollout_loop import state_of, three_servers
-from tests.support.lab import EXAMPLES, ROOT, LabEstate, LabFor
-
-
-def hold_first_batch(server: WSManServer) -> tuple[threading.Event, threading.Event]:
-    """``(arrived, release)``: the host's first batch waits for ``release`` before it runs."""
-    arrived, release = threading.Event(), threading.Event()
-    real = server.handler
-
-    def handler(command: str, arguments: list[str], stdin: bytes) -> Any:
-        if b'"steps"' in stdin and not arrived.is_set():
-            arrived.set()
-            release.wait(60)
-        return real(command, arguments, stdin)
-
-    server.handler = handler
-    return arrived, release
+from tests.support.lab import EXAMPLES, LabEstate, LabFor, hold_first_batch, provisioner_child
 
 
 def interrupt_while_held(estate: LabEstate, host: str, *argv: str | Path) -> tuple[int, str]:
     """Run ``provisioner ARGV`` in a child, Ctrl-C it while ``host`` holds its first batch,
     then let the batch run; returns the child's exit code and output."""
     arrived, release = hold_first_batch(estate.server(host))
-    child = subprocess.Popen(
-        [sys.executable, "-m", "provisioner", *map(str, argv)],
-        cwd=ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # a suite started in the background inherits an ignored SIGINT: Ctrl-C as at a terminal
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    child = provisioner_child(*argv)
     try:
         assert arrived.wait(60), f"{host} never got a batch"
         child.send_signal(signal.SIGINT)
@@ -124,16 +95,9 @@ def test_a_rollout_holds_its_hosts_between_waves(lab_for: LabFor) -> None:
     """An apply while a rollout pauses between waves fails fast naming the rollout; after the
     rollout is interrupted its hosts are free again."""
     estate = lab_for(EXAMPLES / "multi-tenant")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "provisioner", "rollout", str(estate.manifests), "--auto-approve",
-         "--waves", "1,100%", "--pause", "60"],
-        cwd=ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    child = provisioner_child(
+        "rollout", estate.manifests, "--auto-approve", "--waves", "1,100%", "--pause", "60"
+    )
     try:
         deadline = time.monotonic() + 60
         while not (estate.state_dir / "state.db").exists() or state_of(estate).current_wave < 1:

@@ -4,9 +4,7 @@ queues with --wait, and truly concurrent applies leave exactly one winner per ho
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from sqlalchemy import text
 from provisioner.state.locks import HostLocks
 from provisioner.state.store import StateStore
 from tests.loop.test_winrm_budget import scripts_run
-from tests.support.lab import EXAMPLES, ROOT, LabFor
+from tests.support.lab import EXAMPLES, LabFor, hold_first_batch, provisioner_child
 
 HOSTS = ["client/ws-0101", "server/tapi01"]
 
@@ -64,14 +62,7 @@ def test_a_working_owners_locks_are_renewed_and_others_can_queue(state_url: str)
 
 
 def apply_in_child(manifests: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "provisioner", "apply", str(manifests), "--auto-approve", *extra],
-        cwd=ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return provisioner_child("apply", manifests, "--auto-approve", *extra)
 
 
 def test_the_lock_covers_the_whole_apply_and_a_second_fails_fast_or_waits(
@@ -80,17 +71,7 @@ def test_the_lock_covers_the_whole_apply_and_a_second_fails_fast_or_waits(
     """Fails with the lock of before, which covered one batch: the second apply gathered while
     the first one worked, and was refused only if its batch arrived before the first's ended."""
     estate = lab_for(EXAMPLES / "client-tapi")
-    arrived, release = threading.Event(), threading.Event()
-    server = estate.server("ws-0103")
-    real = server.handler
-
-    def handler(command: str, arguments: list[str], stdin: bytes) -> Any:
-        if b'"steps"' in stdin and not arrived.is_set():
-            arrived.set()
-            release.wait(60)
-        return real(command, arguments, stdin)
-
-    server.handler = handler
+    arrived, release = hold_first_batch(estate.server("ws-0103"))
     first = apply_in_child(estate.manifests)
     try:
         assert arrived.wait(60), "the first apply never reached ws-0103"

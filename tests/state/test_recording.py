@@ -3,41 +3,27 @@ after, nothing secret, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import threading
-from typing import Any
 
 from sqlalchemy import create_engine, select
 
 from provisioner.state.store import state_url
 from provisioner.state.tables import metadata
-from tests.support.lab import EXAMPLES, ROOT, LabEstate, LabFor, secret_hits
+from tests.support.lab import (
+    EXAMPLES,
+    LabEstate,
+    LabFor,
+    hold_first_batch,
+    provisioner_child,
+    secret_hits,
+)
 
 
 def test_a_process_killed_while_a_host_works_leaves_what_it_sent(lab_for: LabFor) -> None:
     """Fails with the journal of before: it was written only once a host had answered."""
     estate = lab_for(EXAMPLES / "client-tapi")
-    arrived, release = threading.Event(), threading.Event()
-    server = estate.server("tapi01")
-    real = server.handler
-
-    def handler(command: str, arguments: list[str], stdin: bytes) -> Any:
-        if b'"steps"' in stdin and not arrived.is_set():
-            arrived.set()
-            release.wait(60)
-        return real(command, arguments, stdin)
-
-    server.handler = handler
-    child = subprocess.Popen(
-        [sys.executable, "-m", "provisioner", "apply", str(estate.manifests), "--auto-approve"],
-        cwd=ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    arrived, release = hold_first_batch(estate.server("tapi01"))
+    child = provisioner_child("apply", estate.manifests, "--auto-approve")
     try:
         assert arrived.wait(60), "the apply never sent tapi01 its batch"
         child.send_signal(signal.SIGKILL)

@@ -21,7 +21,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -263,3 +268,36 @@ def secret_hits(
             if any(form in chunk for form in secret_forms(value) for chunk in data):
                 hits.append(f"{variable} in {where}")
     return hits
+
+
+# --- commands in child processes, hosts that take their time ----------------------------------
+
+
+def provisioner_child(*argv: str | Path) -> subprocess.Popen[str]:
+    """``provisioner ARGV`` in a child process with this process's environment (the lab's
+    inventory and state); Ctrl-C works in it as at a terminal, even where this suite runs in
+    the background (which inherits SIGINT ignored)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "provisioner", *map(str, argv)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def hold_first_batch(server: WSManServer) -> tuple[threading.Event, threading.Event]:
+    """``(arrived, release)``: the host's first batch waits for ``release`` before it runs."""
+    arrived, release = threading.Event(), threading.Event()
+    real = server.handler
+
+    def handler(command: str, arguments: list[str], stdin: bytes) -> Any:
+        if b'"steps"' in stdin and not arrived.is_set():
+            arrived.set()
+            release.wait(60)
+        return real(command, arguments, stdin)
+
+    server.handler = handler
+    return arrived, release
