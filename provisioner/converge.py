@@ -24,7 +24,6 @@ from provisioner.manifest.models import Tenant
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Action, Change, Plan, PlanProblem
 from provisioner.planner import (
-    RESTART,
     Host,
     HostPlan,
     PlanInputs,
@@ -98,7 +97,7 @@ def work_of(plan: Plan, host_plans: dict[str, HostPlan], scope: Scope = everythi
 
 def narrowed(host_plan: HostPlan, keep: Scope) -> HostPlan:
     """The host plan with the changes ``keep`` accepts and the restarts those need."""
-    kept = [c for c in host_plan.changes if c.kind != RESTART and keep(c)]
+    kept = [c for c in host_plan.changes if c.action is not Action.RESTART and keep(c)]
     needed = {c.address for c in handlers(kept, host_plan.context)}
     changes = [c for c in host_plan.changes if c in kept or c.address in needed]
     return HostPlan(host_plan.host, host_plan.context, changes, host_plan.desired)
@@ -209,7 +208,7 @@ def leftovers(
             continue
         if change.kind == line_assignment.KIND:
             lines += _line_leftovers(change)
-        elif change.kind != RESTART or any(
+        elif change.action is not Action.RESTART or any(
             c.address in done for c in _needing(change, after_hosts)
         ):
             lines.append(f"{change.address}: still differs after apply ({change.reason})")
@@ -220,7 +219,7 @@ def owed(after: Plan, after_hosts: dict[str, HostPlan], work: Work) -> list[str]
     """Restarts planned again only because changes held back still need them."""
     held = {c.address: c for c in work.held}
     lines = []
-    for restart in (c for c in after.actionable if c.kind == RESTART):
+    for restart in (c for c in after.actionable if c.action is Action.RESTART):
         waiting = sorted(
             {
                 f"tenant {c.tenant}" if c.tenant else f"host {c.host}"
@@ -255,7 +254,7 @@ def _needing(restart: Change, host_plans: dict[str, HostPlan]) -> list[Change]:
         return [
             c
             for c in host_plan.changes
-            if c.kind != RESTART
+            if c.action is not Action.RESTART
             and c.action is not Action.NOOP
             and any(r.address == restart.address for r in handlers([c], host_plan.context))
         ]

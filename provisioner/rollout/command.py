@@ -19,10 +19,10 @@ from pathlib import Path
 
 import click
 
-from provisioner.commands import EXIT_ERROR, EXIT_OK, Options, confirm, load
+from provisioner.commands import EXIT_ERROR, EXIT_OK, Options, confirm, load, load_inventory_for
 from provisioner.converge import count
 from provisioner.errors import Interrupted, ProvisionerError
-from provisioner.inventory import Inventory, load_inventory
+from provisioner.inventory import Inventory
 from provisioner.manifest.validate import Estate
 from provisioner.planner import Host, hosts
 from provisioner.rollout.progress import watching
@@ -83,7 +83,7 @@ def rollout_command(
     steps = parse_waves(settings.waves)
     parse_threshold(settings.max_failures)
     estate = load(paths)
-    inventory = load_inventory(options.inventory)
+    inventory = load_inventory_for(estate, options)
     chosen = scope(estate, targets)
     pinned = {t: w for t in chosen.tenants if (w := estate.tenants[t].wave) is not None}
     waves = assign(chosen.tenants, steps, pinned)
@@ -113,7 +113,7 @@ def resume_command(
         rollouts = Rollouts(store)
         state = rollouts.load(run_id)
         estate = load(list(paths) or [Path(p) for p in state.manifests])
-        inventory = load_inventory(options.inventory)
+        inventory = load_inventory_for(estate, options)
         if state.status != "running":
             options.echo(render_text(Report.of(state), verbose=options.verbose).rstrip("\n"))
             if not auto_approve:
@@ -197,7 +197,7 @@ def status_command(
     if output_format == "text":
         document = render_text(report, verbose=options.verbose)
     else:
-        document = RENDERERS[output_format](report)  # type: ignore[operator]
+        document = RENDERERS[output_format](report)
     if output is None:
         options.echo(document.rstrip("\n"))
         return EXIT_OK

@@ -271,10 +271,10 @@ def judge(
             change.tenant or "", f"held back: {problems.get(change.tenant) or problems.get(None)}"
         )
     for result in results:
-        for outcome in result.changes:
-            if outcome.status != "ok":
-                why = outcome.message or result.message or outcome.status
-                failures.setdefault(_owner(outcome.change), f"{outcome.change.address}: {why}")
+        for done in result.changes:
+            if done.status != "ok":
+                why = done.message or result.message or done.status
+                failures.setdefault(_owner(done.change), f"{done.change.address}: {why}")
     for line in check.leftovers:
         failures.setdefault(line.split("/")[1] if line.startswith("tenant/") else "", line)
     for tenant_health in check.health:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, func, insert, or_, select, update
 
 from provisioner.rollout.waves import Amount, exceeded, parse_threshold
 from provisioner.state.store import StateError, StateStore
@@ -344,6 +344,7 @@ class Rollouts:
                 return str(state["status"])
             number = state["current_wave"]
             wave = _wave(conn, run_id, number)
+            assert wave is not None
             if wave["status"] == "confirm":
                 return "confirm"
             now = self.store.clock(conn)
@@ -466,7 +467,7 @@ class Rollouts:
         return self.store.read(read)
 
 
-def _lock(conn: Connection, run_id: int) -> Mapping[str, object]:
+def _lock(conn: Connection, run_id: int) -> RowMapping:
     """The rollout's row, locked for this transaction (PostgreSQL; SQLite's writer lock is
     already held), with its run's status."""
     row = conn.execute(
@@ -480,7 +481,7 @@ def _lock(conn: Connection, run_id: int) -> Mapping[str, object]:
     return row
 
 
-def _wave(conn: Connection, run_id: int, number: int) -> Mapping[str, object] | None:
+def _wave(conn: Connection, run_id: int, number: int) -> RowMapping | None:
     query = select(rollout_waves).where(
         rollout_waves.c.run_id == run_id, rollout_waves.c.number == number
     )

@@ -38,7 +38,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, CursorResult, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -275,18 +275,18 @@ class StateStore:
     def begin_run(
         self, kind: str, *, manifests: Sequence[str | Path], targets: Sequence[str], owner: str
     ) -> int:
-        values = {
+        started = utcnow()
+        values: dict[str, object] = {
             "kind": kind,
             "status": "running",
-            "started_at": utcnow(),
             "owner": owner,
             "manifests": json.dumps([str(p) for p in manifests]),
             "targets": json.dumps(list(targets)),
             "summary": "",
         }
         return self.write(
-            lambda c: int(c.execute(insert(runs).values(values)).inserted_primary_key[0]),
-            keep={"run": values | {"started_at": values["started_at"].isoformat()}},
+            lambda c: _inserted(c.execute(insert(runs).values(values, started_at=started))),
+            keep={"run": values | {"started_at": started.isoformat()}},
         )
 
     def finish_run(self, run_id: int, status: str, summary: str) -> None:
@@ -393,14 +393,14 @@ class RunRecord:
     def intent(self, host: Host, planned: Sequence[Change], *, status: str = "sent") -> object:
         """The batch and its changes as ``sent``, before it goes: a process killed while the
         host works leaves this, not nothing."""
-        batch = {
+        sent = utcnow()
+        batch: dict[str, object] = {
             "run_id": self.run_id,
             "host": host.name,
             "wave": self.wave,
             "worker": self.worker,
             "status": status,
             "message": "",
-            "sent_at": utcnow(),
         }
         rows = [
             {
@@ -416,12 +416,12 @@ class RunRecord:
         ]
 
         def write(conn: Connection) -> int:
-            batch_id = int(conn.execute(insert(batches).values(batch)).inserted_primary_key[0])
+            batch_id = _inserted(conn.execute(insert(batches).values(batch, sent_at=sent)))
             if rows:  # executemany: pipelined by psycopg, one prepared statement in SQLite
                 conn.execute(insert(changes), [row | {"batch_id": batch_id} for row in rows])
             return batch_id
 
-        keep = {"intent": batch | {"sent_at": batch["sent_at"].isoformat()}, "changes": rows}
+        keep = {"intent": batch | {"sent_at": sent.isoformat()}, "changes": rows}
         return self.store.write(write, keep=keep)
 
     def result(self, handle: object, result: HostResult) -> None:
@@ -431,7 +431,7 @@ class RunRecord:
         outcomes: dict[tuple[str, str], list[str]] = {}  # (status, message) → addresses
         for r in result.changes:
             outcomes.setdefault((r.status, r.message), []).append(r.change.address)
-        done = {"status": result.status, "message": result.message, "finished_at": utcnow()}
+        finished = utcnow()
 
         def write(conn: Connection) -> None:
             for (status, message), addresses in outcomes.items():  # mostly one: all "ok"
@@ -440,16 +440,20 @@ class RunRecord:
                     .where(changes.c.batch_id == handle, changes.c.address.in_(addresses))
                     .values(status=status, message=message)
                 )
-            conn.execute(update(batches).where(batches.c.id == handle).values(done))
+            conn.execute(
+                update(batches)
+                .where(batches.c.id == handle)
+                .values(status=result.status, message=result.message, finished_at=finished)
+            )
 
         keep = {
-            "result": {"batch": handle, "host": result.host.name} | done,
+            "result": {"batch": handle, "host": result.host.name, "status": result.status,
+                       "message": result.message, "finished_at": finished.isoformat()},
             "changes": [
                 {"status": status, "message": message, "addresses": addresses}
                 for (status, message), addresses in outcomes.items()
             ],
-        }
-        keep["result"]["finished_at"] = done["finished_at"].isoformat()
+        }  # fmt: skip
         with suppress(StateStoreGone):  # kept in the fallback file; the command ends saying so
             self.store.write(write, keep=keep)
 
@@ -494,6 +498,13 @@ class RunRecord:
         """Changes planned for a host but never sent, as a batch of status ``not-sent``."""
         handle = self.intent(host, [r.change for r in results], status="not-sent")
         self.result(handle, HostResult(host, "not-sent", why, list(results)))
+
+
+def _inserted(result: CursorResult[Any]) -> int:
+    """The primary key an INSERT of one row gave it."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _sqlite_engine(url: URL) -> Engine:
