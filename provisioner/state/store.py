@@ -285,7 +285,7 @@ class StateStore:
             "summary": "",
         }
         return self.write(
-            lambda c: _inserted(c.execute(insert(runs).values(values, started_at=started))),
+            lambda c: _inserted(c.execute(insert(runs).values({**values, "started_at": started}))),
             keep={"run": values | {"started_at": started.isoformat()}},
         )
 
@@ -416,7 +416,7 @@ class RunRecord:
         ]
 
         def write(conn: Connection) -> int:
-            batch_id = _inserted(conn.execute(insert(batches).values(batch, sent_at=sent)))
+            batch_id = _inserted(conn.execute(insert(batches).values({**batch, "sent_at": sent})))
             if rows:  # executemany: pipelined by psycopg, one prepared statement in SQLite
                 conn.execute(insert(changes), [row | {"batch_id": batch_id} for row in rows])
             return batch_id
