@@ -22,7 +22,6 @@ from provisioner.commands import Options
 from provisioner.errors import Interrupted, ProvisionerError
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
 
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 
