@@ -1,5 +1,5 @@
-"""The command line: validate, plan, apply, drift, render, facts, doctor, conformance, schema,
-export and lab.
+"""The command line: validate, plan, apply, rollout, drift, render, facts, doctor, conformance,
+schema, export and lab.
 
 Exit codes everywhere: 0 success and nothing to change, 1 error, 2 success with changes or drift.
 A :class:`~provisioner.errors.ProvisionerError` prints as one line and exits 1; so does a usage
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provisioner import __version__
-from provisioner.errors import ProvisionerError
+from provisioner.errors import Interrupted, ProvisionerError
 
 if TYPE_CHECKING:  # commands imports every transport: validate needs none of them
     from provisioner.commands import Options
@@ -105,22 +106,45 @@ target_option = click.option(
     "(repeatable)",
 )
 
-
+state_option = click.option(
+    "--state",
+    metavar="URL",
+    help="the state store: postgresql://USER@HOST/DB for a team, sqlite:///PATH "
+    "(default: $PROVISIONER_STATE, else .provisioner/state.db)",
+)
 verbose_option = click.option(
-    "--verbose", is_flag=True, help="list every change, also of plans too large to list by default"
+    "--verbose",
+    is_flag=True,
+    help="list what is otherwise summed up: every change of a large plan, every tenant of a note",
+)
+auto_approve_option = click.option("--auto-approve", is_flag=True, help="do not ask to confirm")
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0.0,
+    metavar="S",
+    help="queue up to S seconds behind another apply or rollout holding a host (default: fail)",
 )
 
 
 def _options(
-    inventory: str | None, parallelism: int = 10, no_colour: bool = True, verbose: bool = False
+    inventory: str | None,
+    parallelism: int = 10,
+    no_colour: bool = True,
+    *,
+    state: str | None = None,
+    verbose: bool = False,
+    wait: float = 0.0,
 ) -> Options:
     from provisioner.commands import Options
 
     return Options(
         inventory=inventory,
         parallelism=parallelism,
-        colour=not no_colour and sys.stdout.isatty(),
+        colour=not no_colour and sys.stdout.isatty() and "NO_COLOR" not in os.environ,
+        state=state,
         verbose=verbose,
+        wait=wait,
     )
 
 
@@ -131,6 +155,8 @@ def _options(
 @parallelism_option
 @colour_option
 @target_option
+@state_option
+@verbose_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="save the plan")
 @click.option(
     "--format", "output_format", type=click.Choice(["text", "json", "markdown"]), default="text"
@@ -141,18 +167,18 @@ def _options(
     help="write the plan (in --format) to a file, such as a pull-request comment",
 )
 @click.option("--detailed-exitcode", is_flag=True, help="exit 2 when there are changes")
-@verbose_option
 def plan(
     paths: tuple[Path, ...],
     inventory: str | None,
     parallelism: int,
     no_colour: bool,
     targets: tuple[str, ...],
+    state: str | None,
+    verbose: bool,
     out: Path | None,
     output_format: str,
     output: Path | None,
     detailed_exitcode: bool,
-    verbose: bool,
 ) -> None:
     """Show what apply would change."""
     from provisioner.commands import plan_command
@@ -160,7 +186,7 @@ def plan(
     sys.exit(
         plan_command(
             paths,
-            _options(inventory, parallelism, no_colour, verbose),
+            _options(inventory, parallelism, no_colour, state=state, verbose=verbose),
             targets=targets,
             out=out,
             output_format=output_format,
@@ -177,20 +203,24 @@ def plan(
 @parallelism_option
 @colour_option
 @target_option
+@state_option
+@verbose_option
+@wait_option
 @click.option(
     "--plan", "saved", type=click.Path(dir_okay=False, path_type=Path), help="a saved plan"
 )
-@click.option("--auto-approve", is_flag=True, help="do not ask for confirmation")
-@verbose_option
+@auto_approve_option
 def apply(
     paths: tuple[Path, ...],
     inventory: str | None,
     parallelism: int,
     no_colour: bool,
     targets: tuple[str, ...],
+    state: str | None,
+    verbose: bool,
+    wait: float,
     saved: Path | None,
     auto_approve: bool,
-    verbose: bool,
 ) -> None:
     """Apply the manifests (or a saved plan, from where it was made or with PATHS), then verify."""
     from provisioner.commands import apply_command
@@ -198,7 +228,7 @@ def apply(
     sys.exit(
         apply_command(
             list(paths),
-            _options(inventory, parallelism, no_colour, verbose),
+            _options(inventory, parallelism, no_colour, state=state, verbose=verbose, wait=wait),
             targets=targets,
             saved_path=saved,
             auto_approve=auto_approve,
@@ -239,6 +269,111 @@ def drift(
             targets=targets,
         )
     )
+
+
+class _RolloutGroup(click.Group):
+    """``rollout status [ID]`` is a subcommand; anything else starts (or resumes) a rollout."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@app.group(cls=_RolloutGroup)
+def rollout() -> None:
+    """Tenants in waves over many servers: provisioner rollout PATH... | --resume ID | status."""
+
+
+@rollout.command("start")
+@cache_option
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@inventory_option
+@parallelism_option
+@colour_option
+@target_option
+@state_option
+@verbose_option
+@click.option(
+    "--waves",
+    default="1,10%,50%,100%",
+    show_default=True,
+    help="tenants per wave, cumulative: numbers or percentages; the first is the canary",
+)
+@click.option(
+    "--max-failures",
+    default="0",
+    show_default=True,
+    metavar="N|P%",
+    help="failed tenants a wave may have before the rollout halts",
+)
+@click.option("--pause", type=click.FloatRange(0), default=0.0, metavar="S", help="between waves")
+@click.option("--confirm-each-wave", is_flag=True, help="ask before each wave")
+@click.option("--lease", type=click.FloatRange(1), default=60.0, metavar="S", hidden=True)
+@click.option("--resume", "resume_id", type=int, metavar="ID", help="continue or join a rollout")
+@wait_option
+@auto_approve_option
+def rollout_start(
+    paths: tuple[Path, ...],
+    inventory: str | None,
+    parallelism: int,
+    no_colour: bool,
+    targets: tuple[str, ...],
+    state: str | None,
+    verbose: bool,
+    waves: str,
+    max_failures: str,
+    pause: float,
+    confirm_each_wave: bool,
+    lease: float,
+    resume_id: int | None,
+    wait: float,
+    auto_approve: bool,
+) -> None:
+    """Roll the manifests out in waves: wave 0 the servers' own resources, then the tenants,
+    canary first; halt when a wave fails too much. With --resume ID, continue a halted or
+    interrupted rollout from fresh facts, or join a running one as another worker."""
+    from provisioner.rollout.command import resume_command, rollout_command
+    from provisioner.state.rollouts import Settings
+
+    options = _options(inventory, parallelism, no_colour, state=state, verbose=verbose, wait=wait)
+    if resume_id is not None:
+        sys.exit(resume_command(resume_id, list(paths), options, auto_approve=auto_approve))
+    if not paths:
+        raise click.UsageError("give the manifest paths to roll out, or --resume ID")
+    if pause and confirm_each_wave:
+        raise click.UsageError("give --pause or --confirm-each-wave, not both")
+    settings = Settings(waves, max_failures, pause, confirm_each_wave, lease)
+    sys.exit(
+        rollout_command(
+            list(paths), options, settings=settings, targets=targets, auto_approve=auto_approve
+        )
+    )
+
+
+@rollout.command("status")
+@click.argument("rollout_id", required=False, type=int)
+@state_option
+@verbose_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "markdown", "html"]),
+    default="text",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
+def rollout_status(
+    rollout_id: int | None,
+    state: str | None,
+    verbose: bool,
+    output_format: str,
+    output: Path | None,
+) -> None:
+    """Show a rollout, running or finished (the latest without an ID)."""
+    from provisioner.rollout.command import status_command
+
+    options = _options(None, state=state, verbose=verbose)
+    sys.exit(status_command(rollout_id, options, output_format=output_format, output=output))
 
 
 @app.group()
@@ -465,6 +600,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         code = EXIT_ERROR
+    except Interrupted as exc:
+        click.echo(f"interrupted: {exc}", err=True)
+        code = EXIT_INTERRUPTED
     except ProvisionerError as exc:
         click.echo(f"error: {exc}", err=True)
         code = EXIT_ERROR

@@ -8,27 +8,35 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
 
-from provisioner.directory.reader import read_directory
-from provisioner.errors import ProvisionerError
+from provisioner.converge import (
+    Outcome,
+    Work,
+    carry_out,
+    grouped_notes,
+    held_lines,
+    lock_and_read,
+    plan_of,
+    result_lines,
+    verify,
+    work_of,
+)
+from provisioner.errors import Interrupted, ProvisionerError
 from provisioner.inventory import Inventory, inventory_file, load_inventory
 from provisioner.inventory import check as check_inventory
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
-from provisioner.pbx import PbxFacts
-from provisioner.plan.model import Action, Plan
+from provisioner.plan.model import Plan
 from provisioner.planner import (
     Host,
     HostPlan,
     PlanInputs,
-    build_plan,
     context,
     hosts,
-    profile_for,
 )
 from provisioner.remote.contract import HostFacts
 from provisioner.remote.tsecimp import render_xml
@@ -36,10 +44,10 @@ from provisioner.render import drift as drift_render
 from provisioner.render import markdown, text
 from provisioner.render.json_format import plan_to_json
 from provisioner.resources.line_assignment import desired_xml_users
-from provisioner.resources.services import cti_engine_name
-from provisioner.resources.users_group import KIND as GROUP
-from provisioner.runner import HostResult, Journal, Run, friendly_names, verify
+from provisioner.runner import HostResult, Reading, Run, friendly_names
 from provisioner.saved_plan import SavedPlan
+from provisioner.state.locks import HostLocks
+from provisioner.state.store import RunRecord, StateStore, recorded_run
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -49,8 +57,10 @@ class Options:
     inventory: str | None = None
     parallelism: int = 10
     colour: bool = False
+    verbose: bool = False  # every change of a large plan, every tenant of a repeated note
+    state: str | None = None  # --state URL
+    wait: float = 0.0  # --wait: how long to queue behind another apply's host locks
     echo: Callable[[str], None] = click.echo
-    verbose: bool = False  # every change of a large plan, not one line per tenant
 
 
 def load(paths: Sequence[Path]) -> Estate:
@@ -80,8 +90,7 @@ def refuse(errors: Sequence[ProvisionerError], what: str) -> None:
 
 
 def make_plan(run: Run, estate: Estate, targets: Sequence[str]) -> tuple[Plan, dict[str, HostPlan]]:
-    inputs = run.inputs()
-    return build_plan(estate, inputs, targets=targets)
+    return plan_of(estate, run.inventory, run.read(), targets)
 
 
 def plan_command(
@@ -96,13 +105,22 @@ def plan_command(
 ) -> int:
     estate = load(paths)
     inventory = load_inventory_for(estate, options)
-    with Run(estate, inventory, parallelism=options.parallelism) as run:
+    with (
+        StateStore.open(options.state) as store,
+        Run(estate, inventory, parallelism=options.parallelism) as run,
+        recorded_run(store, "plan", manifests=paths, targets=targets, owner=run.owner) as run_id,
+    ):
         plan, _ = make_plan(run, estate, targets)
+        status = "problems" if plan.problems else "changes" if plan.has_changes else "no-changes"
+        store.finish_run(run_id, status, plan.summary())
+    shown = plan
+    if output_format == "text":
+        shown = replace(plan, notes=grouped_notes(plan.notes, verbose=options.verbose))
     if output is not None:
-        write_report(output, render(plan, output_format, colour=False).rstrip("\n") + "\n")
+        write_report(output, render(shown, output_format, colour=False).rstrip("\n") + "\n")
         options.echo(f"{plan.summary()} The plan is written to {output}.")
     else:
-        write_plan(plan, output_format, options)
+        write_plan(shown, output_format, options)
     if out is not None:
         SavedPlan.of(plan, paths, inventory_file(options.inventory)).write(out)
         options.echo(f"Saved the plan to {out}: apply it with 'provisioner apply --plan {out}'.")
@@ -136,116 +154,97 @@ def apply_command(
     saved_path: Path | None,
     auto_approve: bool,
 ) -> int:
-    saved = SavedPlan.read(saved_path) if saved_path else None
-    if saved is not None:
-        if targets:
-            raise ProvisionerError("a saved plan keeps the targets it was made with: drop --target")
-        paths = saved.manifest_paths(paths)
-        targets = saved.targets
-    elif not paths:
-        raise ProvisionerError("give the manifest paths to apply, or --plan FILE")
+    """Apply as named steps: every offline check, then lock, read, plan, show, hold back,
+    confirm, record, carry out, verify, summarise; the hosts' locks go after the verify."""
+    saved, paths, targets = saved_plan_or_manifests(saved_path, paths, targets)
     estate = load(paths)
     if saved is not None:  # every offline check before any host, directory or PBX is contacted
         saved.check_offline(paths, inventory_file(options.inventory))
     inventory = load_inventory_for(estate, options)
-    with Run(estate, inventory, parallelism=options.parallelism) as run:
-        plan, host_plans = make_plan(run, estate, targets)
+    with (
+        StateStore.open(options.state, connections=options.parallelism) as store,
+        Run(estate, inventory, parallelism=options.parallelism) as run,
+        HostLocks(store, run.owner) as locks,
+    ):
+        reading = lock_and_read(run, locks, wait_s=options.wait)
+        plan, host_plans = plan_of(estate, inventory, reading, targets)
         if saved is not None:
             saved.check_fresh(plan)
-        write_plan(plan, "text", options)
-        group_changes = [
-            c for c in plan.actionable if c.kind == GROUP and c.address not in plan.held_back
-        ]
-        for address in plan.held_back:  # host_plans hold only what goes ahead
-            options.echo(f"  held back: {address} (a problem above concerns it)")
-        pending = group_changes + [c for hp in host_plans.values() for c in hp.changes]
-        if not any(c.action is not Action.NOOP for c in pending):
+        show_plan(plan, options)
+        work = work_of(plan, host_plans)
+        for line in held_lines(work.held, verbose=options.verbose):
+            options.echo(f"  {line}")
+        if not work.pending:
             return EXIT_ERROR if plan.problems else EXIT_OK
-        journal = Journal()  # fails here, before anything changed, if it cannot be written
         if not auto_approve:
-            try:
-                confirm(options)
-            except ProvisionerError:
-                journal.path.unlink(missing_ok=True)  # nothing was applied: nothing to record
-                raise
-        results = []
-        if group_changes:
-            results.append(run.apply_directory(group_changes))
-            journal.record(results[-1])
-        results += run.apply(host_plans, journal)
-        for result in results:
-            for outcome in result.changes:
-                mark = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}[outcome.status]
-                suffix = f": {outcome.message}" if outcome.message else ""
-                options.echo(f"  {mark} {outcome.change.address} {outcome.status}{suffix}")
-            if result.status != "ok":
-                options.echo(f"{result.host.name}: {result.status}: {result.message}")
-        applied = {r.host.key for r in results}
-        after_facts, after_problems = run.gather([h for h in run.hosts if h.key in applied])
-        inputs = PlanInputs(
-            facts=after_facts,
-            problems=after_problems,
-            resolve=inventory.resolve,
-            extensions=run.pbx.extensions,
-            # the plan's user policies hold for the check too (removed lines stay removed);
-            # AD is read again so that group changes are checked against AD as it is now
-            directory=read_directory(estate, inventory) if run.directory.read_sites else None,
-        )
-        after, _ = build_plan(estate, inputs, targets=[])
-    leftovers = verify(after, results)
-    leftovers += [f"{p.host}: not verified: {p.message}" for p in after_problems if p.host]
-    for line in leftovers:
-        options.echo(f"  ! {line}")
-    for line in health(estate, after_facts, run.pbx, results):
-        options.echo(f"  health: {line}")
-    done = sum(1 for r in results for c in r.changes if c.status == "ok")
-    total = sum(len(r.changes) for r in results)
-    failed_hosts = [r.host.name for r in results if r.status != "ok"]
-    options.echo(
-        f"Apply {'complete' if not failed_hosts and not leftovers else 'incomplete'}: "
-        f"{done} of {total} changes done"
-        + (f"; failed on {', '.join(failed_hosts)}" if failed_hosts else "")
-        + (f"; {len(leftovers)} did not verify" if leftovers else "")
-        + f". Journal: {journal.path}"
-    )
-    return EXIT_ERROR if failed_hosts or leftovers or plan.problems else EXIT_OK
+            confirm("Apply these changes?")
+        with recorded_run(
+            store, "apply", manifests=paths, targets=targets, owner=run.owner
+        ) as run_id:
+            results = carry_out_recorded(run, work, reading, store, run_id)
+            check = verify(run, reading, results, work)
+            outcome = Outcome(plan, work, results, check)
+            summarise(outcome, options, store, run_id)
+        store.ensure_recorded()
+    return outcome.exit_code
 
 
-def health(
-    estate: Estate, facts: dict[str, HostFacts], pbx: PbxFacts, results: list[HostResult]
-) -> list[str]:
-    """Per tenant on an applied server: does the CTI engine run, does the CTI login work?"""
-    lines = []
-    applied = {r.host.name for r in results if r.host.role == "server"}
-    for tenant in sorted(estate.tenants.values(), key=lambda t: t.name):
-        if tenant.server not in applied:
-            continue
-        server = estate.servers[tenant.server]
-        host_facts = facts.get(f"server/{tenant.server}")
-        engine_state = "not managed"
-        if server.cti_engine is not None and host_facts is not None:
-            host = Host(f"server/{server.name}", server.name, "server")
-            wanted = (cti_engine_name(server, profile_for(estate, host)) or "").lower()
-            found = next((s for s in host_facts.services if s.name.lower() == wanted), None)
-            engine_state = found.state if found else "missing"
-        login = "ok" if tenant.name in pbx.extensions else "FAILED"
-        lines.append(
-            f"tenant {tenant.name} on {tenant.server}: CTI engine {engine_state}, "
-            f"CTI API login {login}"
-        )
-    return lines
+def show_plan(plan: Plan, options: Options) -> None:
+    notes = grouped_notes(plan.notes, verbose=options.verbose)
+    write_plan(replace(plan, notes=notes), "text", options)
 
 
-def confirm(options: Options) -> None:
+def carry_out_recorded(
+    run: Run, work: Work, reading: Reading, store: StateStore, run_id: int
+) -> list[HostResult]:
+    """The work, each batch recorded; Ctrl-C lets the batches on their way finish."""
+    try:
+        results = carry_out(run, work, reading, RunRecord(store, run_id, worker=run.owner))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"the batches already sent finished and are recorded as run {run_id} in "
+            f"{store.where}; nothing more was sent: run plan to see what remains"
+        ) from None
+    return results
+
+
+def summarise(outcome: Outcome, options: Options, store: StateStore, run_id: int) -> None:
+    """Each change's result, what did not verify, the tenants' health, the counts."""
+    check = outcome.check
+    assert check is not None
+    lines = [f"  {line}" for line in result_lines(outcome.results)]
+    lines += [f"  ! {line}" for line in check.leftovers]
+    lines += [f"  note: {line}" for line in check.notes]
+    lines += [f"  health: {tenant}" for tenant in check.health]
+    summary = outcome.summary()
+    summary[0] = summary[0].rstrip(".") + f". Recorded as run {run_id} in {store.where}."
+    for line in lines + summary:
+        options.echo(line)
+    store.finish_run(run_id, "complete" if outcome.complete else "incomplete", summary[0])
+
+
+def saved_plan_or_manifests(
+    saved_path: Path | None, paths: Sequence[Path], targets: Sequence[str]
+) -> tuple[SavedPlan | None, Sequence[Path], Sequence[str]]:
+    """The saved plan (when given) with the manifests and targets it was made with."""
+    if saved_path is None:
+        if not paths:
+            raise ProvisionerError("give the manifest paths to apply, or --plan FILE")
+        return None, paths, targets
+    saved = SavedPlan.read(saved_path)
+    if targets:
+        raise ProvisionerError("a saved plan keeps the targets it was made with: drop --target")
+    return saved, saved.manifest_paths(paths), saved.targets
+
+
+def confirm(question: str, command: str = "apply") -> None:
     if not sys.stdin.isatty():
         raise ProvisionerError(
-            "apply needs confirmation and there is no terminal: add --auto-approve"
+            f"{command} needs confirmation and there is no terminal: add --auto-approve"
         )
-    answer = click.prompt(
-        "Apply these changes? Only 'yes' is accepted", default="", show_default=False
-    )
+    answer = click.prompt(f"{question} Only 'yes' is accepted", default="", show_default=False)
     if answer.strip() != "yes":
-        raise ProvisionerError("apply cancelled: nothing was changed")
+        raise ProvisionerError(f"{command} cancelled: nothing was changed")
 
 
 def drift_command(

@@ -39,3 +39,7 @@ class ManifestError(ProvisionerError):
 
 class TransportError(ProvisionerError):
     """A host, directory or API could not be reached or refused us; the message says what to fix."""
+
+
+class Interrupted(ProvisionerError):
+    """Ctrl-C: what was on its way finished and is recorded; nothing else was sent (exit 130)."""

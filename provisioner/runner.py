@@ -8,16 +8,14 @@ Connectors come from one factory (:mod:`provisioner.connectors`), WinRM unless g
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from provisioner.connectors import Connect, Connector, over_winrm
 from provisioner.directory.model import DirectoryFacts, group_key
@@ -25,7 +23,7 @@ from provisioner.directory.operations import add_group_members, remove_group_mem
 from provisioner.directory.reader import read_directory, settings_for
 from provisioner.errors import ProvisionerError
 from provisioner.inventory import Inventory
-from provisioner.manifest.models import domain_user_key
+from provisioner.manifest.models import Tenant, domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.pbx import PbxFacts, read_pbx, unassigned_extensions
 from provisioner.plan.model import Action, Change, Plan, PlanProblem
@@ -92,13 +90,56 @@ class ChangeResult:
 @dataclass
 class HostResult:
     host: Host
-    status: str  # ok | failed | locked | unreachable
+    status: str  # ok | failed | locked | unreachable | interrupted
     message: str = ""
     changes: list[ChangeResult] = field(default_factory=list)
 
 
+DIRECTORY = Host("directory", "directory", "directory")  # where group changes are carried out
+
+
+class Recorder(Protocol):
+    """Where an apply writes what it is about to send, and then what came of it."""
+
+    def intent(self, host: Host, changes: Sequence[Change]) -> object:
+        """Called BEFORE a batch is sent; returns a handle for :meth:`result`."""
+        ...
+
+    def result(self, handle: object, result: HostResult) -> None:
+        """Called once the batch's outcome is known (its changes' results)."""
+        ...
+
+    def unsent(self, host: Host, results: Sequence[ChangeResult], why: str) -> None:
+        """Changes that were planned for a host but never sent (a batch before them failed)."""
+        ...
+
+
+@dataclass
+class Reading:
+    """What one read of the estate found: host facts, each tenant's PBX, the directory."""
+
+    facts: dict[str, HostFacts]
+    problems: list[PlanProblem]  # per host that could not be read
+    pbx: PbxFacts = field(default_factory=PbxFacts)
+    directory: DirectoryFacts = field(default_factory=DirectoryFacts)
+
+    def inputs(self, estate: Estate, inventory: Inventory) -> PlanInputs:
+        return PlanInputs(
+            facts=self.facts,
+            problems=self.problems + self.pbx.problems + self.directory.problems,
+            resolve=inventory.resolve,
+            extensions=self.pbx.extensions,
+            directory=self.directory,
+            notes=self.directory.notes + unassigned_extensions(estate, self.pbx),
+        )
+
+
 class Run:
-    """One command's connections to the estate's hosts; close it to delete the shells."""
+    """One command's connections to the estate's hosts; close it to delete the shells.
+
+    Set :attr:`stopping` (on Ctrl-C) and no further batch is sent; batches already on their way
+    finish and are recorded.
+    """
 
     def __init__(
         self,
@@ -108,6 +149,7 @@ class Run:
         parallelism: int = DEFAULT_PARALLELISM,
         only: Iterable[str] | None = None,
         connect: Connect | None = None,
+        owner: str | None = None,
     ) -> None:
         self.estate = estate
         self.inventory = inventory
@@ -116,8 +158,9 @@ class Run:
         wanted = set(only) if only is not None else None
         self.hosts = [h for h in hosts(estate) if wanted is None or h.name in wanted]
         self._remote: dict[str, Connector] = {}
-        self.pbx = PbxFacts()
-        self.directory = DirectoryFacts()
+        self._remote_lock = threading.Lock()
+        self.owner = owner or default_owner()
+        self.stopping = threading.Event()
 
     def __enter__(self) -> Run:
         return self
@@ -128,24 +171,30 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        for remote in self._remote.values():
+        with self._remote_lock:
+            remotes = list(self._remote.values())
+            self._remote.clear()
+        for remote in remotes:
             remote.close()
-        self._remote.clear()
 
     def abort(self) -> None:
         """From any thread: stop every host's running command and delete its shell."""
-        remotes = list(self._remote.values())
+        with self._remote_lock:
+            remotes = list(self._remote.values())
         self._parallel(lambda remote: remote.abort(), remotes)
 
     @property
     def retries(self) -> list[RetryEvent]:
         """Every gather that ran again in a fresh shell during this run, and why."""
-        return [event for remote in self._remote.values() for event in remote.retries]
+        with self._remote_lock:
+            remotes = list(self._remote.values())
+        return [event for remote in remotes for event in remote.retries]
 
     def remote(self, host: Host) -> Connector:
-        if host.key not in self._remote:
-            self._remote[host.key] = self.connect(host)
-        return self._remote[host.key]
+        with self._remote_lock:
+            if host.key not in self._remote:
+                self._remote[host.key] = self.connect(host)
+            return self._remote[host.key]
 
     def gather(
         self, hosts_: Iterable[Host] | None = None
@@ -168,73 +217,81 @@ class Run:
                 problems.append(PlanProblem(error, host=host.name))
         return facts, problems
 
-    def inputs(self) -> PlanInputs:
-        """Everything a plan reads: every host's facts, every tenant's PBX, and meanwhile (it
-        needs neither) the directory."""
+    def read(
+        self, hosts_: Iterable[Host] | None = None, tenants: Iterable[Tenant] | None = None
+    ) -> Reading:
+        """Everything a plan reads: the hosts' facts, the tenants' PBXs and, meanwhile (it needs
+        neither), the directory (every host and tenant unless narrowed)."""
+        chosen, scope = self._scope(tenants)
         with ThreadPoolExecutor(max_workers=1) as meanwhile:
             directory = meanwhile.submit(
-                read_directory, self.estate, self.inventory, parallelism=self.parallelism
+                read_directory, scope, self.inventory, parallelism=self.parallelism
             )
-            facts, problems = self.gather()
-            self.pbx = read_pbx(
-                self.estate, self.inventory, self.estate.tenants, parallelism=self.parallelism
-            )
-            self.directory = directory.result()
-        return PlanInputs(
-            facts=facts,
-            problems=problems + self.pbx.problems + self.directory.problems,
-            resolve=self.inventory.resolve,
-            extensions=self.pbx.extensions,
-            directory=self.directory,
-            notes=self.directory.notes + unassigned_extensions(self.estate, self.pbx),
-        )
+            facts, problems = self.gather(hosts_)
+            pbx = read_pbx(self.estate, self.inventory, chosen, parallelism=self.parallelism)
+            return Reading(facts, problems, pbx, directory.result())
 
-    def apply_directory(self, changes: list[Change]) -> HostResult:
-        """Group membership changes over LDAP, one connection per Site; idempotent."""
-        host = Host("directory", "directory", "directory")
+    def read_around(
+        self,
+        facts: dict[str, HostFacts],
+        problems: list[PlanProblem],
+        tenants: Iterable[Tenant] | None = None,
+    ) -> Reading:
+        """A :class:`Reading` of facts already gathered: the tenants' PBXs and the directory."""
+        chosen, scope = self._scope(tenants)
+        pbx = read_pbx(self.estate, self.inventory, chosen, parallelism=self.parallelism)
+        directory = read_directory(scope, self.inventory, parallelism=self.parallelism)
+        return Reading(facts, problems, pbx, directory)
+
+    def _scope(self, tenants: Iterable[Tenant] | None) -> tuple[dict[str, Tenant], Estate]:
+        """The tenants to read, and the estate narrowed to them for the directory."""
+        if tenants is None:
+            return dict(self.estate.tenants), self.estate
+        chosen = {t.name: t for t in tenants}
+        return chosen, replace(self.estate, tenants=chosen)
+
+    def apply_directory(
+        self, changes: list[Change], directory: DirectoryFacts, recorder: Recorder
+    ) -> HostResult:
+        """Group membership changes over LDAP, one connection per change; idempotent."""
+        handle = recorder.intent(DIRECTORY, changes)
         results: list[ChangeResult] = []
+        status, message = "ok", ""
         for change in changes:
-            tenant = self.estate.tenants[change.tenant or ""]
-            site = self.estate.site_of(self.estate.servers[tenant.server])
-            assert site is not None
-            before = set((change.before or {}).get("members", []))
-            after = set((change.after or {}).get("members", []))
-            group = self.directory.groups[group_key(tenant.users_group or "")]
             try:
-                with LDAPConnection.open(settings_for(site, self.inventory)) as conn:
-                    add = member_dns(self.directory, sorted(after - before))
-                    drop = member_dns(self.directory, sorted(before - after))
-                    if add:
-                        add_group_members(conn, group.dn, add)
-                    if drop:
-                        remove_group_members(conn, group.dn, drop)
+                self._change_group(change, directory)
             except ProvisionerError as exc:
                 results.append(ChangeResult(change, "failed", str(exc)))
                 results += [ChangeResult(c, "not-run") for c in changes[len(results) :]]
-                return HostResult(host, "failed", f"{change.address}: {exc}", results)
+                status, message = "failed", f"{change.address}: {exc}"
+                break
             results.append(ChangeResult(change, "ok"))
-        return HostResult(host, "ok", "", results)
+        result = HostResult(DIRECTORY, status, message, results)
+        recorder.result(handle, result)
+        return result
 
-    def apply(self, host_plans: dict[str, HostPlan], journal: Journal) -> list[HostResult]:
-        """One batch per host, hosts in parallel; each result is journalled as it arrives."""
+    def _change_group(self, change: Change, directory: DirectoryFacts) -> None:
+        tenant = self.estate.tenants[change.tenant or ""]
+        site = self.estate.site_of(self.estate.servers[tenant.server])
+        assert site is not None
+        before = set((change.before or {}).get("members", []))
+        after = set((change.after or {}).get("members", []))
+        group = directory.groups[group_key(tenant.users_group or "")]
+        with LDAPConnection.open(settings_for(site, self.inventory)) as conn:
+            add = member_dns(directory, sorted(after - before))
+            drop = member_dns(directory, sorted(before - after))
+            if add:
+                add_group_members(conn, group.dn, add)
+            if drop:
+                remove_group_members(conn, group.dn, drop)
+
+    def apply(self, host_plans: dict[str, HostPlan], recorder: Recorder) -> list[HostResult]:
+        """One batch per host, hosts in parallel; each batch is recorded before it is sent."""
         work = [hp for hp in host_plans.values() if _acting_of(hp.changes)]
-        owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+        return self._parallel(lambda host_plan: self.apply_host(host_plan, recorder), work)
 
-        def one(host_plan: HostPlan) -> HostResult:
-            try:
-                result = self._apply_host(host_plan, owner)
-            except ProvisionerError as exc:
-                unknown = [ChangeResult(c, "unknown") for c in _acting_of(host_plan.changes)]
-                result = HostResult(
-                    host_plan.host, "failed", f"{exc}; run plan to see what remains", unknown
-                )
-            journal.record(result)
-            return result
-
-        return list(self._parallel(one, work))
-
-    def _apply_host(self, host_plan: HostPlan, owner: str) -> HostResult:
-        """One batch; a second one only for lines of TSP instances the first batch created.
+    def apply_host(self, host_plan: HostPlan, recorder: Recorder) -> HostResult:
+        """One host's batch; a second one only for lines of TSP instances the first created.
 
         A new instance's lines appear only after the Telephony service restarts, so their
         PermanentIDs are unknown when the plan is made, and addresses (extensions) are not
@@ -245,52 +302,84 @@ class Run:
         waiting = {id(c) for c in deferred}
         first = [c for c in host_plan.changes if id(c) not in waiting]
         results: list[ChangeResult] = []
-        for phase, planned in enumerate((first, deferred)):
-            changes = planned
+        for phase, changes in enumerate((first, deferred)):
             if not _acting_of(changes):
                 continue
             if phase == 1:
+                if self.stopping.is_set():
+                    why = "interrupted before this batch was sent"
+                    results += self._unsent(host_plan.host, deferred, why, recorder)
+                    return HostResult(host_plan.host, "interrupted", why, results)
                 try:
                     facts = remote.gather(gather_request(self.estate, host_plan.host))
                 except HostError as exc:
-                    results += [ChangeResult(c, "not-run") for c in _acting_of(deferred)]
                     message = f"{exc}; the line assignments were not imported"
+                    results += self._unsent(host_plan.host, deferred, message, recorder)
                     return HostResult(host_plan.host, "unreachable", message, results)
                 host_plan, problems = replan_lines(host_plan, facts, deferred)
                 if problems:
                     message = f"the line assignments were not imported: {problems[0].message}"
-                    results += [ChangeResult(c, "not-run", message) for c in _acting_of(deferred)]
+                    results += self._unsent(host_plan.host, deferred, message, recorder)
                     return HostResult(host_plan.host, "failed", message, results)
                 changes = host_plan.changes
-            steps, step_changes = build_steps(host_plan, changes)
             if phase == 0:
                 try:
-                    upload_packages(remote, host_plan.context, steps)
+                    upload_packages(remote, host_plan.context, build_steps(host_plan, changes)[0])
                 except ProvisionerError as exc:
-                    results = [ChangeResult(c, "not-run") for c in _acting_of(host_plan.changes)]
-                    return HostResult(host_plan.host, "failed", f"{exc}; nothing changed", results)
-            try:
-                response = remote.apply(apply_request(host_plan, owner, steps))
-            except HostError as exc:
-                results += [ChangeResult(c, "unknown") for c in _acting_of(changes)]
-                return HostResult(
-                    host_plan.host,
-                    "unreachable",
-                    f"{exc}; what the host did is unknown: run plan to see what remains",
-                    results,
-                )
-            result = host_result(changes, response, step_changes, host_plan.host)
+                    why = f"{exc}; nothing changed"
+                    unsent = self._unsent(host_plan.host, host_plan.changes, why, recorder)
+                    return HostResult(host_plan.host, "failed", why, unsent)
+            result = self._send(remote, host_plan, changes, recorder)
             if result.status == "failed":
-                result.changes = self._owed_restarts(remote, host_plan, result.changes, owner)
+                result.changes = self._owed_restarts(remote, host_plan, result.changes, recorder)
             results += result.changes
             if result.status != "ok":
                 if phase == 0:
-                    results += [ChangeResult(c, "not-run") for c in _acting_of(deferred)]
+                    why = "not sent: the batch before failed"
+                    results += self._unsent(host_plan.host, deferred, why, recorder)
                 return HostResult(host_plan.host, result.status, result.message, results)
         return HostResult(host_plan.host, "ok", "", results)
 
+    def _send(
+        self, remote: Connector, host_plan: HostPlan, changes: list[Change], recorder: Recorder
+    ) -> HostResult:
+        """One batch: recorded as intended, sent, its outcome recorded."""
+        acting = _acting_of(changes)
+        if self.stopping.is_set():
+            message = "interrupted before this batch was sent"
+            unsent = self._unsent(host_plan.host, acting, message, recorder)
+            return HostResult(host_plan.host, "interrupted", message, unsent)
+        steps, step_changes = build_steps(host_plan, changes)
+        handle = recorder.intent(host_plan.host, acting)
+        try:
+            response = remote.apply(apply_request(host_plan, self.owner, steps))
+        except HostError as exc:
+            result = HostResult(
+                host_plan.host,
+                "unreachable",
+                f"{exc}; what the host did is unknown: run plan to see what remains",
+                [ChangeResult(c, "unknown") for c in acting],
+            )
+        else:
+            result = host_result(changes, response, step_changes, host_plan.host)
+        recorder.result(handle, result)
+        return result
+
+    @staticmethod
+    def _unsent(
+        host: Host, changes: list[Change], why: str, recorder: Recorder
+    ) -> list[ChangeResult]:
+        results = [ChangeResult(c, "not-run", why) for c in _acting_of(changes)]
+        if results:
+            recorder.unsent(host, results, why)
+        return results
+
     def _owed_restarts(
-        self, remote: Connector, host_plan: HostPlan, results: list[ChangeResult], owner: str
+        self,
+        remote: Connector,
+        host_plan: HostPlan,
+        results: list[ChangeResult],
+        recorder: Recorder,
     ) -> list[ChangeResult]:
         """After a failed step, restart what the completed changes need (Ansible's
         force_handlers): those changes are done, so no later plan would bring the restart back."""
@@ -299,29 +388,29 @@ class Run:
         pending = [r.change for r in results if r.status == "not-run" and r.change.address in owed]
         if not pending:
             return results
-        steps, step_changes = build_steps(host_plan, pending)
-        try:
-            response = remote.apply(apply_request(host_plan, owner, steps))
-        except HostError:
-            return results  # the journal keeps them "not-run"
-        forced = host_result(pending, response, step_changes, host_plan.host).changes
-        by_address = {r.change.address: r for r in forced}
+        forced = self._send(remote, host_plan, pending, recorder)
+        if forced.status not in ("ok", "failed"):
+            return results  # the record keeps them "not-run"
+        by_address = {r.change.address: r for r in forced.changes}
         return [by_address.get(r.change.address, r) for r in results]
 
     def _parallel(
         self, function: Callable[[_In], _Out], items: Sequence[_In], *, interruptible: bool = False
     ) -> list[_Out]:
-        """``function`` over ``items`` in worker threads. On Ctrl-C an ``interruptible`` call
-        (a read) aborts every session so the workers return at once; others let the running
-        calls (apply batches) finish first."""
-        if len(items) <= 1:
-            return [function(item) for item in items]
+        """``function`` over the items, ``parallelism`` at a time, in worker threads even for
+        one item (Ctrl-C interrupts only the main thread). On Ctrl-C an ``interruptible`` call
+        (a read) aborts every session so the workers return at once; others (apply batches)
+        start nothing new (:attr:`stopping`) and let what runs finish and be recorded."""
+        if not items:
+            return []
         pool = ThreadPoolExecutor(max_workers=min(self.parallelism, len(items)))
+        futures = [pool.submit(function, item) for item in items]
         try:
-            return list(pool.map(function, items))
-        except BaseException as exc:
-            if interruptible and not isinstance(exc, Exception):
-                self.abort()  # Ctrl-C: the workers wait on their hosts until the shells close
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            self.stopping.set()
+            if interruptible:
+                self.abort()  # the workers wait on their hosts until the shells close
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -329,6 +418,11 @@ class Run:
 
 def _print_retry(event: RetryEvent) -> None:
     print(event.line(), file=sys.stderr)
+
+
+def default_owner() -> str:
+    """Who holds a host's lock while this process applies: ``alice@ws17 pid 4711``."""
+    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
 
 
 def _acting_of(changes: Iterable[Change]) -> list[Change]:
@@ -454,62 +548,3 @@ def host_result(
         f"{failed.change.address}: {failed.message}" if failed else "",
         results,
     )
-
-
-class Journal:
-    """Each host's results, written as they arrive, so a failed apply can be read and resumed."""
-
-    def __init__(self, directory: Path | None = None) -> None:
-        base = directory or Path(os.environ.get("PROVISIONER_STATE_DIR", ".provisioner"))
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        self.path = base / "journal" / f"apply-{stamp}.jsonl"
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.touch()
-        except OSError as exc:
-            raise ProvisionerError(
-                f"the apply journal {self.path} cannot be written ({exc.strerror}): set "
-                "PROVISIONER_STATE_DIR to a writable directory; nothing was changed"
-            ) from None
-
-    def record(self, result: HostResult) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {
-            "time": datetime.now(UTC).isoformat(),
-            "host": result.host.name,
-            "status": result.status,
-            "message": result.message,
-            "changes": [
-                {
-                    "address": r.change.address,
-                    "action": r.change.action.value,
-                    "status": r.status,
-                    "message": r.message,
-                }
-                for r in result.changes
-            ],
-        }
-        with self.path.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(entry) + "\n")
-
-
-def verify(plan_after: Plan, applied: Iterable[HostResult]) -> list[str]:
-    """What an apply said it did but the hosts do not show: one line per leftover."""
-    done = {r.change.address for h in applied for r in h.changes if r.status == "ok"}
-    problems = []
-    for change in plan_after.actionable:
-        if change.address not in done:
-            continue
-        if change.kind == line_assignment.KIND:
-            wanted = set((change.after or {}).get("lines", []))
-            have = set((change.before or {}).get("lines", []))
-            for line in sorted(wanted - have):
-                problems.append(
-                    f"{change.address}: line {line} did not take (tsecimp reports no error for "
-                    "lines the TSP does not offer: is the extension in the PBX?)"
-                )
-            for line in sorted(have - wanted):
-                problems.append(f"{change.address}: line {line} is still assigned")
-        else:
-            problems.append(f"{change.address}: still differs after apply ({change.reason})")
-    return problems

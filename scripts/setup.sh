@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the provisioner needs on a Debian machine (run as root): the Python venv with the
-# package, and with --test also Samba (a real AD DC for the directory tests) and Chromium (the
-# HTML report test). Safe to run again: it only installs what is missing, and runs pip only when
-# pyproject.toml (or the extras asked for) changed since the last run.
+# package, and with --test also Samba (a real AD DC for the directory tests), Chromium (the
+# HTML report tests) and PostgreSQL (the state store's tests start a private server). Safe to run
+# again: it only installs what is missing, and runs pip only when pyproject.toml (or the extras
+# asked for) changed since the last run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ if $want_test; then
   command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
   command -v jq >/dev/null 2>&1 || apt_packages+=(jq)     # reads the JSON plan as scripts do
   command -v git >/dev/null 2>&1 || apt_packages+=(git)   # pre-commit try-repo, saved-plan clones
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.support.cti_api",
     "tests.support.wsman",
     "tests.support.lab",
+    "tests.support.postgres",
 ]

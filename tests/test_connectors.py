@@ -10,8 +10,9 @@ from provisioner.connectors import in_process
 from provisioner.inventory import Inventory
 from provisioner.manifest.models import WinRMSettings
 from provisioner.planner import PlanInputs, build_plan
-from provisioner.runner import Journal, Run
+from provisioner.runner import Run
 from tests.support.host_model import ModelEstate
+from tests.support.state import Unrecorded
 from tests.support.testbed import TEST_SERVER, manifests_of_the_test_server
 
 PACKAGE = Path(provisioner.__file__).parent
@@ -52,7 +53,7 @@ def test_the_runner_plans_and_applies_through_the_connectors_it_is_given(tmp_pat
         assert problems == []
         plan, host_plans = build_plan(model.estate, PlanInputs(facts, resolve=inventory.resolve))
         assert plan.has_changes
-        [result] = run.apply(host_plans, Journal(tmp_path / "state"))
+        [result] = run.apply(host_plans, Unrecorded())
         assert result.status == "ok", result.message
         again = PlanInputs(run.gather()[0], resolve=inventory.resolve)
         after, _ = build_plan(model.estate, again)

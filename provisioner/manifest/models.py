@@ -632,6 +632,9 @@ class Tenant(_Model):
     prune: bool = Field(
         False, description="remove lines of this tenant from users the manifest does not name"
     )
+    wave: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="the rollout wave this tenant goes in (1: the canary's)"
+    )
 
 
 # --- TapiClients --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """When an apply goes wrong: locks, failed steps, lost connections.
 
-A host stops at its first failure, the other hosts finish, the summary and the journal say what
+A host stops at its first failure, the other hosts finish, the summary and the state store say what
 was and was not done, the exit code is 1, and the next plan shows exactly what remains.
 """
 
@@ -43,8 +43,8 @@ def two_servers(directory: Path, *, tapi02: dict[str, Any]) -> Path:
 
 
 def outcome(estate: LabEstate, host: str) -> dict[str, str]:
-    """address → status (ok, failed, not-run, unknown) of one host in the last apply's journal."""
-    return {c["address"]: c["status"] for c in estate.last_journal()[host]["changes"]}
+    """address → status (ok, failed, not-run, unknown) of one host in the last apply's record."""
+    return {c["address"]: c["status"] for c in estate.last_apply()[host]["changes"]}
 
 
 def summary_line(output: str) -> str:
@@ -94,7 +94,7 @@ def test_a_locked_host_fails_fast_names_the_holder_and_the_rest_finish(lab_for: 
     assert "failed on tapi01" in summary_line(result.out)
     # tapi01: one attempt, nothing done, the other's lock left alone; the workstations: done
     assert set(outcome(estate, "tapi01").values()) == {"not-run"}
-    assert estate.last_journal()["tapi01"]["status"] == "locked"
+    assert estate.last_apply()["tapi01"]["status"] == "locked"
     assert not estate.windows("tapi01").state.firewall_rules[0].enabled
     lock = estate.windows("tapi01").state.lock
     assert lock is not None and lock.owner == "ops@admin-ws pid 4242"

@@ -32,4 +32,4 @@ def test_without_a_terminal_apply_needs_auto_approve(lab_for, tmp_path: Path) ->
     )
     assert "Traceback" not in result.stderr
     assert estate.plan().code == 2  # nothing was changed
-    assert estate.journals() == []  # and nothing was recorded
+    assert estate.runs("apply") == []  # and nothing was recorded

@@ -52,6 +52,7 @@ from provisioner.runner import Run
 from provisioner.secrets import Secret
 from provisioner.transports.ldap import LDAPConnection, dn_key
 from tests.support.lab import EXAMPLES, CliResult, LabEstate, secret_hits
+from tests.support.state import Unrecorded
 
 pytestmark = pytest.mark.samba
 
@@ -536,7 +537,8 @@ def test_group_changes_are_idempotent_when_ad_moved_meanwhile(ad_lab: ADLabFor) 
     assert not errors
     inventory = load_inventory(os.environ["PROVISIONER_INVENTORY"])
     with Run(estate, inventory) as run:
-        plan, _ = build_plan(estate, run.inputs())
+        reading = run.read()
+        plan, _ = build_plan(estate, reading.inputs(estate, inventory))
         [change] = [c for c in plan.changes if c.kind == "users_group"]
         assert change.action is Action.UPDATE
         # meanwhile an admin adds one of the users and removes the intruder
@@ -544,8 +546,8 @@ def test_group_changes_are_idempotent_when_ad_moved_meanwhile(ad_lab: ADLabFor) 
         ad.admin.modify(
             ad.dn("K6732-TAPI-Users"), {"member": [(ldap3.MODIFY_DELETE, [intruder_dn])]}
         )
-        first = run.apply_directory([change])
-        second = run.apply_directory([change])
+        first = run.apply_directory([change], reading.directory, Unrecorded())
+        second = run.apply_directory([change], reading.directory, Unrecorded())
     assert first.status == "ok" and second.status == "ok", (first, second)
     users = ["MAUERSBERGERM", "jdoe", "reception", "reception2"]
     assert ad.members("K6732-TAPI-Users") == {dn_key(ad.dn(u)) for u in users}
@@ -742,15 +744,17 @@ def test_a_plan_reads_ad_in_a_handful_of_ldap_operations(ad_lab: ADLabFor, tmp_p
     assert not errors, [str(e) for e in errors]
     inventory = load_inventory(os.environ["PROVISIONER_INVENTORY"])
     with Run(estate, inventory) as run:
-        inputs = run.inputs()
+        reading = run.read()
+    inputs = reading.inputs(estate, inventory)
     assert not inputs.problems, inputs.problems
-    assert sum(user is not None for user in run.directory.users.values()) == users
+    directory = reading.directory
+    assert sum(user is not None for user in directory.users.values()) == users
     # a bind per connection, the RootDSE and the crossRef for the domain, one search per batch
     # of users, and per users group one search and one read of its members
     batches = math.ceil(users / batch)
     budget = min(batches, MAX_CONNECTIONS) + 2 + batches + 2 * 1
-    assert run.directory.operations <= budget, (
-        f"{run.directory.operations} LDAP operations for {users} users in batches of {batch}; "
+    assert directory.operations <= budget, (
+        f"{directory.operations} LDAP operations for {users} users in batches of {batch}; "
         f"budget {budget}"
     )
 

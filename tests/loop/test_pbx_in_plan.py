@@ -240,7 +240,7 @@ def test_a_pbx_line_name_that_could_forge_the_listing_holds_back_only_line_chang
     [problem] = problems(applied)
     assert "PBX K7001 names extension 200 'Ben\\r\\nNFON Third Party TAPI K6732" in problem
     assert "line assignments are held back" in problem
-    journal = estate.last_journal()["crm01"]
+    journal = estate.last_apply()["crm01"]
     assert [c["address"] for c in journal["changes"] if c["status"] == "ok"] == [
         "server/crm01/firewall_rule/nfon-tapi-in-smb"
     ]

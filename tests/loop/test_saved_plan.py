@@ -23,10 +23,10 @@ def saved_addresses(path: Path) -> set[str]:
 
 
 def applied_addresses(estate: LabEstate) -> set[str]:
-    """What the last apply carried out, from its journal."""
+    """What the last apply carried out, from the state store."""
     return {
         change["address"]
-        for entry in estate.last_journal().values()
+        for entry in estate.last_apply().values()
         for change in entry["changes"]
         if change["status"] == "ok"
     }

@@ -21,7 +21,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from sqlalchemy.engine import URL
 
 from provisioner.cli import main
 from provisioner.lab.estate import Lab
@@ -36,6 +42,7 @@ from provisioner.lab.windows_host import WindowsHost
 from provisioner.lab.wsman_server import WSManServer
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
+from provisioner.state.store import RunRow, StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -138,18 +145,33 @@ class LabEstate:
 
     # --- what the tool wrote ---------------------------------------------------------------
 
-    def journals(self) -> list[list[dict[str, Any]]]:
-        """Each apply's journal (one entry per host), oldest apply first."""
-        return [
-            [json.loads(line) for line in path.read_text("utf-8").splitlines()]
-            for path in sorted((self.state_dir / "journal").glob("*.jsonl"))
-        ]
+    def store(self) -> StateStore:
+        """The state store the commands wrote to (``state/state.db``)."""
+        return StateStore.open(str(URL.create("sqlite", database=str(self.state_dir / "state.db"))))
 
-    def last_journal(self) -> dict[str, dict[str, Any]]:
-        """The last apply's journal entry per host name."""
-        journals = self.journals()
-        assert journals, "no apply was journalled"
-        return {entry["host"]: entry for entry in journals[-1]}
+    def runs(self, kind: str) -> list[RunRow]:
+        """The recorded runs of one kind (plan, apply, rollout), oldest first."""
+        if not (self.state_dir / "state.db").exists():
+            return []
+        with self.store() as store:
+            return store.runs(kind=kind)
+
+    def last_apply(self) -> dict[str, dict[str, Any]]:
+        """Per host, what the last apply recorded: ``{"status": ..., "changes": [{"address":
+        ..., "status": ..., "message": ...}]}`` over all its batches (a host's worst status)."""
+        applies = self.runs("apply")
+        assert applies, "no apply was recorded"
+        hosts: dict[str, dict[str, Any]] = {}
+        with self.store() as store:
+            for batch in store.batches(applies[-1].id):
+                entry = hosts.setdefault(batch.host, {"status": "ok", "changes": []})
+                if batch.status != "ok" and entry["status"] == "ok":
+                    entry["status"] = batch.status
+                entry["changes"] += [
+                    {"address": c.address, "status": c.status, "message": c.message}
+                    for c in batch.changes
+                ]
+        return hosts
 
     @property
     def directory(self) -> Path:
@@ -246,3 +268,36 @@ def secret_hits(
             if any(form in chunk for form in secret_forms(value) for chunk in data):
                 hits.append(f"{variable} in {where}")
     return hits
+
+
+# --- commands in child processes, hosts that take their time ----------------------------------
+
+
+def provisioner_child(*argv: str | Path) -> subprocess.Popen[str]:
+    """``provisioner ARGV`` in a child process with this process's environment (the lab's
+    inventory and state); Ctrl-C works in it as at a terminal, even where this suite runs in
+    the background (which inherits SIGINT ignored)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "provisioner", *map(str, argv)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def hold_first_batch(server: WSManServer) -> tuple[threading.Event, threading.Event]:
+    """``(arrived, release)``: the host's first batch waits for ``release`` before it runs."""
+    arrived, release = threading.Event(), threading.Event()
+    real = server.handler
+
+    def handler(command: str, arguments: list[str], stdin: bytes) -> Any:
+        if b'"steps"' in stdin and not arrived.is_set():
+            arrived.set()
+            release.wait(60)
+        return real(command, arguments, stdin)
+
+    server.handler = handler
+    return arrived, release
