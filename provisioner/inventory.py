@@ -255,11 +255,12 @@ class _Checker:
         self.add(where, f"CA file {value} does not exist: a relative path is relative to {base}")
 
     def _set_by(self, layers: Sequence[tuple[PathKey, ...]], *fields: str) -> tuple[PathKey, ...]:
-        """The first inventory path (host entry, then defaults) that sets one of ``fields``."""
+        """The first inventory path (host entry, then defaults) that sets one of ``fields``
+        (``null`` sets nothing: the layers below it count, as when the settings are merged)."""
         for field_name in fields:
             for layer in layers:
                 settings = self._layer(layer)
-                if settings is not None and field_name in settings.model_fields_set:
+                if settings is not None and getattr(settings, field_name) is not None:
                     return (*layer, field_name)
         return ()
 

@@ -54,6 +54,14 @@ def test_an_entry_that_names_no_manifest_host_is_an_error_at_its_line(tmp_path: 
     ]
 
 
+@pytest.mark.parametrize(
+    "inventory", ["winrm: {ca_file: null}\n", "hosts:\n  tapi01: {ca_file: null, port: 40001}\n"]
+)
+def test_a_null_setting_sets_nothing(tmp_path: Path, inventory: str) -> None:
+    """As when settings are merged: null leaves the value of the layer below."""
+    assert problems(tmp_path, inventory) == []
+
+
 def test_host_names_compare_without_case(tmp_path: Path) -> None:
     manifests = tmp_path / "m"
     manifests.mkdir()
