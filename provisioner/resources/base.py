@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.errors import ProvisionerError
-from provisioner.manifest.models import SecretRef, TapiClients, TapiServer, Tenant
+from provisioner.manifest.models import SecretRef, TapiClients, TapiServer, Tenant, domain_user_key
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Action, Change
 from provisioner.platform import Profile
@@ -191,12 +191,16 @@ def _reason(differing: list[str], secrets: list[str]) -> str:
 def pair_up(
     desired: Iterable[Resource], live: Iterable[Resource]
 ) -> list[tuple[Resource | None, Resource | None]]:
-    """Match desired and live resources by address, desired order first, then live extras."""
-    live_by_address = {r.address.lower(): r for r in live}
+    """Match desired and live resources by address, desired order first, then live extras.
+
+    Addresses compare as Windows compares names, without case one character at a time
+    (:func:`~provisioner.manifest.models.domain_user_key`), never with Python's full case mapping.
+    """
+    live_by_address = {domain_user_key(r.address): r for r in live}
     pairs: list[tuple[Resource | None, Resource | None]] = []
     seen = set()
     for resource in desired:
-        key = resource.address.lower()
+        key = domain_user_key(resource.address)
         seen.add(key)
         pairs.append((resource, live_by_address.get(key)))
     pairs.extend((None, r) for key, r in live_by_address.items() if key not in seen)
