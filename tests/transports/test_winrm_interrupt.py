@@ -6,16 +6,12 @@ run in this process and hang in their gather, as a host whose command never retu
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.support.lab import EXAMPLES, LabEstate, LabFor
+from tests.support.lab import EXAMPLES, LabFor, provisioner_child
 
 
 def wait_for(condition: object, timeout_s: float) -> bool:
@@ -25,17 +21,6 @@ def wait_for(condition: object, timeout_s: float) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def start_cli(estate: LabEstate, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "provisioner", *args],
-        env=os.environ.copy(),  # the lab's PROVISIONER_INVENTORY and PROVISIONER_STATE_DIR
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
 
 
 @pytest.mark.parametrize("command", ["plan", "drift", "facts"])
@@ -48,17 +33,17 @@ def test_ctrl_c_closes_every_shell_and_exits_130(lab_for: LabFor, command: str) 
     if command == "facts":
         args += ["--server", "tapi01"]
         servers = [estate.server("tapi01")]
-    child = start_cli(estate, *args)
+    child = provisioner_child(*args)
     try:
         busy = wait_for(lambda: all(s.counters.messages.get("Receive") for s in servers), 30)
-        assert busy, child.stderr.read() if child.poll() is not None and child.stderr else ""
+        assert busy, child.stdout.read() if child.poll() is not None and child.stdout else ""
         child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=15)
+        said, _ = child.communicate(timeout=15)
     finally:
         child.kill()
-    assert child.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted"
-    assert "Traceback" not in err
+    assert child.returncode == 130, said
+    assert said.strip().splitlines()[-1] == "interrupted"
+    assert "Traceback" not in said
     for server in servers:
         assert server.open_shells == 0
         assert server.counters.signals == ["terminate"]
