@@ -167,11 +167,17 @@ def _live_formats(ctx: HostContext, k_account: str) -> list[str]:
 
 
 def provider_lines(ctx: HostContext, k_account: str) -> dict[str, str | None]:
-    """The lines the tenant's provider exposes now: extension → permanent id."""
-    tenant = next((t for t in ctx.tenants if t.k_account.casefold() == k_account.casefold()), None)
-    if tenant is None:
-        return {}
-    return {ext: line.permanent_id for ext, line in listing(ctx).lines[tenant.name].items()}
+    """The lines the tenant's provider exposes now: extension → permanent id (computed once
+    per host and facts: every line change asks)."""
+    key = f"{KIND}:ids:{id(ctx.facts)}:{k_account.casefold()}"
+    if key not in ctx.cache:
+        tenant = next(
+            (t for t in ctx.tenants if t.k_account.casefold() == k_account.casefold()), None
+        )
+        lines = listing(ctx).lines.get(tenant.name, {}) if tenant is not None else {}
+        ctx.cache[key] = {ext: line.permanent_id for ext, line in lines.items()}
+    found: dict[str, str | None] = ctx.cache[key]
+    return found
 
 
 def desired(ctx: HostContext) -> list[Resource]:
