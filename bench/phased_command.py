@@ -76,6 +76,7 @@ def main() -> None:
 
 def time_plan_phases() -> None:
     import provisioner.commands as commands
+    import provisioner.converge as converge
     import provisioner.runner as runner
     from provisioner.transports.ldap import LDAPConnection
 
@@ -83,7 +84,7 @@ def time_plan_phases() -> None:
     runner.Run.gather = timed("gather", runner.Run.gather)  # type: ignore[method-assign]
     runner.read_directory = timed("directory", runner.read_directory)
     runner.read_pbx = timed("pbx", runner.read_pbx)
-    commands.build_plan = timed("plan", commands.build_plan)
+    converge.build_plan = timed("plan", converge.build_plan)
     commands.write_plan = timed("render", commands.write_plan)
     LDAPConnection.close = count_searches(LDAPConnection.close)  # type: ignore[method-assign]
 

@@ -87,18 +87,19 @@ def parse_listing(text: str) -> list[ListedProvider]:
     block: list[str] | None = None  # the entries list an open Addresses:/Users: block fills
     block_indent = 0
     for raw in text.removeprefix(_BOM).splitlines():
-        if not raw.strip():
+        stripped = raw.lstrip()
+        if not stripped:
             block = None
             continue
-        indent = len(raw) - len(raw.lstrip())
-        key = _KEY.match(raw)
+        indent = len(raw) - len(stripped)
+        key = _KEY.match(raw) if ":" in stripped else None  # every key ends in a colon
         if block is not None and key is None and indent > block_indent:
-            block.append(raw.strip())
+            block.append(stripped.rstrip())
             continue
         block = None
         if key is None:
             if indent == 0:
-                providers.append(ListedProvider(name=raw.strip()))
+                providers.append(ListedProvider(name=stripped.rstrip()))
                 line = None
             continue
         value = key["value"].strip()

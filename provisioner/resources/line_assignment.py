@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from provisioner.directory.model import DirectoryFacts
@@ -115,7 +115,10 @@ def _read_listing(ctx: HostContext) -> HostListing:
             if glued is None:
                 problems.append(f"{where}: users cannot be told from the line's name")
                 continue
-            lines[tenant.name][extension] = replace(line, users=[*line.users, *glued])
+            users = [*line.users, *glued]
+            lines[tenant.name][extension] = ListedLine(
+                line.name, line.permanent_id, line.addresses, users
+            )
     return HostListing(providers, lines, problems, unread)
 
 
