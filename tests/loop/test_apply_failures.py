@@ -216,21 +216,21 @@ def test_a_step_failing_mid_batch_leaves_the_earlier_steps_done(
 def fault_after(
     server: WSManServer, *, payload: bytes, action: str, code: int, times: int | None
 ) -> None:
-    """Once the host has run a command whose stdin holds ``payload``, fault its next ``action``s.
+    """Once the host runs a command whose stdin holds ``payload``, fault its next ``action``s.
 
-    The handler runs when a command's stdin ends, before the client's first Receive: a fault
-    on "Receive" loses that command's answer, one on "Command" refuses the commands after it.
+    The handler runs when a command's stdin ends; the faults are set before it runs, so that no
+    Receive of that command can slip past them however the threads are scheduled: a fault on
+    "Receive" loses that command's answer, one on "Command" refuses the commands after it.
     """
     real = server.handler
 
     def handler(command: str, arguments: list[str], stdin: bytes) -> Any:
-        result = real(command, arguments, stdin)
         if payload in stdin:
             server.faults.fault_code = code
             server.faults.fault_times = times
             server.faults.fault_on_action = action
             server.handler = real
-        return result
+        return real(command, arguments, stdin)
 
     server.handler = handler
 
