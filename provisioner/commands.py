@@ -19,13 +19,13 @@ from provisioner.converge import (
     carry_out,
     grouped_notes,
     held_lines,
-    lock_and_read,
     plan_of,
     result_lines,
     verify,
     work_of,
 )
 from provisioner.errors import Interrupted, ProvisionerError
+from provisioner.host_locks import HostLocks, holder_text, lapsed
 from provisioner.inventory import Inventory, inventory_file, load_inventory
 from provisioner.inventory import check as check_inventory
 from provisioner.manifest import load_estate
@@ -44,9 +44,8 @@ from provisioner.render import drift as drift_render
 from provisioner.render import markdown, text
 from provisioner.render.json_format import plan_to_json
 from provisioner.resources.line_assignment import desired_xml_users
-from provisioner.runner import HostResult, Reading, Run, friendly_names
+from provisioner.runner import HostResult, Reading, Run, default_owner, friendly_names
 from provisioner.saved_plan import SavedPlan
-from provisioner.state.locks import HostLocks
 from provisioner.state.store import RunRecord, StateStore, recorded_run
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -59,7 +58,7 @@ class Options:
     colour: bool = False
     verbose: bool = False  # every change of a large plan, every tenant of a repeated note
     state: str | None = None  # --state URL
-    wait: float = 0.0  # --wait: how long to queue behind another apply's host locks
+    wait: float = 0.0  # --wait: how long to queue behind another apply's or rollout's host lock
     echo: Callable[[str], None] = click.echo
 
 
@@ -154,19 +153,22 @@ def apply_command(
     saved_path: Path | None,
     auto_approve: bool,
 ) -> int:
-    """Apply as named steps: every offline check, then lock, read, plan, show, hold back,
-    confirm, record, carry out, verify, summarise; the hosts' locks go after the verify."""
+    """Apply as named steps: every offline check, then read (each host's gather takes its
+    lock), plan, show, hold back, confirm, record, carry out (each batch renews the lock),
+    verify (each gather gives the lock back), summarise. A host with nothing to do gets its lock
+    back before the confirmation, and every lock still held when the run ends, whatever ended
+    it."""
     saved, paths, targets = saved_plan_or_manifests(saved_path, paths, targets)
     estate = load(paths)
     if saved is not None:  # every offline check before any host, directory or PBX is contacted
         saved.check_offline(paths, inventory_file(options.inventory))
     inventory = load_inventory_for(estate, options)
+    locks = HostLocks(default_owner())
     with (
         StateStore.open(options.state, connections=options.parallelism) as store,
-        Run(estate, inventory, parallelism=options.parallelism) as run,
-        HostLocks(store, run.owner) as locks,
+        Run(estate, inventory, parallelism=options.parallelism, locks=locks) as run,
     ):
-        reading = lock_and_read(run, locks, wait_s=options.wait)
+        reading = run.read(wait_s=options.wait)
         plan, host_plans = plan_of(estate, inventory, reading, targets)
         if saved is not None:
             saved.check_fresh(plan)
@@ -174,6 +176,7 @@ def apply_command(
         work = work_of(plan, host_plans)
         for line in held_lines(work.held, verbose=options.verbose):
             options.echo(f"  {line}")
+        run.release([h for h in run.hosts if h.key not in work.busy])  # free before the prompt
         if not work.pending:
             return EXIT_ERROR if plan.problems else EXIT_OK
         if not auto_approve:
@@ -351,7 +354,8 @@ def describe_facts(facts: HostFacts) -> str:
             f"{present[facts.tools.tcmsetup]}, verpatch {present[facts.tools.verpatch]}"
         )
     if facts.lock:
-        lines.append(f"  locked by {facts.lock.owner} until {facts.lock.expires}")
+        lapse = " (lapsed)" if lapsed(facts.lock) else ""
+        lines.append(f"  locked by {holder_text(facts.lock)}{lapse}")
     if facts.telephony:
         t = facts.telephony
         lines.append(

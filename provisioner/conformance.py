@@ -1,7 +1,9 @@
 """``provisioner conformance``: behavioural cases of the host contract, run against one host.
 
 The cases a user needs before trusting a host with a rollout: it answers a gather with the
-contract's document; a batch takes the host's lock and gives it back; a batch stops at its first
+contract's document; the host's lock is taken by a gather, refused to another owner's gather and
+batch (naming the holder), renewed by a batch, taken over only by an owner that names the holder
+as the one it replaces, given back by a gather that releases it; a batch stops at its first
 failure; a native command that outlives its timeout is stopped and names its setting; the
 ``tsecimp /d`` listing reads one way only; a TSP instance is created, configured with a sealed
 secret, seen in the next gather with a protected key ACL and the secret's fingerprint only, and
@@ -16,7 +18,8 @@ They create only what no manifest can name: the TSP instance ``CONFORMANCE-<hex>
 start with K) and one disabled blocking rule ``provisioner conformance <hex>`` (a name with
 spaces) in the group ``<firewall group> conformance``. Both are removed at the end whatever
 happened, and a host that holds tenants (any TSP instance, any rule of the managed group) is
-refused before anything is sent.
+refused before anything is sent. The suite holds the host's lock from its first gather to its
+end, as an apply does, so it never runs beside an apply or rollout.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from provisioner.remote.contract import (
     TspInstanceFacts,
     TspInstanceRemove,
 )
-from provisioner.remote.host import HostError
+from provisioner.remote.host import HostError, HostLocked
 from provisioner.remote.sealing import seal
 from provisioner.remote.tsecimp import listing_problems, merge_providers, parse_listing
 from provisioner.resources import firewall, tsp_instance
@@ -80,6 +83,11 @@ class Suite:
     token: str = field(default_factory=lambda: secrets.token_hex(3).upper())
     facts: HostFacts | None = None
     secret: Secret | None = None  # the instance's password, set by the case that creates it
+    holding: bool = False  # the host's lock may be the suite's: give it back at the end
+
+    @property
+    def owner(self) -> str:
+        return f"provisioner conformance {self.token}"
 
     @property
     def instance(self) -> str:
@@ -97,16 +105,31 @@ class Suite:
     def server(self) -> bool:
         return self.request.role == "server"
 
-    def gather(self, **changes: object) -> HostFacts:
-        self.facts = self.connector.gather(self.request.model_copy(update=changes))
+    def gather(self, *, release: bool = False, **changes: object) -> HostFacts:
+        """A gather under the suite's lock (taken or renewed; given back when ``release``)."""
+        lock = LockRequest(owner=self.owner, release=release)
+        self.holding = True
+        self.facts = self.connector.gather(
+            self.request.model_copy(update={**changes, "lock": lock})
+        )
+        self.holding = not release
         return self.facts
 
-    def apply(self, *operations: Operation) -> ApplyResponse:
+    def apply(self, *operations: Operation, lock: LockRequest | None = None) -> ApplyResponse:
         steps = [ApplyStep(id=f"c{n}", operation=op) for n, op in enumerate(operations)]
-        lock = LockRequest(owner=f"provisioner conformance {self.token}")
         return self.connector.apply(
-            ApplyRequest(lock=lock, steps=steps, timeouts=self.request.timeouts)
+            ApplyRequest(
+                lock=lock or LockRequest(owner=self.owner),
+                steps=steps,
+                timeouts=self.request.timeouts,
+            )
         )
+
+    def release(self) -> None:
+        """Give the host's lock back, if the suite may hold it: an empty batch that releases."""
+        if self.holding:
+            self.apply(lock=LockRequest(owner=self.owner, release=True))
+            self.holding = False
 
     def applied(self, *operations: Operation) -> ApplyResponse:
         """Apply and require every step to succeed."""
@@ -198,13 +221,49 @@ def gather(suite: Suite) -> str:
 
 
 def lock(suite: Suite) -> str:
-    suite.applied()
-    held = suite.gather().lock
-    if held is not None:
-        raise CaseFailed(
-            f"the lock is still held after the batch: {held.owner} until {held.expires}"
-        )
-    return "an empty batch took the host's lock and gave it back"
+    """The lock as an apply and a rival see it, step by step; it is the suite's at the end."""
+    facts = suite.gather()
+    if facts.lock is None or facts.lock.owner != suite.owner:
+        raise CaseFailed(f"a gather that took the lock reports it held by {_who(facts)}")
+    rival = f"{suite.owner} rival"
+    try:
+        suite.connector.gather(suite.request.model_copy(update={"lock": LockRequest(owner=rival)}))
+    except HostLocked as exc:
+        if exc.holder.owner != suite.owner:
+            raise CaseFailed(f"a refused gather names {exc.holder.owner!r} as the holder") from None
+    else:
+        raise CaseFailed("another owner's gather took the lock the suite holds")
+    refused = suite.apply(lock=LockRequest(owner=rival))
+    if refused.status != "locked" or refused.lock is None or refused.lock.owner != suite.owner:
+        raise CaseFailed(f"another owner's batch answered {refused.status}, not 'locked' by us")
+    suite.applied()  # ours renews it
+    over = LockRequest(owner=rival, replaces=suite.owner)
+    if _holder(suite.connector.gather(suite.request.model_copy(update={"lock": over}))) != rival:
+        raise CaseFailed("an owner that names the holder as replaced did not take the lock over")
+    lost = suite.apply()
+    if lost.status != "locked" or lost.lock is None or lost.lock.owner != rival:
+        raise CaseFailed(f"a batch whose lock was taken over answered {lost.status}")
+    back = LockRequest(owner=suite.owner, replaces=rival)
+    suite.connector.gather(suite.request.model_copy(update={"lock": back}))
+    suite.gather(release=True)
+    if (held := suite.connector.gather(suite.request).lock) is not None:
+        raise CaseFailed(f"a gather that gave the lock back left it held by {held.owner!r}")
+    if suite.apply().status != "locked":
+        raise CaseFailed("a batch ran under a lock given back before it")
+    suite.gather()  # the suite's again, for the cases that follow
+    return (
+        "taken by a gather; refused to another owner's gather and batch, naming the holder; "
+        "renewed by a batch; taken over by an owner naming the holder replaced, after which the "
+        "holder's batch ran nothing; given back by a releasing gather"
+    )
+
+
+def _holder(facts: HostFacts) -> str | None:
+    return facts.lock.owner if facts.lock else None
+
+
+def _who(facts: HostFacts) -> str:
+    return repr(facts.lock.owner) if facts.lock else "no one"
 
 
 def first_failure(suite: Suite) -> str:
@@ -362,7 +421,8 @@ def cleanup(suite: Suite) -> str:
     if suite.server:
         operations.insert(0, suite.remove_instance())
     suite.applied(*operations)
-    left = [r.name for r in suite.gather(firewall_group=suite.rule_group).firewall_rules]
+    facts = suite.gather(release=True, firewall_group=suite.rule_group)
+    left = [r.name for r in facts.firewall_rules]
     if suite.instance_facts() is not None or left:
         raise CaseFailed(
             f"left on the host: remove TSP instance {suite.instance} and rules {left} by hand"
@@ -377,7 +437,7 @@ def refuse_tenants(suite: Suite, tenants: Sequence[str]) -> None:
             f"the manifests put tenants on this host ({', '.join(tenants)}): conformance runs "
             "only on a test server that holds none; name one with --server"
         )
-    facts = suite.gather()
+    facts = suite.connector.gather(suite.request)  # a look, under no lock
     held = [f"TSP instance {i.instance}" for i in facts.tsp_instances]
     held += (
         [f"{len(facts.firewall_rules)} rules of {suite.request.firewall_group}"]
@@ -396,13 +456,16 @@ def run_cases(
 ) -> list[CaseResult]:
     """Every case in order, then the cleanup; a failed case does not stop the others."""
     suite = Suite(connector, request, profile)
-    refuse_tenants(suite, tenants)
-    results = []
     try:
-        for name, case in CASES:
-            results.append(_timed(name, case, suite))
+        refuse_tenants(suite, tenants)
+        results = []
+        try:
+            for name, case in CASES:
+                results.append(_timed(name, case, suite))
+        finally:
+            results.append(_timed("cleanup", cleanup, suite))
     finally:
-        results.append(_timed("cleanup", cleanup, suite))
+        suite.release()
     return results
 
 

@@ -1,10 +1,11 @@
 """One orchestration for ``apply`` and for each wave of a ``rollout``, as named steps.
 
-    reading = run.read()                                     # gather, PBX, directory
+    reading = run.read()                                     # gather (locks), PBX, directory
     plan, host_plans = plan_of(estate, inventory, reading)   # the pure planner
     work = work_of(plan, host_plans)                         # what goes ahead, what is held back
     results = carry_out(run, work, reading, recorder)        # group changes, a batch per host
-    check = verify(...)                                      # a fresh read: leftovers, health
+    check = verify(...)                                      # a fresh read (gives the locks
+                                                             # back): leftovers, health
     outcome = Outcome(plan, work, results, check)            # counts, lines, the exit code
 
 ``apply`` runs them once over the estate (:mod:`provisioner.commands`); a rollout runs them per
@@ -36,7 +37,6 @@ from provisioner.resources import line_assignment
 from provisioner.resources.services import cti_engine_name
 from provisioner.resources.users_group import KIND as GROUP
 from provisioner.runner import HostResult, Reading, Recorder, Run
-from provisioner.state.locks import HostLocks
 
 Scope = Callable[[Change], bool]
 MARKS = {"ok": "✓", "failed": "✗", "not-run": "·", "unknown": "?"}
@@ -50,16 +50,6 @@ def count(n: int, noun: str) -> str:
 
 def everything(change: Change) -> bool:
     return True
-
-
-def lock_and_read(run: Run, locks: HostLocks, *, wait_s: float = 0.0) -> Reading:
-    """Lock the hosts, then read those locked (the lock covers the plan's own gather); a host
-    another apply or rollout holds is not contacted, and its problem names the holder."""
-    held = locks.take([h.key for h in run.hosts], wait_s=wait_s)
-    reading = run.read([h for h in run.hosts if h.key not in held])
-    for key, holder in held.items():
-        reading.problems.append(PlanProblem(str(holder), host=key.split("/", 1)[1]))
-    return reading
 
 
 def plan_of(
@@ -80,6 +70,15 @@ class Work:
     def pending(self) -> list[Change]:
         changes = self.directory + [c for hp in self.hosts.values() for c in hp.changes]
         return [c for c in changes if c.action is not Action.NOOP]
+
+    @property
+    def busy(self) -> set[str]:
+        """The keys of the hosts that get a batch."""
+        return {
+            key
+            for key, host_plan in self.hosts.items()
+            if any(c.action is not Action.NOOP for c in host_plan.changes)
+        }
 
 
 def work_of(plan: Plan, host_plans: dict[str, HostPlan], scope: Scope = everything) -> Work:
@@ -152,11 +151,14 @@ def verify(
     work: Work,
     *,
     tenants: Iterable[Tenant] | None = None,
+    release: bool = True,
 ) -> Check:
-    """Gather the hosts that got a batch again and plan from what they show: whatever was done
-    but still differs is a leftover; then the health of the tenants on those servers."""
-    applied = {r.host.key for r in results}
-    facts, problems = run.gather([h for h in run.hosts if h.key in applied])
+    """Gather the hosts that got a batch again (giving their locks back, unless not
+    ``release``: a rollout's host with more waves to come) and plan from what they show:
+    whatever was done but still differs is a leftover; then the health of the tenants on those
+    servers. A host whose batch found its lock lost is not read again (it is not this run's)."""
+    applied = {r.host.key for r in results if r.status != "locked"}
+    facts, problems = run.gather([h for h in run.hosts if h.key in applied], release=release)
     return check_against(run, reading, results, work, facts, problems, tenants=tenants)
 
 

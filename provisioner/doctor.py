@@ -29,6 +29,7 @@ import click
 from provisioner.commands import EXIT_ERROR, EXIT_OK, Options, load, load_inventory_for
 from provisioner.connectors import Connect, endpoint_for, over_winrm
 from provisioner.errors import ProvisionerError
+from provisioner.host_locks import holder_text, lapsed
 from provisioner.manifest.validate import Estate
 from provisioner.planner import Host, PlanInputs, context, hosts
 from provisioner.remote.contract import RPC_PORTS, GatherRequest, HostFacts, SystemFacts
@@ -231,6 +232,16 @@ def pending_reboot(subject: Subject) -> Verdict:
             "change before it may fail or be undone by it"
         )
     return PASSED, "none pending"
+
+
+@check("host lock")
+def host_lock(subject: Subject) -> Verdict:
+    lock = subject.facts.lock
+    if lock is None or lapsed(lock):
+        return PASSED, "no apply or rollout holds the host"
+    return WARNING, (
+        f"{holder_text(lock)}: an apply or rollout now fails on this host, or queues with --wait"
+    )
 
 
 # --- the Telephony server -----------------------------------------------------------------------

@@ -3,6 +3,9 @@
 Hosts are worked in parallel (bounded by ``parallelism``); each host gets one connector (one
 WinRM shell) for the whole run, one gather command per read and one apply command per batch.
 Connectors come from one factory (:mod:`provisioner.connectors`), WinRM unless given another.
+A run that applies carries its :class:`~provisioner.host_locks.HostLocks`: its gathers take
+each host's lock, its batches renew it, a gather with ``release`` gives it back, and whatever is
+still held when the run ends is given back with one small command per host.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -22,6 +26,7 @@ from provisioner.directory.model import DirectoryFacts, group_key
 from provisioner.directory.operations import add_group_members, remove_group_members
 from provisioner.directory.reader import read_directory, settings_for
 from provisioner.errors import ProvisionerError
+from provisioner.host_locks import HostLocks, holder_line, lapsed
 from provisioner.inventory import Inventory
 from provisioner.manifest.models import Tenant, domain_user_key
 from provisioner.manifest.validate import Estate
@@ -45,7 +50,7 @@ from provisioner.remote.contract import (
     LockRequest,
     Operation,
 )
-from provisioner.remote.host import HostError, RetryEvent
+from provisioner.remote.host import HostError, HostLocked, RetryEvent
 from provisioner.resources import MODULE_OF, line_assignment, package
 from provisioner.resources.base import HostContext
 from provisioner.resources.services import cti_engine_name
@@ -53,15 +58,19 @@ from provisioner.resources.users_group import member_dns
 from provisioner.transports.ldap import LDAPConnection
 
 DEFAULT_PARALLELISM = 10
+WAIT_POLL_S = 2.0  # --wait: how often a host held by another is asked again
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
 
-def gather_request(estate: Estate, host: Host) -> GatherRequest:
+def gather_request(estate: Estate, host: Host, lock: LockRequest | None = None) -> GatherRequest:
     profile = profile_for(estate, host)
     if host.role == "client":
         return GatherRequest(
-            role="client", firewall_group=profile.firewall_group, timeouts=profile.timeouts()
+            role="client",
+            firewall_group=profile.firewall_group,
+            timeouts=profile.timeouts(),
+            lock=lock,
         )
     server = estate.servers[host.name]
     engine = cti_engine_name(server, profile)
@@ -77,6 +86,7 @@ def gather_request(estate: Estate, host: Host) -> GatherRequest:
         instance_settings_key=profile.instance_settings_key,
         verpatch_path=profile.verpatch_path,
         timeouts=profile.timeouts(),
+        lock=lock,
     )
 
 
@@ -122,6 +132,7 @@ class Reading:
     problems: list[PlanProblem]  # per host that could not be read
     pbx: PbxFacts = field(default_factory=PbxFacts)
     directory: DirectoryFacts = field(default_factory=DirectoryFacts)
+    owner: str | None = None  # whose locks the gathers took (an apply's); None: a plan's
 
     def inputs(self, estate: Estate, inventory: Inventory) -> PlanInputs:
         return PlanInputs(
@@ -130,8 +141,19 @@ class Reading:
             resolve=inventory.resolve,
             extensions=self.pbx.extensions,
             directory=self.directory,
-            notes=self.directory.notes + unassigned_extensions(estate, self.pbx),
+            notes=self.lock_notes()
+            + self.directory.notes
+            + unassigned_extensions(estate, self.pbx),
         )
+
+    def lock_notes(self) -> list[str]:
+        """``host tapi01: locked by ...`` for each host another apply or rollout holds now."""
+        return [
+            f"host {holder_line(key.split('/', 1)[1], facts.lock)}: an apply or rollout now "
+            "fails on it, or queues with --wait"
+            for key, facts in sorted(self.facts.items())
+            if facts.lock is not None and facts.lock.owner != self.owner and not lapsed(facts.lock)
+        ]
 
 
 class Run:
@@ -150,6 +172,7 @@ class Run:
         only: Iterable[str] | None = None,
         connect: Connect | None = None,
         owner: str | None = None,
+        locks: HostLocks | None = None,
     ) -> None:
         self.estate = estate
         self.inventory = inventory
@@ -159,8 +182,10 @@ class Run:
         self.hosts = [h for h in hosts(estate) if wanted is None or h.name in wanted]
         self._remote: dict[str, Connector] = {}
         self._remote_lock = threading.Lock()
-        self.owner = owner or default_owner()
+        self.owner = owner or (locks.owner if locks is not None else default_owner())
+        self.locks = locks
         self.stopping = threading.Event()
+        self._aborted: list[Connector] = []
 
     def __enter__(self) -> Run:
         return self
@@ -168,20 +193,56 @@ class Run:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if exc_type is not None and not issubclass(exc_type, Exception):
             self.abort()  # Ctrl-C: stop and delete every shell over fresh connections
-        self.close()
+        try:
+            self.release()
+        finally:
+            self.close()
 
     def close(self) -> None:
         with self._remote_lock:
-            remotes = list(self._remote.values())
+            remotes = list(self._remote.values()) + self._aborted
             self._remote.clear()
+            self._aborted.clear()
         for remote in remotes:
             remote.close()
 
     def abort(self) -> None:
-        """From any thread: stop every host's running command and delete its shell."""
+        """From any thread: stop every host's running command and delete its shell. A later
+        command (giving a lock back) goes through a fresh connector."""
         with self._remote_lock:
             remotes = list(self._remote.values())
+            self._aborted += remotes
+            self._remote.clear()
         self._parallel(lambda remote: remote.abort(), remotes)
+
+    def release(self, hosts_: Iterable[Host] | None = None) -> None:
+        """Give back the locks this run still holds (of ``hosts_``, or all): one small command
+        per host, an empty batch that releases. A host that does not answer keeps the lock
+        until it lapses."""
+        if self.locks is None:
+            return
+        held = set(self.locks.held)
+        chosen = [h for h in (self.hosts if hosts_ is None else hosts_) if h.key in held]
+
+        def one(host: Host) -> None:
+            request = ApplyRequest(lock=self._lock(host, release=True), steps=[])
+            try:
+                self.remote(host).apply(request)
+            except ProvisionerError as exc:
+                print(f"{host.name}: the host's lock was not given back: {exc}", file=sys.stderr)
+            else:
+                self._settle(host, held=False)
+
+        self._parallel(one, chosen)
+
+    def _lock(self, host: Host, *, release: bool = False) -> LockRequest:
+        if self.locks is None:  # a run that reads only never applies: its batch is refused
+            return LockRequest(owner=self.owner)
+        return self.locks.request(host.key, release=release)
+
+    def _settle(self, host: Host, *, held: bool) -> None:
+        if self.locks is not None:
+            self.locks.settle(host.key, held=held)
 
     @property
     def retries(self) -> list[RetryEvent]:
@@ -197,39 +258,69 @@ class Run:
             return self._remote[host.key]
 
     def gather(
-        self, hosts_: Iterable[Host] | None = None
+        self, hosts_: Iterable[Host] | None = None, *, release: bool = False, wait_s: float = 0.0
     ) -> tuple[dict[str, HostFacts], list[PlanProblem]]:
-        """Facts of every host that answered; one problem per host that did not."""
-        targets = list(self.hosts if hosts_ is None else hosts_)
-
-        def one(host: Host) -> tuple[Host, HostFacts | None, str]:
-            try:
-                return host, self.remote(host).gather(gather_request(self.estate, host)), ""
-            except ProvisionerError as exc:
-                return host, None, str(exc)
-
+        """Facts of every host that answered; one problem per host that did not. A run with
+        :attr:`locks` takes each host's lock with its gather (and gives it back afterwards when
+        ``release``); a host another holds is asked again every few seconds until ``wait_s``
+        has passed, then its problem names the holder."""
+        deadline = time.monotonic() + wait_s
+        pending = list(self.hosts if hosts_ is None else hosts_)
         facts: dict[str, HostFacts] = {}
         problems: list[PlanProblem] = []
-        for host, found, error in self._parallel(one, targets, interruptible=True):
-            if found is not None:
-                facts[host.key] = found
-            else:
-                problems.append(PlanProblem(error, host=host.name))
+        while pending:
+            held: list[Host] = []
+            for host, found, error in self._parallel(
+                lambda host: self._gather_one(host, release), pending, interruptible=True
+            ):
+                if found is not None:
+                    facts[host.key] = found
+                elif isinstance(error, HostLocked) and time.monotonic() + WAIT_POLL_S < deadline:
+                    held.append(host)
+                else:
+                    problems.append(PlanProblem(str(error), host=host.name))
+            if held:
+                time.sleep(WAIT_POLL_S)
+            pending = held
         return facts, problems
 
+    def _gather_one(
+        self, host: Host, release: bool
+    ) -> tuple[Host, HostFacts | None, ProvisionerError | None]:
+        lock = self._lock(host, release=release) if self.locks is not None else None
+        try:
+            found = self.remote(host).gather(gather_request(self.estate, host, lock))
+        except HostLocked as exc:
+            self._settle(host, held=False)
+            return host, None, exc
+        except ProvisionerError as exc:
+            return host, None, exc
+        if lock is not None:
+            self._settle(host, held=not release)
+        return host, found, None
+
     def read(
-        self, hosts_: Iterable[Host] | None = None, tenants: Iterable[Tenant] | None = None
+        self,
+        hosts_: Iterable[Host] | None = None,
+        tenants: Iterable[Tenant] | None = None,
+        *,
+        wait_s: float = 0.0,
     ) -> Reading:
-        """Everything a plan reads: the hosts' facts, the tenants' PBXs and, meanwhile (it needs
-        neither), the directory (every host and tenant unless narrowed)."""
+        """Everything a plan reads: the hosts' facts (under their locks, in a run that has
+        them), the tenants' PBXs and, meanwhile (it needs neither), the directory (every host
+        and tenant unless narrowed)."""
         chosen, scope = self._scope(tenants)
         with ThreadPoolExecutor(max_workers=1) as meanwhile:
             directory = meanwhile.submit(
                 read_directory, scope, self.inventory, parallelism=self.parallelism
             )
-            facts, problems = self.gather(hosts_)
+            facts, problems = self.gather(hosts_, wait_s=wait_s)
             pbx = read_pbx(self.estate, self.inventory, chosen, parallelism=self.parallelism)
-            return Reading(facts, problems, pbx, directory.result())
+            return Reading(facts, problems, pbx, directory.result(), self._owner_of_locks)
+
+    @property
+    def _owner_of_locks(self) -> str | None:
+        return self.locks.owner if self.locks is not None else None
 
     def read_around(
         self,
@@ -241,7 +332,7 @@ class Run:
         chosen, scope = self._scope(tenants)
         pbx = read_pbx(self.estate, self.inventory, chosen, parallelism=self.parallelism)
         directory = read_directory(scope, self.inventory, parallelism=self.parallelism)
-        return Reading(facts, problems, pbx, directory)
+        return Reading(facts, problems, pbx, directory, self._owner_of_locks)
 
     def _scope(self, tenants: Iterable[Tenant] | None) -> tuple[dict[str, Tenant], Estate]:
         """The tenants to read, and the estate narrowed to them for the directory."""
@@ -311,7 +402,8 @@ class Run:
                     results += self._unsent(host_plan.host, deferred, why, recorder)
                     return HostResult(host_plan.host, "interrupted", why, results)
                 try:
-                    facts = remote.gather(gather_request(self.estate, host_plan.host))
+                    lock = self._lock(host_plan.host)
+                    facts = remote.gather(gather_request(self.estate, host_plan.host, lock))
                 except HostError as exc:
                     message = f"{exc}; the line assignments were not imported"
                     results += self._unsent(host_plan.host, deferred, message, recorder)
@@ -352,7 +444,7 @@ class Run:
         steps, step_changes = build_steps(host_plan, changes)
         handle = recorder.intent(host_plan.host, acting)
         try:
-            response = remote.apply(apply_request(host_plan, self.owner, steps))
+            response = remote.apply(apply_request(host_plan, self._lock(host_plan.host), steps))
         except HostError as exc:
             result = HostResult(
                 host_plan.host,
@@ -362,6 +454,7 @@ class Run:
             )
         else:
             result = host_result(changes, response, step_changes, host_plan.host)
+            self._settle(host_plan.host, held=result.status != "locked")
         recorder.result(handle, result)
         return result
 
@@ -460,9 +553,9 @@ def replan_lines(
     return HostPlan(host_plan.host, ctx, changes, fresh.desired), replanned.problems
 
 
-def apply_request(host_plan: HostPlan, owner: str, steps: list[ApplyStep]) -> ApplyRequest:
+def apply_request(host_plan: HostPlan, lock: LockRequest, steps: list[ApplyStep]) -> ApplyRequest:
     timeouts = host_plan.context.profile.timeouts()
-    return ApplyRequest(lock=LockRequest(owner=owner), steps=steps, timeouts=timeouts)
+    return ApplyRequest(lock=lock, steps=steps, timeouts=timeouts)
 
 
 def upload_packages(remote: Connector, ctx: HostContext, steps: list[ApplyStep]) -> None:
@@ -517,14 +610,12 @@ def host_result(
     host: Host,
 ) -> HostResult:
     if response.status == "locked":
-        holder = response.lock
-        who = (
-            f"{holder.owner} since {holder.acquired} (expires {holder.expires})" if holder else "?"
-        )
+        now = holder_line(host.name, response.lock) if response.lock else "no one holds it now"
         return HostResult(
             host,
             "locked",
-            f"{host.name} is locked by another apply: {who}",
+            f"{host.name}: the lock this run took with its gather was lost before this batch "
+            f"({now}): nothing was changed; run plan to see the estate as it is now",
             [ChangeResult(c, "not-run") for c in _acting_of(changes)],
         )
     status_of: dict[str, tuple[str, str]] = {}

@@ -1,8 +1,9 @@
 # provisioner-contract: apply 2
-# Takes the host's lock, performs the operations of an ApplyRequest in order, stops at the first
-# failure, releases the lock and returns one ApplyResponse (provisioner/remote/contract.py).
-# Input, e.g.:
-#   {"contract": 2, "lock": {"owner": "alice@ws17 pid 4711", "ttl_seconds": 900},
+# Renews the host's lock (taken by the gather the plan was made from), performs the operations of
+# an ApplyRequest in order, stops at the first failure, renews or gives back the lock and returns
+# one ApplyResponse (provisioner/remote/contract.py). Input, e.g.:
+#   {"contract": 2, "lock": {"owner": "alice@ws17 pid 4711", "ttl_seconds": 900,
+#                            "replaces": null, "release": false},
 #    "timeouts": {"msiexec": 900, "command": 120, "service": 120},
 #    "steps": [{"id": "firewall/nfon-tapi-in-smb",
 #               "operation": {"op": "firewall.remove", "name": "nfon-tapi-in-smb"}}]}
@@ -249,29 +250,6 @@ function Assert-Match([string] $Value, [string] $Pattern, [string] $What) {
     if ($Value -cnotmatch $Pattern) { throw "$What '$Value' is not valid" }
 }
 
-function Format-IsoTime([DateTime] $Time) {
-    return $Time.ToUniversalTime().ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", [Globalization.CultureInfo]::InvariantCulture)
-}
-
-function ConvertFrom-IsoTime([string] $Text) {
-    $styles = [Globalization.DateTimeStyles]'AdjustToUniversal, AssumeUniversal'
-    return [DateTime]::Parse($Text, [Globalization.CultureInfo]::InvariantCulture, $styles)
-}
-
-function New-PrivateDirectory([string] $Path) {
-    # Only SYSTEM and Administrators may write here: under ProgramData every user may create
-    # files, and a planted package or lock file must not be taken for ours.
-    $security = New-Object Security.AccessControl.DirectorySecurity
-    $security.SetAccessRuleProtection($true, $false)
-    foreach ($sid in $SystemSid, $AdministratorsSid) {
-        $identity = New-Object Security.Principal.SecurityIdentifier $sid
-        $rule = New-Object Security.AccessControl.FileSystemAccessRule -ArgumentList $identity, 'FullControl', 'ContainerInherit, ObjectInherit', 'None', 'Allow'
-        $security.AddAccessRule($rule)
-    }
-    if ([IO.Directory]::Exists($Path)) { [IO.Directory]::SetAccessControl($Path, $security) }
-    else { [void][IO.Directory]::CreateDirectory($Path, $security) }
-}
-
 # --- accounts ---------------------------------------------------------------------------------
 
 function Resolve-AccountSid([string] $Account) {
@@ -354,59 +332,7 @@ function Set-Fingerprint($Key, $Fingerprint, [string] $SaltValue, [string] $Hmac
     $Key.SetValue($HmacValue, ([string]$Fingerprint['hmac']).ToLowerInvariant(), 'String')
 }
 
-# --- the lock ---------------------------------------------------------------------------------
-
-function Open-LockFile {
-    # An exclusive handle: two applies cannot both read "free" and then both write.
-    New-PrivateDirectory $StateDir
-    for ($attempt = 0; $attempt -lt 50; $attempt++) {
-        try { return [IO.File]::Open($LockPath, 'OpenOrCreate', 'ReadWrite', 'None') }
-        catch [IO.IOException] { Start-Sleep -Milliseconds 100 }
-    }
-    throw "the lock file $LockPath stays open in another process"
-}
-
-function Read-Lock([IO.FileStream] $Stream) {
-    # An empty or unreadable file holds no lock.
-    $reader = New-Object IO.StreamReader -ArgumentList $Stream, $utf8, $false, 4096, $true
-    $text = $reader.ReadToEnd()
-    $reader.Dispose()
-    if (-not $text.Trim()) { return $null }
-    try { $lock = $serializer.DeserializeObject($text) } catch { return $null }
-    if ($lock -isnot [Collections.IDictionary]) { return $null }
-    foreach ($field in 'owner', 'acquired', 'expires') { if (-not $lock.ContainsKey($field)) { return $null } }
-    return @{ owner = [string]$lock['owner']; acquired = [string]$lock['acquired']; expires = [string]$lock['expires'] }
-}
-
-function Enter-Lock([string] $Owner, [int] $TtlSeconds) {
-    # Free, expired or already ours: take it. Held by another owner: report the holder.
-    $stream = Open-LockFile
-    try {
-        $held = Read-Lock $stream
-        $now = [DateTime]::UtcNow
-        if ($null -ne $held -and $held['owner'] -cne $Owner) {
-            $expires = $null
-            try { $expires = ConvertFrom-IsoTime $held['expires'] } catch { }
-            if ($null -ne $expires -and $expires -gt $now) { return @{ taken = $false; lock = $held } }
-        }
-        $lock = @{ owner = $Owner; acquired = (Format-IsoTime $now); expires = (Format-IsoTime $now.AddSeconds($TtlSeconds)) }
-        $bytes = $utf8.GetBytes($serializer.Serialize($lock))
-        $stream.SetLength(0)
-        $stream.Position = 0
-        $stream.Write($bytes, 0, $bytes.Length)
-        $stream.Flush()
-        return @{ taken = $true; lock = $lock }
-    } finally { $stream.Dispose() }
-}
-
-function Exit-Lock([string] $Owner) {
-    # Emptying the file releases the lock; a lock someone else took meanwhile is left alone.
-    $stream = Open-LockFile
-    try {
-        $held = Read-Lock $stream
-        if ($null -eq $held -or $held['owner'] -ceq $Owner) { $stream.SetLength(0) }
-    } finally { $stream.Dispose() }
-}
+# provisioner-include: host_lock.ps1
 
 # --- TAPI providers ---------------------------------------------------------------------------
 
@@ -914,8 +840,7 @@ function ConvertTo-StepData($Output) {
 
 # --- main -------------------------------------------------------------------------------------
 
-$owner = [string]$request['lock']['owner']
-$entered = Enter-Lock $owner ([int]$request['lock']['ttl_seconds'])
+$entered = Enter-Lock $request['lock'] $false
 if (-not $entered['taken']) {
     return (ConvertTo-PlainData @{ contract = 2; status = 'locked'; lock = $entered['lock']; results = @() })
 }
@@ -937,5 +862,5 @@ try {
             [void]$results.Add(@{ id = $id; status = 'failed'; message = [string]$_.Exception.Message; data = @{} })
         }
     }
-} finally { Exit-Lock $owner }
+} finally { Exit-Lock $entered $request['lock'] }
 return (ConvertTo-PlainData @{ contract = 2; status = $status; lock = $null; results = $results })

@@ -7,9 +7,13 @@
 #    "instance_settings_key": "HKLM\\SOFTWARE\\NFON\\TAPI\\{instance}",
 #    "verpatch_path": "C:\\ProgramData\\NFON-Provisioner\\Tools\\verpatch.exe",
 #    "timeouts": {"msiexec": 900, "command": 120, "service": 120},
-#    "rpc_ports": ["135", "445", "49152-65535"], "package_source": ""}
-# Nothing here changes the host, except that the seal key is created on first use and that
-# "tsecimp /d" starts the Telephony service on demand, as any TAPI client does.
+#    "rpc_ports": ["135", "445", "49152-65535"], "package_source": "",
+#    "lock": {"owner": "alice@ws17 pid 4711", "ttl_seconds": 900, "replaces": null,
+#             "release": false}}
+# With "lock" (apply, rollout) it first takes the host's lock, or answers {"contract": 2,
+# "locked": HOLDER} and reads nothing else. Nothing here changes the host, except that lock, the
+# seal key (created on first use), and that "tsecimp /d" starts the Telephony service on demand,
+# as any TAPI client does.
 param($request)
 $ErrorActionPreference = 'Stop'
 $Timeouts = $request['timeouts']  # seconds per kind of native command (platform profile keys)
@@ -58,6 +62,9 @@ $LockPath = Join-Path $StateDir 'lock.json'
 $PackageCache = Join-Path $StateDir 'packages'
 $StateKey = 'HKLM\SOFTWARE\NFON-Provisioner'
 $SealKeyContainer = 'NFON-Provisioner-Seal'
+# Well-known SIDs (names are localised, SIDs are not).
+$SystemSid = 'S-1-5-18'
+$AdministratorsSid = 'S-1-5-32-544'
 $TelephonyService = [string]$request['telephony_service']
 # The built-in service accounts by every spelling, and the SIDs that may log on as a service by
 # definition (LocalSystem, Local Service, Network Service: no right is granted to them).
@@ -282,17 +289,6 @@ function Get-SealKey {
         modulus = [Convert]::ToBase64String($public.Modulus)
         exponent = [Convert]::ToBase64String($public.Exponent)
     }
-}
-
-function Get-LockFacts {
-    # An empty or unreadable lock file holds no lock (apply.ps1 empties it on release).
-    if (-not [IO.File]::Exists($LockPath)) { return $null }
-    try {
-        $lock = $serializer.DeserializeObject([IO.File]::ReadAllText($LockPath, $utf8))
-    } catch { return $null }
-    if ($lock -isnot [Collections.IDictionary]) { return $null }
-    foreach ($field in 'owner', 'acquired', 'expires') { if (-not $lock.ContainsKey($field)) { return $null } }
-    return @{ owner = [string]$lock['owner']; acquired = [string]$lock['acquired']; expires = [string]$lock['expires'] }
 }
 
 function Get-TelephonyFacts($Controllers) {
@@ -598,43 +594,52 @@ function Get-TapiClientFacts($Providers) {
     }
 }
 
+# provisioner-include: host_lock.ps1
+
 # --- one pass ---------------------------------------------------------------------------------
 
-$controllers = @{}  # case-insensitive, like service names
-foreach ($controller in [ServiceProcess.ServiceController]::GetServices()) {
-    $controllers[$controller.ServiceName] = $controller
+$entered = $null
+if ($null -ne $request['lock']) {
+    $entered = Enter-Lock $request['lock'] $true
+    if (-not $entered['taken']) { return (ConvertTo-PlainData @{ contract = 2; locked = $entered['lock'] }) }
 }
-$role = [string]$request['role']
-$providers = Get-ProviderFacts
-$firewall = Get-FirewallRules ([string]$request['firewall_group']) @($request['rpc_ports'])
-$facts = @{
-    contract = 2
-    computer_name = [string]$env:COMPUTERNAME
-    role = $role
-    seal_key = (Get-SealKey)
-    lock = (Get-LockFacts)
-    firewall_rules = $firewall['managed']
-    open_rpc_rules = $firewall['open_rpc']
-    services = New-Object Collections.ArrayList
-    system = (Get-SystemFacts $controllers)
-    tools = (Get-ToolFacts ([string]$request['verpatch_path']))
-    package_cache = (Get-PackageCache)
-    winrm = (Get-WinRMConfigFacts)
-    package_source_readable = (Test-PackageSource ([string]$request['package_source']))
-}
-foreach ($name in @($request['services'])) {
-    if ($null -eq $name) { continue }
-    $service = Get-ServiceFacts ([string]$name) $controllers
-    if ($null -ne $service) { [void]$facts['services'].Add($service) }
-}
-if ($role -eq 'server') {
-    $facts['telephony'] = Get-TelephonyFacts $controllers
-    $facts['packages'] = Get-PackageFacts ([string]$request['package_name'])
-    $facts['providers'] = $providers
-    $facts['tsp_instances'] = Get-TspInstanceFacts ([string]$request['instance_file_pattern']) ([string]$request['instance_settings_key'])
-    $facts['locations'] = Get-LocationFacts
-    $facts['tsecimp_listing'] = Get-TsecimpListing
-} else {
-    $facts['tapi_client'] = Get-TapiClientFacts $providers
-}
-return (ConvertTo-PlainData $facts)
+try {
+    $controllers = @{}  # case-insensitive, like service names
+    foreach ($controller in [ServiceProcess.ServiceController]::GetServices()) {
+        $controllers[$controller.ServiceName] = $controller
+    }
+    $role = [string]$request['role']
+    $providers = Get-ProviderFacts
+    $firewall = Get-FirewallRules ([string]$request['firewall_group']) @($request['rpc_ports'])
+    $facts = @{
+        contract = 2
+        computer_name = [string]$env:COMPUTERNAME
+        role = $role
+        seal_key = (Get-SealKey)
+        lock = $(if ($null -ne $entered) { $entered['lock'] } else { Get-LockHolder })
+        firewall_rules = $firewall['managed']
+        open_rpc_rules = $firewall['open_rpc']
+        services = New-Object Collections.ArrayList
+        system = (Get-SystemFacts $controllers)
+        tools = (Get-ToolFacts ([string]$request['verpatch_path']))
+        package_cache = (Get-PackageCache)
+        winrm = (Get-WinRMConfigFacts)
+        package_source_readable = (Test-PackageSource ([string]$request['package_source']))
+    }
+    foreach ($name in @($request['services'])) {
+        if ($null -eq $name) { continue }
+        $service = Get-ServiceFacts ([string]$name) $controllers
+        if ($null -ne $service) { [void]$facts['services'].Add($service) }
+    }
+    if ($role -eq 'server') {
+        $facts['telephony'] = Get-TelephonyFacts $controllers
+        $facts['packages'] = Get-PackageFacts ([string]$request['package_name'])
+        $facts['providers'] = $providers
+        $facts['tsp_instances'] = Get-TspInstanceFacts ([string]$request['instance_file_pattern']) ([string]$request['instance_settings_key'])
+        $facts['locations'] = Get-LocationFacts
+        $facts['tsecimp_listing'] = Get-TsecimpListing
+    } else {
+        $facts['tapi_client'] = Get-TapiClientFacts $providers
+    }
+    return (ConvertTo-PlainData $facts)
+} finally { if ($null -ne $entered) { Exit-Lock $entered $request['lock'] } }

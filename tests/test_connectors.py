@@ -7,6 +7,7 @@ from pathlib import Path
 
 import provisioner
 from provisioner.connectors import in_process
+from provisioner.host_locks import HostLocks
 from provisioner.inventory import Inventory
 from provisioner.manifest.models import WinRMSettings
 from provisioner.planner import PlanInputs, build_plan
@@ -48,14 +49,16 @@ def test_the_runner_plans_and_applies_through_the_connectors_it_is_given(tmp_pat
     unreachable = WinRMSettings(host="127.0.0.1", port=9)
     inventory = Inventory(hosts={TEST_SERVER: unreachable}, secrets=model.values)
     connect = in_process({TEST_SERVER: windows})
-    with Run(model.estate, inventory, connect=connect) as run:
+    locks = HostLocks("test@connectors")
+    with Run(model.estate, inventory, connect=connect, locks=locks) as run:
         facts, problems = run.gather()
         assert problems == []
         plan, host_plans = build_plan(model.estate, PlanInputs(facts, resolve=inventory.resolve))
         assert plan.has_changes
         [result] = run.apply(host_plans, Unrecorded())
         assert result.status == "ok", result.message
-        again = PlanInputs(run.gather()[0], resolve=inventory.resolve)
+        again = PlanInputs(run.gather(release=True)[0], resolve=inventory.resolve)
         after, _ = build_plan(model.estate, again)
     assert not after.has_changes
+    assert locks.held == [] and windows.state.lock is None
     assert windows.state.products  # the package the plan installed, in the model

@@ -7,6 +7,7 @@ import copy
 import json
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from ruamel.yaml import YAML
 from provisioner.connectors import in_process
 from provisioner.doctor import CHECKS, diagnose, doctor_request, run_checks, subject_of
 from provisioner.lab.tamper import tamper
-from provisioner.lab.windows_host import WindowsHostState
+from provisioner.lab.windows_host import LockRecord, WindowsHostState
 from provisioner.planner import Host
 from provisioner.remote.contract import HostFacts
 from provisioner.remote.tsecimp import merge_providers, parse_listing
@@ -126,12 +127,28 @@ def test_each_check_fails_with_its_message_on_a_host_broken_for_it(
 
 
 def test_every_check_has_a_breakage() -> None:
-    assert {check for *_, check, _ in BREAKAGES} | {"WinRM", "package source"} == {
+    """(Or a test of its own: a host another apply holds is a warning, not a failure.)"""
+    assert {check for *_, check, _ in BREAKAGES} | {"WinRM", "package source", "host lock"} == {
         "WinRM",
         *SERVER_CHECKS,
         *CLIENT_CHECKS,
         "package source",
     }
+
+
+def test_a_host_another_apply_holds_is_a_warning_naming_the_holder(lab: LabEstate) -> None:
+    now = datetime.now(UTC)
+    lab.windows("tapi01").state.lock = LockRecord(
+        owner="bob@ws2 pid 9",
+        acquired=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        expires=(now + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    code, report = doctor(lab, "tapi01")
+    assert code == 0
+    [finding] = [c for c in report["checks"] if c["status"] != "passed"]
+    assert (finding["check"], finding["status"]) == ("host lock", "warning")
+    assert finding["message"].startswith("another apply: bob@ws2 pid 9, since ")
+    assert lab.windows("tapi01").state.lock.owner == "bob@ws2 pid 9"  # doctor takes no lock
 
 
 def test_a_host_reached_without_verifying_its_certificate_fails_the_winrm_check(

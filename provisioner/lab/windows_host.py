@@ -17,7 +17,14 @@ answers its documented codes, a service whose account cannot log on as a service
 (1069), new registry keys inherit HKLM\\SOFTWARE's "Users: Read", msiexec answers 1638 for a
 same-ProductCode upgrade without REINSTALL, verpatch.exe is not in the package, tools can hang,
 powershell.exe in ConstrainedLanguage mode fails before any script runs, a firewall rule counts
-only in the profiles active now.
+only in the profiles active now, the lock file is kept open by the command that holds the lock
+and every other writer is refused.
+
+Like Windows, it runs each command as its own process would, concurrently with the others: its
+own lock (:attr:`WindowsHost.lock`) is held per step of a batch and per part of a gather, never
+for a whole command, so two commands on one host interleave; the one atomicity it grants beyond
+that is what Windows grants, an open of the lock file that another handle's sharing refuses
+(:class:`OpenFiles`).
 Beyond the rules: a sealed secret is opened with the host's RSA key, checked against its
 fingerprint and kept sealed (the state never holds a clear secret, nor an account's password:
 only a salted digest of it). :class:`WindowsHostState` is plain data that round-trips through
@@ -64,6 +71,8 @@ from provisioner.remote.contract import (
     LocationFacts,
     LocationSet,
     LockInfo,
+    LockRefusal,
+    LockRequest,
     LogonRightGrant,
     Operation,
     PackageFacts,
@@ -117,6 +126,7 @@ _WINDOWS_TOOLS_BY_NAME = {tool.removesuffix(".exe"): tool for tool in _WINDOWS_T
 LAB_CTI_ENGINE_SERVICE = default_profile().cti_engine_service  # what lab packages install
 LAB_TSP_FILE = "NFONTSP.TSP"
 _STATE_DIR = "C:\\ProgramData\\NFON-Provisioner"
+LOCK_FILE = f"{_STATE_DIR}\\lock.json"
 _SYSTEM32 = "C:\\Windows\\System32"
 SYSTEM_SID, ADMINISTRATORS_SID = "S-1-5-18", "S-1-5-32-544"
 # Built-in service accounts by every spelling, with their SIDs and their names as a host prints
@@ -483,6 +493,7 @@ class WindowsHostState:
     winrm: WinRMConfigRecord = field(default_factory=WinRMConfigRecord)
     firewall_profiles: int = 1  # the profiles active now: a domain-joined host's Domain profile
 
+
     @classmethod
     def fresh(cls, computer_name: str, role: Role = "server") -> WindowsHostState:
         """A just-installed host: built-in TAPI providers, Telephony stopped, a new seal key."""
@@ -670,6 +681,61 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+READ, WRITE = "read", "write"
+Sharing = frozenset[str]  # of READ and WRITE: what a handle asks for, or lets others do
+
+
+class Handle:
+    """One open handle of a file: what it may do, and what it lets later opens do."""
+
+    def __init__(self, path: str, access: Sharing, share: Sharing) -> None:
+        self.path, self.access, self.share = path, access, share
+
+
+class OpenFiles:
+    """The handles open on the host's files, and the check every open makes against them.
+
+    # rule: FILE_SHARING
+    An open fails (a sharing violation) when it asks for what an open handle does not share,
+    or shares less than an open handle does; it succeeds, whole, or not at all.
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[Handle] = []
+        self._guard = threading.Lock()  # the check and the new handle are one step in Windows
+
+    def open(self, path: str, access: Sharing, share: Sharing) -> Handle | None:
+        with self._guard:
+            for held in self._handles:
+                if held.path == path.casefold() and (access - held.share or held.access - share):
+                    return None
+            handle = Handle(path.casefold(), access, share)
+            self._handles.append(handle)
+            return handle
+
+    def close(self, handle: Handle) -> None:
+        with self._guard:
+            self._handles = [h for h in self._handles if h is not handle]
+
+
+@dataclass
+class _Entered:
+    """What entering the lock gave: taken (with the handle kept open) or refused (the holder)."""
+
+    taken: bool
+    lock: LockRecord | None
+    handle: Handle | None = None
+
+
+def _moment(text: str) -> datetime | None:
+    """An ISO 8601 time as [DateTime]::Parse reads it (UTC when no zone is given)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class WindowsHost:
     """One simulated Windows host; call it as the WS-Management server's command handler."""
 
@@ -688,8 +754,11 @@ class WindowsHost:
         self._packages = {package.sha256: package for package in packages}
         self._clock = clock
         self._web = web
-        self._timeouts = Timeouts()  # the running apply's
-        self.lock = threading.RLock()  # WinRS may run two commands at once; the state is one
+        # rule: CONCURRENT_COMMANDS: commands run at once, each as its own process would; the
+        # state is one, so this is held per step of a batch and per part of a gather only
+        self.lock = threading.RLock()
+        self.open_files = OpenFiles()
+        self._command = threading.local()  # what the command running in this thread asked
         self._seal_key = serialization.load_pem_private_key(state.seal_key_pem.encode(), None)
         assert isinstance(self._seal_key, rsa.RSAPrivateKey)
         self._scripts: dict[str, Callable[[dict[str, object]], BaseModel]] = {
@@ -734,35 +803,36 @@ class WindowsHost:
     def __call__(self, command: str, arguments: list[str], stdin: bytes) -> CommandResult:
         with self.lock:
             self.record.append(RecordedCommand(command, list(arguments), bytes(stdin)))
-            if self.state.system.language_mode != "FullLanguage":
-                # rule: CONSTRAINED_LANGUAGE (powershell.exe fails before the bootstrap runs)
-                return CommandResult(stdout=b"", stderr=clixml_error(_CONSTRAINED), exit_code=1)
-            if not scripts.is_command_line(command, arguments):
-                return CommandResult(
-                    stdout=b"",
-                    stderr=f"'{command}': the lab host runs only the provisioner's bootstrap "
-                    "command line\r\n".encode(),
-                    exit_code=1,
-                )
-            try:
-                text, data = scripts.parse_payload(stdin)
-            except (scripts.RemoteScriptError, ValueError) as exc:
-                return CommandResult(stdout=scripts.failure_document(str(exc)), exit_code=1)
-            identity = scripts.identity_of(text)
-            run = self._scripts.get(identity or "")
-            if run is None:
-                what = identity or "without a '# provisioner-contract:' header"
-                return CommandResult(
-                    stdout=b"",
-                    stderr=f"unknown script {what}: the lab host runs only the shipped "
-                    "templates\r\n".encode(),
-                    exit_code=1,
-                )
-            try:
-                document = run(data)
-            except ScriptThrow as exc:
-                return CommandResult(stdout=scripts.failure_document(str(exc)), exit_code=1)
-            return CommandResult(stdout=document.model_dump_json().encode())
+            language_mode = self.state.system.language_mode
+        if language_mode != "FullLanguage":
+            # rule: CONSTRAINED_LANGUAGE (powershell.exe fails before the bootstrap runs)
+            return CommandResult(stdout=b"", stderr=clixml_error(_CONSTRAINED), exit_code=1)
+        if not scripts.is_command_line(command, arguments):
+            return CommandResult(
+                stdout=b"",
+                stderr=f"'{command}': the lab host runs only the provisioner's bootstrap "
+                "command line\r\n".encode(),
+                exit_code=1,
+            )
+        try:
+            text, data = scripts.parse_payload(stdin)
+        except (scripts.RemoteScriptError, ValueError) as exc:
+            return CommandResult(stdout=scripts.failure_document(str(exc)), exit_code=1)
+        identity = scripts.identity_of(text)
+        run = self._scripts.get(identity or "")
+        if run is None:
+            what = identity or "without a '# provisioner-contract:' header"
+            return CommandResult(
+                stdout=b"",
+                stderr=f"unknown script {what}: the lab host runs only the shipped "
+                "templates\r\n".encode(),
+                exit_code=1,
+            )
+        try:
+            document = run(data)
+        except ScriptThrow as exc:
+            return CommandResult(stdout=scripts.failure_document(str(exc)), exit_code=1)
+        return CommandResult(stdout=document.model_dump_json().encode())
 
     handler = __call__
 
@@ -777,6 +847,65 @@ class WindowsHost:
 
     def _run_upload(self, data: dict[str, object]) -> BaseModel:
         return self.upload(_request(UploadRequest, data))
+
+    @property
+    def _timeouts(self) -> Timeouts:
+        """The timeouts of the batch running in this thread."""
+        timeouts: Timeouts = getattr(self._command, "timeouts", Timeouts())
+        return timeouts
+
+    # --- the lock ------------------------------------------------------------------------------
+
+    def _enter_lock(self, request: LockRequest, *, may_take: bool) -> _Entered:
+        """What ``Enter-Lock`` does: take or renew the lock and keep the file open, or refuse."""
+        # rule: FILE_SHARING: opened for writing and kept so, others may only read it
+        handle = self.open_files.open(LOCK_FILE, frozenset({READ, WRITE}), frozenset({READ}))
+        if handle is None:
+            running = self.lock_holder()  # readable: a command of the holder runs now
+            if running is None:
+                raise ScriptThrow(f"the lock file {LOCK_FILE} stays open in another process")
+            return _Entered(False, running)
+        # The handle is the only writer's: the record is read and written under it alone.
+        held, now = self.state.lock, self._clock()
+        since = now
+        if held is not None:
+            expires = _moment(held.expires)
+            lapsed = expires is None or expires <= now
+            if held.owner == request.owner:
+                since = _moment(held.acquired) or now
+            elif request.replaces != held.owner and not (lapsed and may_take):
+                self.open_files.close(handle)
+                return _Entered(False, held)
+        elif not may_take:
+            self.open_files.close(handle)
+            return _Entered(False, None)
+        expiry = _iso(now + timedelta(seconds=request.ttl_seconds))
+        self.state.lock = LockRecord(owner=request.owner, acquired=_iso(since), expires=expiry)
+        return _Entered(True, self.state.lock, handle)
+
+    def _exit_lock(self, entered: _Entered, request: LockRequest) -> None:
+        """What ``Exit-Lock`` does: renew the lock from now, or give it back; close the file."""
+        assert entered.handle is not None and entered.lock is not None
+        try:
+            if request.release:
+                self.state.lock = None
+            else:
+                expiry = _iso(self._clock() + timedelta(seconds=request.ttl_seconds))
+                self.state.lock = LockRecord(entered.lock.owner, entered.lock.acquired, expiry)
+        finally:
+            self.open_files.close(entered.handle)
+
+    def lock_holder(self) -> LockRecord | None:
+        """What ``Get-LockHolder`` reads: the lock, through a handle that lets a writer be; None
+        when another program keeps even readers out."""
+        # rule: FILE_SHARING
+        looker = self.open_files.open(LOCK_FILE, frozenset({READ}), frozenset({READ, WRITE}))
+        if looker is None:
+            return None
+        try:
+            return self.state.lock
+        finally:
+            self.open_files.close(looker)
 
     def upload(self, request: UploadRequest) -> UploadResponse:
         """What ``upload.ps1`` does: keep the package under its sha256 if what arrived has it."""
@@ -803,8 +932,29 @@ class WindowsHost:
 
     # --- gather ---------------------------------------------------------------------------------
 
-    def gather(self, request: GatherRequest) -> HostFacts:
-        """What ``gather.ps1`` would return for this state."""
+    def gather(self, request: GatherRequest) -> HostFacts | LockRefusal:
+        """What ``gather.ps1`` would return for this state: with a lock request, taken first,
+        or refused (and nothing else read)."""
+        if request.lock is None:
+            return self._facts(request, self.lock_holder())
+        entered = self._enter_lock(request.lock, may_take=True)
+        if not entered.taken:
+            assert entered.lock is not None  # a gather refuses only a lock someone holds
+            return LockRefusal(locked=LockInfo(**vars(entered.lock)))
+        try:
+            return self._facts(request, entered.lock)
+        finally:
+            self._exit_lock(entered, request.lock)
+
+    def _facts(self, request: GatherRequest, lock: LockRecord | None) -> HostFacts:
+        """The facts, read in parts (a batch's steps may run between them, as on Windows)."""
+        with self.lock:
+            facts = self._system_facts(request, lock)
+        with self.lock:
+            facts |= self._role_facts(request)
+        return HostFacts.model_validate(facts)
+
+    def _system_facts(self, request: GatherRequest, lock: LockRecord | None) -> dict[str, object]:
         state = self.state
         services = [
             self._service_facts(service)
@@ -816,7 +966,7 @@ class WindowsHost:
             "computer_name": state.computer_name,
             "role": request.role,
             "seal_key": self.seal_key(),
-            "lock": LockInfo(**vars(state.lock)) if state.lock else None,
+            "lock": LockInfo(**vars(lock)) if lock else None,
             "firewall_rules": [
                 _rule_facts(rule)
                 for rule in state.firewall_rules
@@ -844,6 +994,11 @@ class WindowsHost:
                 self._reads_share(request.package_source) if request.package_source else None
             ),
         }
+        return facts
+
+    def _role_facts(self, request: GatherRequest) -> dict[str, object]:
+        state = self.state
+        facts: dict[str, object] = {}
         if request.role == "server":
             stops = "tsecimp" in state.hung or request.timeouts.command == 0
             if stops and "tsecimp.exe" in state.system32:  # rule: HANGING_TOOLS
@@ -876,7 +1031,7 @@ class WindowsHost:
                 servers=list(client.servers),
                 connection_oriented=client.connection_oriented,
             )
-        return HostFacts.model_validate(facts)
+        return facts
 
     def seal_key(self) -> SealKey:
         numbers = self._seal_key.public_key().public_numbers()
@@ -1138,26 +1293,14 @@ class WindowsHost:
     # --- apply ----------------------------------------------------------------------------------
 
     def apply(self, request: ApplyRequest) -> ApplyResponse:
-        """What ``apply.ps1`` would do: lock, steps in order until the first failure, unlock."""
-        state = self.state
-        self._timeouts = request.timeouts
-        now = self._clock()
-        owner = request.lock.owner
-        held = state.lock
-        if held is not None and held.owner != owner:
-            try:
-                expires = datetime.fromisoformat(held.expires)
-            except ValueError:
-                expires = None  # an unreadable lock holds nothing, as in apply.ps1
-            if expires is not None and expires.tzinfo is None:
-                expires = expires.replace(tzinfo=UTC)
-            if expires is not None and expires > now:
-                return ApplyResponse(status="locked", lock=LockInfo(**vars(held)))
-        state.lock = LockRecord(
-            owner=owner,
-            acquired=_iso(now),
-            expires=_iso(now + timedelta(seconds=request.lock.ttl_seconds)),
-        )
+        """What ``apply.ps1`` would do: renew the lock (the plan's gather took it; a lock lost
+        meanwhile runs nothing), the steps in order until the first failure, each one at a time
+        on the host's state, then renew the lock or give it back."""
+        entered = self._enter_lock(request.lock, may_take=False)
+        if not entered.taken:
+            holder = LockInfo(**vars(entered.lock)) if entered.lock else None
+            return ApplyResponse(status="locked", lock=holder)
+        self._command.timeouts = request.timeouts
         status: Literal["ok", "failed"] = "ok"
         results: list[StepResult] = []
         try:
@@ -1166,7 +1309,7 @@ class WindowsHost:
                     results.append(StepResult(id=step.id, status="not-run"))
                     continue
                 try:
-                    data = self._perform(step.operation)
+                    data = self._step(step.operation)
                 except StepFailure as exc:
                     status = "failed"
                     results.append(StepResult(id=step.id, status="failed", message=str(exc)))
@@ -1174,9 +1317,13 @@ class WindowsHost:
                     strings = {key: str(value) for key, value in data.items()}
                     results.append(StepResult(id=step.id, status="ok", data=strings))
         finally:
-            if state.lock is not None and state.lock.owner == owner:
-                state.lock = None
+            self._exit_lock(entered, request.lock)
         return ApplyResponse(status=status, results=results)
+
+    def _step(self, operation: Operation) -> dict[str, object]:
+        """One step, alone on the host's state; other commands' parts run before and after."""
+        with self.lock:
+            return self._perform(operation)
 
     def _perform(self, operation: Operation) -> dict[str, object]:
         op = operation.op

@@ -198,6 +198,29 @@ RULES: tuple[Rule, ...] = (
         "nf-netfw-inetfwpolicy2-get_currentprofiletypes; "
         "https://learn.microsoft.com/windows/win32/api/netfw/ne-netfw-net_fw_profile_type2",
     ),
+    Rule(
+        "CONCURRENT_COMMANDS",
+        "A host runs the WinRM commands of several users and shells at once (up to "
+        "MaxConcurrentUsers 10, MaxShellsPerUser 30 shells, MaxProcessesPerShell 25 processes per "
+        "shell): each command is its own process, and nothing makes one command's work atomic "
+        "with respect to another's. Two provisioners' commands on one host interleave.",
+        "https://learn.microsoft.com/openspecs/windows_protocols/ms-wsmv/"
+        "7ffb4acd-cf01-4fbe-9e48-7746f5001957 (WinrsType); "
+        "https://learn.microsoft.com/windows/win32/winrm/quotas",
+    ),
+    Rule(
+        "FILE_SHARING",
+        "Opening a file checks its open handles: the open fails with a sharing violation "
+        "(IOException, 'The process cannot access the file ... because it is being used by "
+        "another process') when it asks for an access an open handle does not share, or shares "
+        "less than an open handle uses. FileShare.None refuses every other open until the file "
+        "is closed; FileShare.Read lets others read but not write. The check and the new handle "
+        "are one step; a process that ends closes its handles.",
+        "https://learn.microsoft.com/dotnet/api/system.io.fileshare; "
+        "https://learn.microsoft.com/windows/win32/procthread/terminating-a-process; "
+        "https://learn.microsoft.com/windows/win32/fileio/creating-and-opening-files; "
+        "https://learn.microsoft.com/dotnet/api/system.io.file.open",
+    ),
 )
 
 RULE_NAMES: frozenset[str] = frozenset(rule.name for rule in RULES)

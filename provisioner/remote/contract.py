@@ -65,9 +65,46 @@ class SealedSecret(_Strict):
 
 
 class LockInfo(_Strict):
-    owner: str  # "alice@ws17 pid 4711"
+    """The host's lock as ``lock.json`` holds it (the holder's words: untrusted text)."""
+
+    owner: str  # "alice@ws17 pid 4711", "rollout 12 worker alice@ws17 pid 4711"
     acquired: str  # ISO 8601 UTC
     expires: str
+
+
+LOCK_TTL_S = 900
+"""How long a host's lock outlives its holder's last command: 15 minutes. Long enough for a
+confirmation prompt, a pause between waves and the planning between a gather and its batch; a
+holder that died (or waits longer) keeps others out that long. A lock that lapsed is lost only
+when someone else takes it: until then its owner's next command renews it."""
+
+
+class LockRequest(_Strict):
+    """The host's lock for one apply or one rollout worker, kept on the host itself.
+
+    The lock is ``lock.json`` in the provisioner's ProgramData folder. A command that carries
+    this request opens that file for writing and keeps it open until it ends, letting others
+    only read it (Windows refuses a second writer until the first closes the file): so only one
+    command at a time can take, renew or give back the lock, and none can while a holder's
+    command runs. A gather takes the lock when it is free, lapsed, already ``owner``'s or
+    ``replaces``'s; otherwise it reads nothing else and answers :class:`LockRefusal`. A batch
+    only renews it: a lock that is neither ``owner``'s nor ``replaces``'s (given back, or lapsed
+    and taken by another) was lost since the plan's gather, and the batch runs nothing. At the
+    end of the command the lock is renewed for ``ttl_seconds``, or given back when ``release``.
+    """
+
+    owner: str
+    ttl_seconds: int = Field(default=LOCK_TTL_S, ge=1)
+    replaces: str | None = None  # a rollout worker whose host this one takes over
+    release: bool = False  # give the lock back at the end (the verifying gather)
+
+
+class LockRefusal(_Strict):
+    """A gather's answer when it asked for the lock and another owner holds it: nothing else
+    was read (the holder's command may be running now)."""
+
+    contract: Literal[2] = 2
+    locked: LockInfo
 
 
 class ServiceFacts(_Strict):
@@ -227,7 +264,7 @@ class HostFacts(_Strict):
     computer_name: str
     role: Literal["server", "client"]
     seal_key: SealKey
-    lock: LockInfo | None = None
+    lock: LockInfo | None = None  # as it stands (after this gather took it, when it asked)
     telephony: TelephonyFacts | None = None
     packages: list[PackageFacts] = Field(default_factory=list)
     providers: list[ProviderFacts] = Field(default_factory=list)
@@ -274,6 +311,7 @@ class GatherRequest(_Strict):
     timeouts: Timeouts = Timeouts()  # tsecimp /d runs under ``command``
     rpc_ports: list[str] = Field(default_factory=lambda: list(RPC_PORTS))  # for open_rpc_rules
     package_source: str = ""  # a UNC package source: does the host read it by itself?
+    lock: LockRequest | None = None  # apply and rollout: read under the host's lock
 
 
 # --- operations -------------------------------------------------------------------------------
@@ -458,11 +496,6 @@ OPERATION_NAMES: frozenset[str] = frozenset(
 )
 
 
-class LockRequest(_Strict):
-    owner: str
-    ttl_seconds: int = 900
-
-
 class ApplyStep(_Strict):
     """One operation with the id the plan gave it, so results can be matched to changes."""
 
@@ -485,7 +518,8 @@ class StepResult(_Strict):
 
 
 class ApplyResponse(_Strict):
-    """``status`` is ``locked`` (nothing ran; ``lock`` names the holder), ``ok`` or ``failed``."""
+    """``status`` is ``locked`` (the lock is not the request's: nothing ran; ``lock`` names the
+    holder, None when no one holds it), ``ok`` or ``failed``."""
 
     contract: Literal[2] = 2
     status: Literal["ok", "failed", "locked"]

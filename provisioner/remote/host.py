@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar
 from pydantic import BaseModel
 
 from provisioner.errors import ProvisionerError
+from provisioner.host_locks import holder_line
 from provisioner.remote import scripts
 from provisioner.remote.contract import (
     ApplyRequest,
@@ -38,6 +39,7 @@ from provisioner.remote.contract import (
     UploadRequest,
     UploadResponse,
 )
+from provisioner.remote.scripts import LockRefused
 from provisioner.transports.winrm import CommandResult, WinRMError
 
 T = TypeVar("T", bound=BaseModel)
@@ -50,6 +52,15 @@ class HostError(ProvisionerError):
         super().__init__(f"{host}: {cause}")
         self.host = host
         self.cause = cause
+
+
+class HostLocked(HostError):
+    """A gather asked for the host's lock and another owner holds it: it read nothing else."""
+
+    def __init__(self, host: str, cause: LockRefused) -> None:
+        super().__init__(host, cause)
+        self.holder = cause.holder
+        self.args = (f"{holder_line(host, cause.holder)}; to queue behind it, add --wait SECONDS",)
 
 
 @dataclass(frozen=True)
@@ -153,7 +164,9 @@ class RemoteHost:
         self.session.abort()
 
     def gather(self, request: GatherRequest) -> HostFacts:
-        """Read everything managed on the host (read-only, so retried on transport faults)."""
+        """Read everything managed on the host (read-only, so retried on transport faults: a
+        lock it takes is this owner's either way). :class:`HostLocked` when it asked for the
+        host's lock and another holds it."""
         return self._run("gather", request, HostFacts, retry=True)
 
     def apply(self, request: ApplyRequest) -> ApplyResponse:
@@ -203,5 +216,7 @@ class RemoteHost:
             return scripts.parse_output(
                 result.stdout, model, stderr=result.stderr, exit_code=result.exit_code
             )
+        except LockRefused as exc:
+            raise HostLocked(self.name, exc) from None
         except ProvisionerError as exc:
             raise HostError(self.name, exc) from None

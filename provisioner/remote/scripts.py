@@ -41,6 +41,8 @@ from provisioner.remote.contract import (
     CONTRACT_VERSION,
     ApplyRequest,
     GatherRequest,
+    LockInfo,
+    LockRefusal,
     UploadRequest,
 )
 
@@ -67,6 +69,14 @@ _MAX_ERROR_TEXT = 600  # characters of a host's error text that a message carrie
 
 class RemoteScriptError(ProvisionerError):
     """A remote script failed, or answered something that is not its contract's document."""
+
+
+class LockRefused(RemoteScriptError):
+    """A gather asked for the host's lock and another owner holds it: it read nothing else."""
+
+    def __init__(self, holder: LockInfo) -> None:
+        super().__init__(f"the host's lock is held by {one_line(holder.owner)}")
+        self.holder = holder
 
 
 class TemplateError(ProvisionerError):
@@ -126,10 +136,15 @@ def identity_of(text: str) -> str | None:
     return f"{header['name']}/{header['version']}:{digest}"
 
 
+_INCLUDE = re.compile(r"^# provisioner-include: (?P<file>[a-z_]+\.ps1)\n", re.MULTILINE)
+
+
 @cache
 def load(name: ScriptName) -> RemoteScript:
-    """The shipped ``templates/<name>.ps1``, checked to speak this contract version."""
-    text = read_template(f"{name}.ps1")
+    """The shipped ``templates/<name>.ps1``, checked to speak this contract version, with the
+    text of each ``# provisioner-include: FILE`` line's template in its place (code two scripts
+    share; a failing line's number counts in the text as sent)."""
+    text = _INCLUDE.sub(lambda line: read_template(line["file"]), read_template(f"{name}.ps1"))
     header = _HEADER.match(text)
     if header is None or header["name"] != name or int(header["version"]) != CONTRACT_VERSION:
         raise TemplateError(
@@ -193,7 +208,8 @@ def failure_document(message: str, line: int | None = None) -> bytes:
 
 
 def parse_output(stdout: bytes, model: type[T], *, stderr: bytes = b"", exit_code: int = 0) -> T:
-    """The script's one JSON document, validated against ``model``; a clear error if it is not.
+    """The script's one JSON document, validated against ``model``; a clear error if it is not,
+    and :class:`LockRefused` when a gather could not take the host's lock.
 
     Without a document, what powershell.exe said on stderr (CLIXML decoded) and its exit code
     are the error: PowerShell that fails before the bootstrap's own error handling runs
@@ -214,6 +230,13 @@ def parse_output(stdout: bytes, model: type[T], *, stderr: bytes = b"", exit_cod
         else:
             where = f" (script line {failure.error.line})" if failure.error.line else ""
             raise RemoteScriptError(f"the remote script failed: {failure.error.message}{where}")
+    if "locked" in document:  # a gather that asked for the host's lock, which another holds
+        try:
+            refusal = LockRefusal.model_validate(document)
+        except ValidationError:
+            pass  # reported below as not the model's document
+        else:
+            raise LockRefused(refusal.locked)
     version = document.get("contract")
     if version != CONTRACT_VERSION:
         raise RemoteScriptError(

@@ -28,9 +28,8 @@ from provisioner.planner import Host, hosts
 from provisioner.rollout.progress import watching
 from provisioner.rollout.report import RENDERERS, Report, render_text
 from provisioner.rollout.waves import assign, parse_threshold, parse_waves
-from provisioner.rollout.worker import FINAL, Worker
+from provisioner.rollout.worker import Worker
 from provisioner.runner import default_owner
-from provisioner.state.locks import HostLocks
 from provisioner.state.rollouts import Rollouts, Settings
 from provisioner.state.store import StateStore
 
@@ -143,45 +142,23 @@ def drive(
         owner=owner,
         parallelism=options.parallelism,
         ask=ask,
+        wait_s=options.wait,
     )
-    locks = lock_hosts(store, run_id, options)
     terminal = sys.stdout.isatty()
     try:
         with watching(store, run_id, terminal=terminal, colour=options.colour, echo=options.echo):
             status = worker.drive()
     except KeyboardInterrupt:
-        locks.release()
         raise Interrupted(
-            f"rollout {run_id}: the batches already sent finished and are recorded; "
-            f"resume with: provisioner rollout --resume {run_id}"
+            f"rollout {run_id}: the batches already sent finished and are recorded, the hosts' "
+            f"locks given back; resume with: provisioner rollout --resume {run_id}"
         ) from None
-    finally:
-        locks.stop_renewing()  # still running: the other workers hold them
-    if status in FINAL:
-        locks.release()
     report = Report.of(Rollouts(store).load(run_id))
     options.echo(render_text(report, verbose=options.verbose).rstrip("\n"))
     store.ensure_recorded()
     if status != "complete":
         return EXIT_ERROR
     return EXIT_ERROR if report.failures else EXIT_OK
-
-
-def lock_hosts(store: StateStore, run_id: int, options: Options) -> HostLocks:
-    """The rollout's hosts, locked in its name for all its workers until it ends; a host that
-    another apply or rollout holds keeps it from starting (resumable)."""
-    rollouts = Rollouts(store)
-    hosts_ = [unit.host for unit in rollouts.load(run_id).waves[0].units]
-    locks = HostLocks(store, f"rollout {run_id}")
-    held = locks.take(hosts_, wait_s=options.wait)
-    if held:
-        locks.release()
-        first = next(iter(held.values()))
-        rollouts.interrupt(run_id, f"not started: {first}")
-        raise ProvisionerError(
-            f"rollout {run_id} waits: {first}; then: provisioner rollout --resume {run_id}"
-        )
-    return locks
 
 
 def status_command(

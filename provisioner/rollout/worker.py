@@ -7,6 +7,13 @@ one rollout; none knows the others. A host's facts from a unit's verifying gathe
 unit on that host when the same worker works it (no one else has worked the host meanwhile):
 so each host costs one gather and one batch per wave, plus one verifying gather at the end.
 
+Each worker holds the locks of the hosts it works, on the hosts (``rollout 7 worker
+alice@ws17 pid 4711``): its first gather on a host takes the lock, its batches renew it, and its
+verifying gather keeps it while a later wave has tenants on the host, so no other apply or
+rollout comes in between waves; the host's last unit gives it back. A worker that takes a host
+over from another worker of the rollout (the other's unit there finished, or its lease ran out)
+takes that worker's lock over, and no one else's.
+
     worker = Worker(store, run_id, estate, inventory, owner="alice@ws17 pid 4711")
     status = worker.drive()          # "complete", "halted", "interrupted" (after stop())
 """
@@ -28,6 +35,7 @@ from provisioner.converge import (
     work_of,
 )
 from provisioner.errors import ProvisionerError
+from provisioner.host_locks import HostLocks
 from provisioner.inventory import Inventory
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Change, Plan, PlanProblem
@@ -95,6 +103,7 @@ class Worker:
         owner: str,
         parallelism: int = 10,
         ask: Callable[[int], bool] | None = None,
+        wait_s: float = 0.0,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -105,7 +114,9 @@ class Worker:
         self.owner = owner
         self.parallelism = parallelism
         self.ask = ask  # asks the operator to open a wave (--confirm-each-wave), or None
-        self.run = Run(estate, inventory, parallelism=parallelism, owner=owner)
+        self.wait_s = wait_s  # how long a unit queues behind another's lock on its host
+        self.locks = HostLocks(lock_owner(run_id, owner))
+        self.run = Run(estate, inventory, parallelism=parallelism, owner=owner, locks=self.locks)
         self.hosts = {h.key: h for h in hosts(estate)}
         self.status = "running"
         self.error: ProvisionerError | None = None
@@ -130,7 +141,10 @@ class Worker:
             self.stop(finished)
             raise
         finally:
-            self.run.close()
+            try:
+                self._let_go()
+            finally:
+                self.run.close()
         if self.error is not None:
             raise self.error
         return self.status
@@ -143,6 +157,19 @@ class Worker:
         for event in finished:
             event.wait()
         self.rollouts.interrupt(self.run_id, f"interrupted (Ctrl-C) by {self.owner}")
+
+    def _let_go(self) -> None:
+        """Give back the host locks this worker still holds (a halt, Ctrl-C, a lost store),
+        except where another worker of the rollout worked the host after it (it took the lock
+        over)."""
+        try:
+            for key in self.locks.held:
+                last = self.rollouts.last_unit(self.run_id, key)
+                if last is not None and last[0] != self.owner:
+                    self.locks.settle(key, held=False)
+        except ProvisionerError:
+            pass  # the store is away: give back all, a host refuses what is not ours
+        self.run.release()
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -225,24 +252,36 @@ class Worker:
             results = carry_out(self.run, work, reading, record)
         if any(r.status == "interrupted" for r in results):
             return UnitOutcome("failed", "interrupted", interrupted=True)
+        last = not self.rollouts.later_waves_on(unit)  # the host's lock goes back after it
         if results:
-            check = verify(self.run, reading, results, work, tenants=tenants)
+            check = verify(self.run, reading, results, work, tenants=tenants, release=last)
         else:
             check = Check(facts, health=health(self.estate, facts, reading, tenants))
+        if last:
+            self.run.release([host])  # where no verifying gather gave it back
         if host.key in check.facts:
             with self._facts_lock:
                 self._facts[host.key] = (check.facts[host.key], unit.id)
         return judge(host, names, plan, work, results, check)
 
     def _facts_for(self, unit: Unit, host: Host) -> tuple[dict[str, HostFacts], list[PlanProblem]]:
-        """The facts this worker's last unit on the host verified with, if no one worked the
-        host since; else a gather."""
+        """The facts this worker's last unit on the host verified with (under the lock it
+        kept), if no one worked the host since; else a gather that takes the host's lock, over
+        from the worker that had the host before, if another."""
         with self._facts_lock:
             cached = self._facts.get(host.key)
         last = self.rollouts.last_unit(self.run_id, host.key)
         if cached is not None and last == (self.owner, cached[1]):
             return {host.key: cached[0]}, []
-        return self.run.gather([host])
+        before = unit.taken_over_from or (last[0] if last is not None else None)
+        if before is not None and before != self.owner:
+            self.locks.replaces[host.key] = lock_owner(self.run_id, before)
+        return self.run.gather([host], wait_s=self.wait_s)
+
+
+def lock_owner(run_id: int, worker: str) -> str:
+    """The owner a rollout worker's host locks name: ``rollout 7 worker alice@ws17 pid 4711``."""
+    return f"rollout {run_id} worker {worker}"
 
 
 def scope_of(unit: Unit, host: Host, tenants: set[str]) -> Scope:

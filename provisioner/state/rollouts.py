@@ -276,6 +276,19 @@ class Rollouts:
         )
         return list(self.store.read(lambda conn: conn.execute(query).scalars().all()))
 
+    def later_waves_on(self, unit: Unit) -> bool:
+        """Whether a later wave of the rollout works this unit's host (tenants on it)."""
+        server = unit.host.split("/", 1)[1]
+        query = (
+            select(rollout_tenants.c.tenant)
+            .where(rollout_tenants.c.run_id == unit.run_id, rollout_tenants.c.wave > unit.wave)
+            .where(rollout_tenants.c.server == server)
+            .limit(1)
+        )
+        if not unit.host.startswith("server/"):
+            return False
+        return self.store.read(lambda conn: conn.execute(query).first()) is not None
+
     def last_unit(self, run_id: int, host: str) -> tuple[str | None, int] | None:
         """(worker, unit id) of the last finished unit on a host, or None."""
         query = (

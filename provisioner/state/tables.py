@@ -1,5 +1,5 @@
 """The state store's tables (SQLAlchemy Core): runs, the batches they sent and each change's
-result, the rollouts' waves, tenants and host claims, and the hosts' locks.
+result, the rollouts' waves, tenants and host claims. (The hosts' locks live on the hosts.)
 
 The schema is versioned by the migrations in ``migrations/versions`` (Alembic); a test checks
 that upgrading an empty database to :data:`SCHEMA_REVISION` gives exactly these tables.
@@ -24,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_REVISION = "0002"  # the newest migration; a database at another one is upgraded first
+SCHEMA_REVISION = "0003"  # the newest migration; a database at another one is upgraded first
 
 metadata = MetaData()
 
@@ -123,13 +123,4 @@ rollout_units = Table(
     Column("finished_at", DateTime),
     Column("message", Text, nullable=False),
     UniqueConstraint("run_id", "wave", "host", name="one_unit_per_host_and_wave"),
-)
-
-host_locks = Table(
-    "host_locks",
-    metadata,
-    Column("host", String(255), primary_key=True),  # a host key: server/tapi01
-    Column("owner", String(300), nullable=False),  # "alice@ws17 pid 4711" or "rollout 7"
-    Column("acquired_at", DateTime, nullable=False),
-    Column("expires_at", DateTime, nullable=False),  # renewed while the owner works
 )

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import re
+import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +15,9 @@ import pytest
 from provisioner.lab.windows_host import (
     LAB_CTI_ENGINE_SERVICE,
     LAB_PACKAGES,
+    LOCK_FILE,
+    READ,
+    WRITE,
     CommandResult,
     FirewallRuleRecord,
     LockRecord,
@@ -93,10 +98,27 @@ def host() -> WindowsHost:
     return windows
 
 
-def run(host: WindowsHost, request: GatherRequest | ApplyRequest) -> CommandResult:
+OWNER = "alice@ws17 pid 1"
+
+
+def run(
+    host: WindowsHost, request: GatherRequest | ApplyRequest, *, hold: bool = True
+) -> CommandResult:
+    """One command; a batch after the gather that takes its lock, as an apply sends it
+    (unless not ``hold``)."""
+    if isinstance(request, ApplyRequest) and hold:
+        take_lock(host, request.lock.owner)
     name = "gather" if isinstance(request, GatherRequest) else "apply"
     command, arguments = scripts.command_line()
     return host(command, [" ".join(arguments)], scripts.stdin_payload(scripts.load(name), request))
+
+
+def take_lock(host: WindowsHost, owner: str = OWNER, **lock) -> CommandResult:
+    """The gather an apply's plan is made from: it takes the host's lock (or is refused)."""
+    request = gather_request(host.state.role).model_copy(
+        update={"lock": LockRequest(owner=owner, **lock)}
+    )
+    return run(host, request)
 
 
 def gather_request(role: str = "server") -> GatherRequest:
@@ -118,9 +140,12 @@ def gather(host: WindowsHost, role: str = "server") -> HostFacts:
     return scripts.parse_output(result.stdout, HostFacts)
 
 
-def apply(host: WindowsHost, *operations, owner: str = "alice@ws17 pid 1") -> ApplyResponse:
+def apply(
+    host: WindowsHost, *operations, owner: str = OWNER, hold: bool = True, **lock
+) -> ApplyResponse:
     steps = [ApplyStep(id=f"step-{index}", operation=op) for index, op in enumerate(operations)]
-    result = run(host, ApplyRequest(lock=LockRequest(owner=owner), steps=steps))
+    request = ApplyRequest(lock=LockRequest(owner=owner, **lock), steps=steps)
+    result = run(host, request, hold=hold)
     assert result.exit_code == 0, result
     return scripts.parse_output(result.stdout, ApplyResponse)
 
@@ -208,6 +233,7 @@ def test_a_fresh_server_gathers_in_one_command(host) -> None:
     assert "WAN Miniport (L2TP)" in listing(host)["NDIS Proxy TAPI Service Provider"]
     assert facts.tapi_client is None
     assert len(host.record) == 2 and host.record[0].command == "powershell.exe"
+    assert host.state.lock is None  # a gather that did not ask takes no lock
 
 
 def test_a_workstation_reports_only_what_a_workstation_has() -> None:
@@ -503,45 +529,116 @@ def test_tsecimp_refuses_malformed_xml_and_ambiguous_addresses(host) -> None:
 # --- lock and batches -------------------------------------------------------------------------
 
 
-def test_a_lock_held_by_another_owner_stops_everything(host) -> None:
+def lock_of(host: WindowsHost, owner: str, *, expires_in: timedelta) -> LockRecord:
     now = datetime.now(UTC)
     host.state.lock = LockRecord(
-        owner="bob@ws2 pid 9",
-        acquired=now.isoformat(),
-        expires=(now + timedelta(minutes=5)).isoformat(),
+        owner=owner,
+        acquired=(now - timedelta(minutes=1)).isoformat(),
+        expires=(now + expires_in).isoformat(),
     )
-    response = apply(host, rule("nfon-tapi-in-smb"))
+    return host.state.lock
+
+
+def refused(result: CommandResult) -> LockRecord | None:
+    """The holder a gather that asked for the lock names, or None when it took the lock."""
+    try:
+        scripts.parse_output(result.stdout, HostFacts)
+    except scripts.LockRefused as exc:
+        return LockRecord(**exc.holder.model_dump())
+    return None
+
+
+def test_a_lock_held_by_another_owner_stops_everything(host) -> None:
+    held = lock_of(host, "bob@ws2 pid 9", expires_in=timedelta(minutes=5))
+    assert refused(take_lock(host)) == held  # the plan's gather: refused, nothing else read
+    response = apply(host, rule("nfon-tapi-in-smb"), hold=False)
     assert response.status == "locked" and response.results == []
     assert response.lock is not None and response.lock.owner == "bob@ws2 pid 9"
     assert gather(host).firewall_rules == []
-    assert gather(host).lock.owner == "bob@ws2 pid 9"
+    assert gather(host).lock.owner == "bob@ws2 pid 9"  # a plan sees who holds it
+    assert host.state.lock == held
 
 
-def test_an_expired_lock_is_taken_and_released_after_the_batch(host) -> None:
-    past = datetime.now(UTC) - timedelta(hours=1)
-    host.state.lock = LockRecord(owner="bob", acquired=past.isoformat(), expires=past.isoformat())
+def test_a_lapsed_lock_is_taken_by_a_gather_never_by_a_batch(host) -> None:
+    lock_of(host, "bob", expires_in=timedelta(hours=-1))
+    lost = apply(host, rule("nfon-tapi-in-smb"), hold=False)  # bob's plan may be stale: no
+    assert lost.status == "locked" and lost.lock.owner == "bob"
+    assert refused(take_lock(host)) is None
+    assert host.state.lock.owner == OWNER
     apply_ok(host, rule("nfon-tapi-in-smb"))
-    assert gather(host).lock is None
+    assert host.state.lock.owner == OWNER  # still held: the verifying gather gives it back
     assert [r.name for r in gather(host).firewall_rules] == ["nfon-tapi-in-smb"]
+    take_lock(host, release=True)
+    assert host.state.lock is None
 
 
-def test_the_lock_holds_while_a_batch_runs_and_uses_the_host_clock() -> None:
-    moments = iter([datetime(2030, 1, 1, 12, 0, tzinfo=UTC)])
-    clocked = WindowsHost(WindowsHostState.fresh("T"), clock=lambda: next(moments))
+def test_a_lock_given_back_or_taken_over_is_lost_to_its_batch(host) -> None:
+    take_lock(host)
+    take_lock(host, release=True)
+    gone = apply(host, rule("r"), hold=False)
+    assert (gone.status, gone.lock) == ("locked", None)  # given back: lost, though no one has it
+    take_lock(host)
+    assert refused(take_lock(host, "carol")) == host.state.lock  # not carol's to take
+    assert refused(take_lock(host, "carol", replaces="bob")) == host.state.lock  # nor bob's
+    assert refused(take_lock(host, "carol", replaces=OWNER)) is None  # named: taken over
+    lost = apply(host, rule("r"), hold=False)
+    assert lost.status == "locked" and lost.lock.owner == "carol"
+    assert gather(host).firewall_rules == []
+
+
+def test_the_lock_is_renewed_by_every_command_by_the_host_clock() -> None:
+    now = [datetime(2030, 1, 1, 12, 0, tzinfo=UTC)]
+    clocked = WindowsHost(WindowsHostState.fresh("T"), clock=lambda: now[0])
     clocked.state.lock = LockRecord(owner="bob", acquired="", expires="2030-01-01T12:00:01Z")
-    assert apply(clocked, rule("r")).status == "locked"
-    seen = []
-    clocked._clock = lambda: datetime(2030, 1, 1, 12, 0, 2, tzinfo=UTC)  # one second later
-    original = clocked._firewall_upsert
+    assert refused(take_lock(clocked)) is not None
+    now[0] = datetime(2030, 1, 1, 12, 0, 2, tzinfo=UTC)  # bob's lock has lapsed
+    assert refused(take_lock(clocked)) is None
+    taken = ("2030-01-01T12:00:02Z", "2030-01-01T12:15:02Z")
+    assert (clocked.state.lock.acquired, clocked.state.lock.expires) == taken
+    now[0] = datetime(2030, 1, 1, 12, 40, tzinfo=UTC)  # lapsed, but no one took it
+    assert apply(clocked, rule("r"), hold=False).status == "ok"
+    renewed = ("2030-01-01T12:00:02Z", "2030-01-01T12:55:00Z")  # held since the gather
+    assert (clocked.state.lock.acquired, clocked.state.lock.expires) == renewed
 
-    def spy(op):
-        seen.append(clocked.state.lock)
-        return original(op)
 
-    clocked._firewall_upsert = spy
-    apply_ok(clocked, rule("r"))
-    assert seen[0].owner == "alice@ws17 pid 1"
-    assert (seen[0].acquired, seen[0].expires) == ("2030-01-01T12:00:02Z", "2030-01-01T12:15:02Z")
+def test_a_running_command_keeps_the_lock_file_and_others_are_refused_at_once(host) -> None:
+    """A batch holds the lock file open while it runs: a rival's gather is refused at once,
+    naming the holder, even one that names the holder replaced or finds the lock lapsed; a
+    plan's gather and other commands run meanwhile, between the batch's steps."""
+    take_lock(host)
+    reached, go = threading.Event(), threading.Event()
+    real = host._step
+
+    def slow_second_step(operation):
+        if operation.rule.name == "second":
+            reached.set()
+            go.wait(10)
+        return real(operation)
+
+    host._step = slow_second_step
+    batch = threading.Thread(target=apply, args=(host, rule("first"), rule("second")))
+    batch.start()
+    try:
+        assert reached.wait(10)
+        host.state.lock = replace(host.state.lock, expires="2000-01-01T00:00:00Z")
+        assert refused(take_lock(host, "carol", replaces=OWNER)).owner == OWNER
+        assert [r.name for r in gather(host).firewall_rules] == ["first"]  # mid-batch
+        assert gather(host).lock.owner == OWNER
+    finally:
+        go.set()
+        batch.join(10)
+    assert [r.name for r in gather(host).firewall_rules] == ["first", "second"]
+    assert refused(take_lock(host, "carol")) == host.state.lock  # renewed at the batch's end
+
+
+def test_another_program_keeping_the_lock_file_open_fails_the_command(host) -> None:
+    handle = host.open_files.open(LOCK_FILE, frozenset({READ, WRITE}), frozenset())
+    result = take_lock(host)
+    assert result.exit_code == 1
+    assert b"stays open in another process" in result.stdout
+    assert gather(host).lock is None  # no reader gets in either: no holder to name
+    host.open_files.close(handle)
+    assert refused(take_lock(host)) is None
 
 
 def test_a_failure_stops_the_batch_and_later_steps_do_not_run(host) -> None:
@@ -551,7 +648,7 @@ def test_a_failure_stops_the_batch_and_later_steps_do_not_run(host) -> None:
     assert [r.status for r in response.results] == ["ok", "failed", "not-run"]
     assert [r.id for r in response.results] == ["step-0", "step-1", "step-2"]
     assert [r.name for r in gather(host).firewall_rules] == ["first"]
-    assert gather(host).lock is None
+    assert gather(host).lock.owner == OWNER
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -582,7 +679,7 @@ def test_sealed_secrets_are_checked_and_only_fingerprints_come_back(host) -> Non
             ),
         ),
     ]
-    applied = run(host, ApplyRequest(lock=LockRequest(owner="alice"), steps=steps))
+    applied = run(host, ApplyRequest(lock=LockRequest(owner=OWNER), steps=steps))
     assert scripts.parse_output(applied.stdout, ApplyResponse).status == "ok"
     gathered = run(host, gather_request())
     assert_nowhere(PASSWORD, host, applied.stdout, applied.stderr, gathered.stdout)

@@ -36,11 +36,13 @@ def assert_apply_then_nothing(estate: LabEstate) -> None:
 def test_example_apply_then_plan_is_empty(lab_for: LabFor, example: str) -> None:
     estate = lab_for(EXAMPLES / example)
     assert_apply_then_nothing(estate)
-    # and a second apply has nothing to do: it exits 0 without sending a batch
+    # and a second apply has nothing to do: it exits 0 without sending a batch (each host: its
+    # gather, then its lock given back)
     estate.reset_counters()
     second = estate.apply()
     assert second.code == 0, second.output
-    assert set(estate.commands().values()) == {1}, estate.commands()
+    assert set(estate.commands().values()) == {2}, estate.commands()
+    assert set(estate.batches().values()) == {0}, estate.batches()
 
 
 @settings(

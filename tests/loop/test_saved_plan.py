@@ -32,14 +32,6 @@ def applied_addresses(estate: LabEstate) -> set[str]:
     }
 
 
-def apply_commands(estate: LabEstate) -> dict[str, int]:
-    """Apply batches each host received since the counters were reset."""
-    return {
-        name: sum(b'"steps"' in payload for payload in host.server.counters.stdin_payloads)
-        for name, host in estate.lab.hosts.items()
-    }
-
-
 def applied_estate_with_drift(lab_for: LabFor) -> LabEstate:
     """client-tapi, applied, then changed behind the tool's back on tapi01 and ws-0101."""
     estate = lab_for(EXAMPLES / "client-tapi")
@@ -98,7 +90,7 @@ def test_a_host_changed_since_the_plan_refuses_it_before_any_batch(lab_for: LabF
     assert "tapi01" in message
     assert "server/tapi01/firewall_rule/nfon-tapi-in-rpc-epmap" in message
     assert "ws-0101" not in message  # what did not move is not named
-    assert set(apply_commands(estate).values()) == {0}
+    assert set(estate.batches().values()) == {0}
     assert "nfon-tapi-in-smb" not in {r.name for r in estate.windows("tapi01").state.firewall_rules}
 
 
@@ -112,7 +104,7 @@ def test_another_apply_in_between_makes_the_saved_plan_stale(lab_for: LabFor) ->
     refused = estate.cli("apply", "--plan", saved, "--auto-approve")
     assert refused.code == 1, refused.output
     assert "tapi01" in refused.err and "run plan again" in refused.err
-    assert set(apply_commands(estate).values()) == {0}
+    assert set(estate.batches().values()) == {0}
     # ws-0101's part of the saved plan was not applied either
     assert estate.planned_addresses() == {"client/ws-0101/firewall_rule/nfon-tapi-client-out-smb"}
 
@@ -128,7 +120,7 @@ def test_changed_manifests_refuse_the_saved_plan(lab_for: LabFor) -> None:
     refused = estate.cli("apply", "--plan", saved, "--auto-approve")
     assert refused.code == 1, refused.output
     assert "manifests changed" in refused.err
-    assert set(apply_commands(estate).values()) == {0}
+    assert set(estate.batches().values()) == {0}
 
 
 def test_a_saved_targeted_plan_applies_only_its_targets(lab_for: LabFor) -> None:
@@ -152,7 +144,7 @@ def test_a_saved_plan_with_nothing_to_do_applies_nothing(lab_for: LabFor) -> Non
     estate.reset_counters()
     applied = estate.cli("apply", "--plan", saved, "--auto-approve")
     assert applied.code == 0, applied.output
-    assert set(apply_commands(estate).values()) == {0}
+    assert set(estate.batches().values()) == {0}
 
 
 # --- the path a team takes: plan in one place, apply in another ---------------------------------
@@ -285,4 +277,4 @@ def test_a_saved_plan_is_stale_when_what_it_held_back_would_go_ahead(lab_for: La
     assert refused.code == 1, refused.output
     assert "the problems changed since this plan was made" in refused.err
     assert "tenant/k7001/tsp_instance" in refused.err
-    assert set(apply_commands(estate).values()) == {0}
+    assert set(estate.batches().values()) == {0}

@@ -11,6 +11,7 @@ does not hold it yet.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from provisioner.remote import scripts
 from tests.loop.generated import (
@@ -29,14 +30,20 @@ APPLY = ["gather", "apply", "gather"]
 
 
 def scripts_run(estate: LabEstate) -> dict[str, list[str]]:
-    """Per host, the scripts of the commands it received since the counters were reset."""
+    """Per host, the scripts of the commands it received since the counters were reset; an
+    empty batch that only gives the host's lock back is a ``release``."""
     return {
-        name: [
-            SCRIPT_OF.get(scripts.identity_of(scripts.parse_payload(payload)[0]) or "", "?")
-            for payload in host.server.counters.stdin_payloads
-        ]
+        name: [script_of(payload) for payload in host.server.counters.stdin_payloads]
         for name, host in estate.lab.hosts.items()
     }
+
+
+def script_of(payload: bytes) -> str:
+    text, request = scripts.parse_payload(payload)
+    name = SCRIPT_OF.get(scripts.identity_of(text) or "", "?")
+    if name == "apply" and request["steps"] == [] and request["lock"]["release"]:
+        return "release"
+    return name
 
 
 def change_every_host(estate: LabEstate) -> None:
@@ -75,6 +82,35 @@ def test_an_apply_is_one_batch_and_one_verifying_gather_per_host(lab_for: LabFor
     assert set(map(tuple, scripts_run(estate).values())) == {tuple(APPLY)}
     # one shell per host for the whole command
     assert {h.server.counters.messages.get("Create") for h in estate.lab.hosts.values()} == {1}
+
+
+def requests_sent(estate: LabEstate, host: str) -> list[dict[str, Any]]:
+    """The requests (JSON) of the commands a host received since the counters were reset."""
+    payloads = estate.server(host).counters.stdin_payloads
+    return [scripts.parse_payload(payload)[1] for payload in payloads]
+
+
+def test_the_hosts_lock_costs_no_command_of_its_own(lab_for: LabFor) -> None:
+    """The plan's gather takes the lock, the batch renews it, the verifying gather gives it
+    back; a host with nothing to do gets it back with one empty batch instead."""
+    estate = lab_for(EXAMPLES / "client-tapi")
+    estate.reset_counters()
+    assert estate.apply().code == 0
+    for host in ("tapi01", "ws-0101"):
+        locks = [request["lock"] for request in requests_sent(estate, host)]
+        assert all(lock["owner"] == locks[0]["owner"] for lock in locks)
+        assert [lock["release"] for lock in locks] == [False] * (len(locks) - 1) + [True]
+        assert estate.windows(host).state.lock is None
+    estate.reset_counters()
+    assert estate.apply().code == 0  # nothing to do
+    for host in estate.lab.hosts:
+        [gather, release] = requests_sent(estate, host)
+        assert gather["lock"]["release"] is False and "steps" not in gather
+        assert release["steps"] == [] and release["lock"]["release"] is True
+        assert estate.windows(host).state.lock is None
+    estate.reset_counters()
+    assert estate.plan().code == 0
+    assert all(request["lock"] is None for request in requests_sent(estate, "tapi01"))
 
 
 def estate_of(size: int) -> EstateSpec:

@@ -167,6 +167,22 @@ def test_the_scripts_agree_on_every_shared_assumption() -> None:
     }
 
 
+def test_gather_and_apply_share_the_hosts_lock_code() -> None:
+    """Both scripts take, renew and give back the lock with the one included text: the file
+    kept open for writing and shared for reading only, and readers that let it be."""
+    block = scripts.read_template("host_lock.ps1")
+    assert "[IO.File]::Open($LockPath, 'OpenOrCreate', 'ReadWrite', 'Read')" in block
+    assert "[IO.File]::Open($LockPath, 'Open', 'Read', 'ReadWrite')" in block
+    for name in ("gather", "apply"):
+        text = scripts.load(name).text
+        assert text.count(block) == 1 and "provisioner-include" not in text
+        assert text.count("Enter-Lock $request['lock']") == 1
+        assert "Exit-Lock $entered $request['lock']" in text
+        assert "ReadAllText($LockPath" not in text
+    assert "Enter-Lock $request['lock'] $true" in scripts.load("gather").text  # may take
+    assert "Enter-Lock $request['lock'] $false" in scripts.load("apply").text  # only renews
+
+
 def commands_in(source: str, name: str) -> list[Node]:
     """Every ``command`` node that calls ``name``."""
     return [
@@ -280,9 +296,10 @@ def hostile_requests(value: str) -> list[BaseModel]:
             instance_settings_key=value,
             telephony_service=value,
             verpatch_path=value,
+            lock=LockRequest(owner=value, replaces=value),
         ),
         ApplyRequest(
-            lock=LockRequest(owner=value),
+            lock=LockRequest(owner=value, replaces=value, release=True),
             steps=[ApplyStep(id=value, operation=op) for op in operations],
         ),
         UploadRequest(name=value, sha256=value, content=value),
@@ -293,7 +310,7 @@ def check_payload(request: BaseModel) -> None:
     name = {GatherRequest: "gather", ApplyRequest: "apply", UploadRequest: "upload"}[type(request)]
     script = scripts.load(name)
     payload = scripts.stdin_payload(script, request)
-    template = (scripts.templates_dir() / f"{name}.ps1").read_bytes()
+    template = script.text.encode()  # the template as sent (includes in place)
     assert payload[: len(template)] == template  # no value changes a byte of the code
     assert payload[len(template) :].startswith(f"{scripts.SEPARATOR}\n".encode())
     text, data = scripts.parse_payload(payload)
@@ -506,8 +523,9 @@ def test_gather_fills_every_field_of_the_facts_document() -> None:
     gather = scripts.load("gather").text
     one_pass = gather[gather.index("# --- one pass") :]
     start = one_pass.index("$facts = @{")
-    table = one_pass[start : one_pass.index("\n}", start)]
-    keys = set(re.findall(r"^    ([a-z_]+) = ", table, re.MULTILINE))
+    indent = one_pass[one_pass.rindex("\n", 0, start) + 1 : start]
+    table = one_pass[start : one_pass.index(f"\n{indent}}}", start)]
+    keys = set(re.findall(rf"^{indent}    ([a-z_]+) = ", table, re.MULTILINE))
     keys |= set(re.findall(r"\$facts\['([a-z_]+)'\] = ", one_pass))
     assert keys == set(HostFacts.model_fields)
 

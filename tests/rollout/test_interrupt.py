@@ -48,13 +48,15 @@ def test_ctrl_c_during_apply_finishes_the_batch_on_its_way_and_sends_nothing_mor
     [sent] = [b for b in batches if b.status != "not-sent"]
     assert (sent.host, sent.status) == ("tapi01", "ok")  # it finished, and is recorded
     assert {c.status for c in sent.changes} == {"ok"}
-    # the workstations' batches (and tapi01's second, for the lines) were never sent
-    assert {h: s.count("apply") for h, s in scripts_run(estate).items()} == {
-        "tapi01": 1,
-        "ws-0101": 0,
-        "ws-0102": 0,
-        "ws-0103": 0,
+    # the workstations' batches (and tapi01's second, for the lines) were never sent; every
+    # host got its lock back with one small command
+    assert scripts_run(estate) == {
+        "tapi01": ["gather", "apply", "release"],
+        "ws-0101": ["gather", "release"],
+        "ws-0102": ["gather", "release"],
+        "ws-0103": ["gather", "release"],
     }
+    assert all(host.windows.state.lock is None for host in estate.lab.hosts.values())
     assert estate.apply().code == 0
     assert estate.plan().code == 0
 
@@ -84,6 +86,7 @@ def test_ctrl_c_during_a_rollout_leaves_it_resumable(lab_for: LabFor, tmp_path: 
         "srv2": 0,
         "srv3": 0,
     }
+    assert all(host.windows.state.lock is None for host in estate.lab.hosts.values())
 
     resumed = estate.cli("rollout", "--resume", "1", "--auto-approve")
     assert resumed.code == 0, resumed.output
@@ -110,6 +113,7 @@ def test_a_rollout_holds_its_hosts_between_waves(lab_for: LabFor) -> None:
         if child.poll() is None:
             child.kill()
     assert refused.code == 1
-    assert "crm01 is locked by another rollout: rollout 1 since" in refused.out
+    assert "crm01 is locked by another rollout: rollout 1 worker " in refused.out
+    assert f"pid {child.pid}, since " in refused.out
     assert child.returncode == 130, output
     assert estate.apply().code == 0  # the interrupted rollout let its hosts go

@@ -21,11 +21,19 @@ from provisioner.manifest.models import SecretRef
 from provisioner.manifest.validate import Estate
 from provisioner.plan.model import Action, Plan
 from provisioner.planner import HostPlan, PlanInputs, build_plan, hosts, profile_for
-from provisioner.remote.contract import ApplyResponse, HostFacts, UploadRequest
+from provisioner.remote.contract import (
+    ApplyRequest,
+    ApplyResponse,
+    HostFacts,
+    LockRequest,
+    UploadRequest,
+)
 from provisioner.resources import package
 from provisioner.runner import apply_request, build_steps, gather_request
 from provisioner.secrets import Secret
 from tests.support.lab import write_manifests
+
+LOCK = LockRequest(owner="test@model")
 
 
 @dataclass
@@ -81,7 +89,8 @@ class ModelEstate:
         return self.build()[0]
 
     def apply(self) -> dict[str, ApplyResponse]:
-        """One batch per host with changes, packages uploaded first, as the runner does."""
+        """One batch per host with changes, packages uploaded first, under the host's lock, as
+        the runner does (the lock taken by a gather before, given back after)."""
         _, host_plans = self.build()
         responses = {}
         for key, host_plan in host_plans.items():
@@ -90,11 +99,13 @@ class ModelEstate:
                 continue
             steps, _ = build_steps(host_plan, acting)
             windows = self.windows_hosts[key]
+            windows.gather(gather_request(self.estate, host_plan.host, LOCK))
             for path, sha256 in package.uploads(host_plan.context, [s.operation for s in steps]):
                 content = base64.b64encode(path.read_bytes()).decode()
                 windows.upload(UploadRequest(name=path.name, sha256=sha256, content=content))
                 self.uploads.append(f"{host_plan.host.name} {sha256}")
-            responses[key] = windows.apply(apply_request(host_plan, "test@model", steps))
+            responses[key] = windows.apply(apply_request(host_plan, LOCK, steps))
+            windows.apply(ApplyRequest(lock=LOCK.model_copy(update={"release": True}), steps=[]))
         return responses
 
 

@@ -42,6 +42,7 @@ from provisioner.lab.windows_host import WindowsHost
 from provisioner.lab.wsman_server import WSManServer
 from provisioner.manifest import load_estate
 from provisioner.manifest.validate import Estate
+from provisioner.remote import scripts
 from provisioner.state.store import RunRow, StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,6 +133,17 @@ class LabEstate:
     def commands(self) -> dict[str, int]:
         """WinRM commands each host received since the last :meth:`reset_counters`."""
         return {name: host.server.counters.commands for name, host in self.lab.hosts.items()}
+
+    def batches(self) -> dict[str, int]:
+        """Batches that carried steps, per host, since the last :meth:`reset_counters` (an empty
+        batch only gives the host's lock back)."""
+        return {
+            name: sum(
+                bool(scripts.parse_payload(payload)[1].get("steps"))
+                for payload in host.server.counters.stdin_payloads
+            )
+            for name, host in self.lab.hosts.items()
+        }
 
     def reset_counters(self) -> None:
         for host in self.lab.hosts.values():
@@ -273,14 +285,16 @@ def secret_hits(
 # --- commands in child processes, hosts that take their time ----------------------------------
 
 
-def provisioner_child(*argv: str | Path) -> subprocess.Popen[str]:
+def provisioner_child(
+    *argv: str | Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
     """``provisioner ARGV`` in a child process with this process's environment (the lab's
-    inventory and state); Ctrl-C works in it as at a terminal, even where this suite runs in
-    the background (which inherits SIGINT ignored)."""
+    inventory and state), or ``env``; Ctrl-C works in it as at a terminal, even where this suite
+    runs in the background (which inherits SIGINT ignored)."""
     return subprocess.Popen(
         [sys.executable, "-m", "provisioner", *map(str, argv)],
         cwd=ROOT,
-        env=dict(os.environ),
+        env=dict(os.environ if env is None else env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
