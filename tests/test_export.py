@@ -173,7 +173,7 @@ def test_a_user_the_directory_does_not_know_is_written_commented_out(ad_lab: ADL
     windows = estate.windows("tapi01")
     with windows.lock:
         some_line = next(u.lines[0] for u in windows.state.tsec_users.values() if u.lines)
-        windows.state.tsec_users["nfon\\ghost"] = TsecUser("NFON\\ghost", lines=[some_line])
+        windows.state.tsec_users["NFON\\GHOST"] = TsecUser("NFON\\ghost", lines=[some_line])
     out = export(estate)
     text = (out / "k6732.yaml").read_text(encoding="utf-8")
     assert (

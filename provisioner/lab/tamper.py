@@ -25,6 +25,7 @@ from provisioner.lab.windows_host import (
     WinRMConfigRecord,
     inherited_software_acl,
 )
+from provisioner.manifest.models import domain_user_key
 
 ACTIONS = {
     "remove-firewall-rule": "delete a firewall rule by name",
@@ -179,7 +180,7 @@ def _set_winrm(lab: Lab, host: str, argument: str) -> None:
 
 
 def _unassign_user(windows: WindowsHost, user: str) -> None:
-    entry = windows.state.tsec_users.get(user.casefold())
+    entry = windows.state.tsec_users.get(domain_user_key(user))
     if entry is None:
         raise _Refused(f"has no tsecimp user {user!r}")
     entry.lines.clear()

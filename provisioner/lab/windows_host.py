@@ -55,7 +55,7 @@ from provisioner.lab.wsman_server import (
     MAX_SHELLS_PER_USER,
     clixml_error,
 )
-from provisioner.manifest.models import TapiServer
+from provisioner.manifest.models import TapiServer, domain_user_key
 from provisioner.platform import Profile, default_profile
 from provisioner.remote import scripts
 from provisioner.remote.contract import (
@@ -479,7 +479,7 @@ class WindowsHostState:
     current_location_id: int = 0
     next_location_id: int = 1
     firewall_rules: list[FirewallRuleRecord] = field(default_factory=list)
-    tsec_users: dict[str, TsecUser] = field(default_factory=dict)
+    tsec_users: dict[str, TsecUser] = field(default_factory=dict)  # by domain_user_key
     tapi_client: TapiClientRecord = field(default_factory=TapiClientRecord)
     lock: LockRecord | None = None
     backups: dict[str, str] = field(default_factory=dict)
@@ -493,6 +493,9 @@ class WindowsHostState:
     winrm: WinRMConfigRecord = field(default_factory=WinRMConfigRecord)
     firewall_profiles: int = 1  # the profiles active now: a domain-joined host's Domain profile
 
+    def tsec_user(self, domain_user: str) -> TsecUser | None:
+        """The user tsecimp holds for this account, in any spelling Windows takes for it."""
+        return self.tsec_users.get(domain_user_key(domain_user))
 
     @classmethod
     def fresh(cls, computer_name: str, role: Role = "server") -> WindowsHostState:
@@ -630,7 +633,7 @@ def _builtin_sid(account: str) -> str | None:
 
 def _domain_sid(name: str) -> str:
     """A stable SID for a lab account (a domain's SID prefix and a RID from the name)."""
-    rid = int.from_bytes(hashlib.sha256(name.casefold().encode()).digest()[:3], "big") + 1000
+    rid = int.from_bytes(hashlib.sha256(domain_user_key(name).encode()).digest()[:3], "big") + 1000
     return f"S-1-5-21-1004336348-1177238915-682003330-{rid}"
 
 
@@ -787,7 +790,7 @@ class WindowsHost:
     def add_account(self, name: str, password: Secret) -> None:
         """An account the host resolves (a domain or local user), with its password."""
         salt = secrets.token_hex(16)
-        self.state.accounts[name.casefold()] = AccountRecord(
+        self.state.accounts[domain_user_key(name)] = AccountRecord(
             name=name,
             sid=_domain_sid(name),
             password=StoredFingerprint(salt=salt, hmac=_salted(password.reveal(), salt)),
@@ -1064,7 +1067,7 @@ class WindowsHost:
         name = account.strip()
         if name.startswith(".\\"):
             name = self.state.computer_name + name[1:]
-        found = self.state.accounts.get(name.casefold())
+        found = self.state.accounts.get(domain_user_key(name))
         return found.sid if found else None
 
     def _name_of(self, sid: str) -> str:
@@ -1240,7 +1243,7 @@ class WindowsHost:
         # rule: LOGON_RIGHT (no right, or a stored password the account no longer has: 1069)
         if sid is not None and sid in _LOGON_BY_DEFINITION:
             return None
-        account = self.state.accounts.get(service.account.casefold())
+        account = self.state.accounts.get(domain_user_key(service.account))
         stored = self._open_stored(service.password_sealed)
         password_ok = (
             account is not None
@@ -1497,7 +1500,7 @@ class WindowsHost:
             if password is None and builtin != self.sid_of(service.account):
                 return 21
             return 0
-        account = self.state.accounts.get(name.strip().casefold())
+        account = self.state.accounts.get(domain_user_key(name.strip()))
         if account is None:  # rule: SERVICE_ACCOUNT_PASSWORD (an unknown account)
             return 22
         if password is None:
@@ -1717,7 +1720,7 @@ class WindowsHost:
             for address in line.addresses:
                 by_address.setdefault(address, []).append(str(line.permanent_id))
         for user in users:
-            key = user.domain_user.casefold()
+            key = domain_user_key(user.domain_user)  # one account: Windows' comparison
             entry = state.tsec_users.setdefault(key, TsecUser(domain_user=user.domain_user))
             if user.friendly_name is not None:
                 entry.friendly_name = user.friendly_name

@@ -516,6 +516,19 @@ def test_tsecimp_assigns_and_silently_ignores_lines_that_do_not_exist(host) -> N
     assert listing(host)["NFON Third Party TAPI K6732"]["101 Jörg Müller"] == []
 
 
+def test_tsecimp_keeps_accounts_apart_that_only_full_case_mapping_would_merge(host) -> None:
+    """``Straße`` and ``STRASSE`` are two accounts to Windows (one code unit at a time), while
+    ``straße`` is the first one again."""
+    apply_ok(host, install(), *create_instance("K6732", "K6732"), RESTART)
+    apply_ok(host, assign(XmlUser("NFON\\Straße", lines=[XmlLine(address="100")])))
+    apply_ok(host, assign(XmlUser("NFON\\STRASSE", lines=[XmlLine(address="101")])))
+    apply_ok(host, assign(XmlUser("nfon\\straße", lines=[XmlLine(address="101")])))
+    assert sorted((u.domain_user, len(u.lines)) for u in host.state.tsec_users.values()) == [
+        ("NFON\\STRASSE", 1),
+        ("NFON\\Straße", 2),
+    ]
+
+
 def test_tsecimp_refuses_malformed_xml_and_ambiguous_addresses(host) -> None:
     apply_ok(
         host, install(), *create_instance("A", "K6732"), *create_instance("B", "K9999"), RESTART

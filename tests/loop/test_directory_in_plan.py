@@ -176,7 +176,7 @@ class ADEstate:
 
     def tsec_lines(self, host: str, name: str) -> list[str]:
         """The permanent line ids the host's TAPI security file gives a user ([] if none)."""
-        entry = self.estate.windows(host).state.tsec_users.get(self.user(name).casefold())
+        entry = self.estate.windows(host).state.tsec_user(self.user(name))
         return list(entry.lines) if entry else []
 
     def imported_users(self, host: str) -> list[XmlUser]:
@@ -496,8 +496,8 @@ def test_friendly_name_defaults_to_the_ad_display_name(ad_lab: ADLabFor) -> None
     imported = {domain_user_key(u.domain_user): u for u in ad.imported_users("tapi01")}
     assert imported[ad.key("jdoe")].friendly_name == display
     assert imported[ad.key("MAUERSBERGERM")].friendly_name == "Marius Mauersberger"
-    state = ad.estate.windows("tapi01").state.tsec_users
-    assert state[ad.user("jdoe").casefold()].friendly_name == display
+    entry = ad.estate.windows("tapi01").state.tsec_user(ad.user("jdoe"))
+    assert entry is not None and entry.friendly_name == display
 
 
 # --- the users group ------------------------------------------------------------------------

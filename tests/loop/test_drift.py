@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import replace
 
 from provisioner.lab.tamper import tamper
+from provisioner.manifest.models import domain_user_key
 from provisioner.resources import line_assignment
 from tests.support.lab import EXAMPLES, LabEstate, LabFor
 
@@ -36,7 +37,7 @@ def change_behind_the_tools_back(estate: LabEstate) -> dict[str, str]:
         )
         for settings in state.tsp_settings.values():
             settings.number_format = "international"
-        holder = state.tsec_users[user.casefold()]
+        holder = state.tsec_users[domain_user_key(user)]
         holder.lines = holder.lines[:1]
     with estate.windows("ws-0102").lock:
         estate.windows("ws-0102").state.tapi_client.connection_oriented = True

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import pytest
 
 from provisioner.lab.windows_host import FirewallRuleRecord, StoredFingerprint
+from provisioner.manifest.models import domain_user_key
 from provisioner.render.drift import CATEGORIES, NO_TENANT
 from tests.render.chromium import chromium_or_unavailable, dump_dom
 from tests.support.lab import EXAMPLES, running_lab
@@ -127,7 +128,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
         tapi01 = estate.windows("tapi01").state
         smb = next(r for r in tapi01.firewall_rules if r.name == "nfon-tapi-in-smb")
         smb.local_ports = "9999"
-        tapi01.tsec_users["nfon\\reception2"].lines.clear()
+        tapi01.tsec_users[domain_user_key("NFON\\reception2")].lines.clear()
         [instance] = tapi01.tsp_settings.values()
         assert instance.password_fingerprint is not None
         instance.password_fingerprint = StoredFingerprint(
