@@ -16,7 +16,9 @@ Each command a host receives is timed, and given to the unit (host and wave) who
 open then, as the state store recorded it. Budget per host and wave: ONE batch and ONE gather
 (which verifies the batch and plans the host's next wave), plus the host's first read in its
 first wave, plus a gather and a second batch where the first batch created TSP instances (their
-lines appear only after the Telephony restart). Wall-time budgets per rollout are below.
+lines appear only after the Telephony restart), plus at most one empty batch per host and
+rollout that gives the host's lock back where no verifying gather did. Wall-time budgets per
+rollout are below.
 
 It also measures the state store alone: batches recorded (intent before, results after) by 10
 threads at once, 100 changes each, in write transactions and change rows per second.
@@ -64,7 +66,7 @@ STORE_BATCHES, STORE_CHANGES, STORE_THREADS = 400, 100, 10
 @dataclass
 class Command:
     at: datetime
-    script: str  # gather | apply
+    script: str  # gather | apply | release (an empty batch giving the host's lock back)
     messages: int  # WSMan messages the host had received when the command's stdin ended
 
 
@@ -260,6 +262,9 @@ def budget_problems(phase: Phase, created: set[tuple[str, int]]) -> list[str]:
                 f"{name} wave {wave}: {scripts_}, allowed {batches_allowed} batches and "
                 f"{gathers_allowed} gathers"
             )
+    releases = Counter(name for (name, _), scripts_ in phase.per_unit.items()
+                       for script in scripts_ if script == "release")  # fmt: skip
+    problems += [f"{name}: {n} lock releases, allowed 1" for name, n in releases.items() if n > 1]
     return problems
 
 
@@ -325,11 +330,15 @@ def print_table(phases: list[Phase]) -> None:
 
 
 def _script(stdin: bytes) -> str:
+    """gather, apply, upload, or release: an empty batch that only gives the host's lock back."""
     try:
-        text, _ = scripts.parse_payload(stdin)
+        text, request = scripts.parse_payload(stdin)
     except (scripts.RemoteScriptError, ValueError):
         return "?"
-    return (scripts.identity_of(text) or "?").split("/", 1)[0]
+    name = (scripts.identity_of(text) or "?").split("/", 1)[0]
+    if name == "apply" and not request.get("steps") and request.get("lock", {}).get("release"):
+        return "release"
+    return name
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def plan_command(
     ):
         plan, _ = make_plan(run, estate, targets)
         status = "problems" if plan.problems else "changes" if plan.has_changes else "no-changes"
-        store.finish_run(run_id, status, plan.summary())
+        store.finish_run(run_id, status, "\n".join([plan.summary(), *run.retry_lines()]))
     shown = plan
     if output_format == "text":
         shown = replace(plan, notes=grouped_notes(plan.notes, verbose=options.verbose))
@@ -187,7 +187,7 @@ def apply_command(
             results = carry_out_recorded(run, work, reading, store, run_id)
             check = verify(run, reading, results, work)
             outcome = Outcome(plan, work, results, check)
-            summarise(outcome, options, store, run_id)
+            summarise(outcome, options, store, run_id, retried=run.retry_lines())
         store.ensure_recorded()
     return outcome.exit_code
 
@@ -211,8 +211,11 @@ def carry_out_recorded(
     return results
 
 
-def summarise(outcome: Outcome, options: Options, store: StateStore, run_id: int) -> None:
-    """Each change's result, what did not verify, the tenants' health, the counts."""
+def summarise(
+    outcome: Outcome, options: Options, store: StateStore, run_id: int, *, retried: list[str]
+) -> None:
+    """Each change's result, what did not verify, the tenants' health, the counts; the store
+    also keeps the reads that ran again (printed as they happened)."""
     check = outcome.check
     assert check is not None
     lines = [f"  {line}" for line in result_lines(outcome.results)]
@@ -223,7 +226,8 @@ def summarise(outcome: Outcome, options: Options, store: StateStore, run_id: int
     summary[0] = summary[0].rstrip(".") + f". Recorded as run {run_id} in {store.where}."
     for line in lines + summary:
         options.echo(line)
-    store.finish_run(run_id, "complete" if outcome.complete else "incomplete", summary[0])
+    status = "complete" if outcome.complete else "incomplete"
+    store.finish_run(run_id, status, "\n".join([summary[0], *retried]))
 
 
 def saved_plan_or_manifests(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from provisioner.connectors import Connect, Connector, over_winrm
@@ -250,6 +251,14 @@ class Run:
         with self._remote_lock:
             remotes = list(self._remote.values())
         return [event for remote in remotes for event in remote.retries]
+
+    def retry_lines(self, host: str | None = None, since: datetime | None = None) -> list[str]:
+        """The retries as lines, for the state store (of one host, since a moment, if given)."""
+        return [
+            event.line()
+            for event in self.retries
+            if (host is None or event.host == host) and (since is None or event.at >= since)
+        ]
 
     def remote(self, host: Host) -> Connector:
         with self._remote_lock:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from provisioner.converge import (
     Check,
@@ -207,6 +208,7 @@ class Worker:
 
     def _work(self, unit: Unit) -> None:
         lease = Lease(self.rollouts, unit, self.owner, self.settings.lease_s)
+        started = datetime.now(UTC)
         try:
             outcome = self.converge(unit, lease)
         except TakenOver:
@@ -220,11 +222,12 @@ class Worker:
         if outcome.interrupted:
             self.rollouts.release(unit, self.owner)
             return
+        retried = self.run.retry_lines(unit.host.split("/", 1)[1], since=started)
         self.rollouts.finish(
             unit,
             self.owner,
             outcome.status,
-            outcome.message,
+            "; ".join(filter(None, [outcome.message, *retried])),
             tenants=outcome.tenants,
             threshold=self.threshold,
         )

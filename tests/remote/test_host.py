@@ -97,3 +97,6 @@ def test_a_plan_says_in_one_line_which_host_was_retried_and_why(lab_for: LabFor)
         "and check the host's WinRM event log if it lasts"
     ]
     assert estate.commands()["tapi01"] == 2
+    with estate.store() as store:
+        [run] = store.runs(kind="plan")
+    assert run.summary.splitlines()[1:] == retried  # the state store keeps it too

@@ -185,3 +185,16 @@ def test_rollout_status_shows_the_latest_or_any_rollout(lab_for: LabFor) -> None
     assert "| 1 | canary | done | 1 | 1 tenant: 1 done |" in markdown.out
     missing = estate.cli("rollout", "status", "9")
     assert missing.code == 1 and "there is no rollout 9" in missing.err
+
+
+def test_a_read_that_ran_again_is_kept_with_its_unit(lab_for: LabFor) -> None:
+    estate = lab_for(EXAMPLES / "multi-tenant")
+    server = estate.server("crm01")
+    server.faults.http_status_on_action = ("Receive", 503)
+    server.faults.http_status_times = 1  # the first gather's reply is lost once
+    result = rollout(estate, "--waves", "100%")
+    assert result.code == 0, result.output
+    [retried] = [line for line in result.err.splitlines() if "retried" in line]
+    assert retried.startswith("crm01: gather retried in a fresh shell after: ")
+    [wave_0] = state_of(estate).waves[0].units
+    assert (wave_0.status, wave_0.message) == ("done", retried)
