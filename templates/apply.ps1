@@ -332,6 +332,7 @@ function Set-Fingerprint($Key, $Fingerprint, [string] $SaltValue, [string] $Hmac
     $Key.SetValue($HmacValue, ([string]$Fingerprint['hmac']).ToLowerInvariant(), 'String')
 }
 
+# provisioner-include: private_directory.ps1
 # provisioner-include: host_lock.ps1
 
 # --- TAPI providers ---------------------------------------------------------------------------

@@ -594,6 +594,7 @@ function Get-TapiClientFacts($Providers) {
     }
 }
 
+# provisioner-include: private_directory.ps1
 # provisioner-include: host_lock.ps1
 
 # --- one pass ---------------------------------------------------------------------------------

@@ -1,21 +1,7 @@
 # The host's lock: gather.ps1 and apply.ps1 include this file where their include line names it
 # (provisioner/remote/scripts.py puts this text in its place before a script is sent).
-# It uses $StateDir, $LockPath, $SystemSid, $AdministratorsSid, $utf8 and $serializer, which
-# both scripts define.
-
-function New-PrivateDirectory([string] $Path) {
-    # Only SYSTEM and Administrators may write here: under ProgramData every user may create
-    # files, and a planted package or lock file must not be taken for ours.
-    $security = New-Object Security.AccessControl.DirectorySecurity
-    $security.SetAccessRuleProtection($true, $false)
-    foreach ($sid in $SystemSid, $AdministratorsSid) {
-        $identity = New-Object Security.Principal.SecurityIdentifier $sid
-        $rule = New-Object Security.AccessControl.FileSystemAccessRule -ArgumentList $identity, 'FullControl', 'ContainerInherit, ObjectInherit', 'None', 'Allow'
-        $security.AddAccessRule($rule)
-    }
-    if ([IO.Directory]::Exists($Path)) { [IO.Directory]::SetAccessControl($Path, $security) }
-    else { [void][IO.Directory]::CreateDirectory($Path, $security) }
-}
+# It uses $StateDir, $LockPath, $utf8 and $serializer, which both scripts define, and
+# New-PrivateDirectory (private_directory.ps1, which both include too).
 
 # --- the host's lock ------------------------------------------------------------------------
 # lock.json holds {owner, acquired, expires}. A command that carries a lock request opens it for

@@ -12,19 +12,7 @@ $PackageCache = Join-Path $StateDir 'packages'
 $SystemSid = 'S-1-5-18'
 $AdministratorsSid = 'S-1-5-32-544'
 
-function New-PrivateDirectory([string] $Path) {
-    # Only SYSTEM and Administrators may write here: under ProgramData every user may create
-    # files, and a planted package must not be taken for ours.
-    $security = New-Object Security.AccessControl.DirectorySecurity
-    $security.SetAccessRuleProtection($true, $false)
-    foreach ($sid in $SystemSid, $AdministratorsSid) {
-        $identity = New-Object Security.Principal.SecurityIdentifier $sid
-        $rule = New-Object Security.AccessControl.FileSystemAccessRule -ArgumentList $identity, 'FullControl', 'ContainerInherit, ObjectInherit', 'None', 'Allow'
-        $security.AddAccessRule($rule)
-    }
-    if ([IO.Directory]::Exists($Path)) { [IO.Directory]::SetAccessControl($Path, $security) }
-    else { [void][IO.Directory]::CreateDirectory($Path, $security) }
-}
+# provisioner-include: private_directory.ps1
 
 $sha256 = ([string]$request['sha256']).ToLowerInvariant()
 if ($sha256 -cnotmatch '^[0-9a-f]{64}$') { throw "sha256 '$sha256' is not valid" }

@@ -183,6 +183,13 @@ def test_gather_and_apply_share_the_hosts_lock_code() -> None:
     assert "Enter-Lock $request['lock'] $false" in scripts.load("apply").text  # only renews
 
 
+def test_every_script_that_writes_a_folder_makes_it_private_with_the_one_included_text() -> None:
+    shared = scripts.read_template("private_directory.ps1")
+    for name in ("gather", "apply", "upload"):
+        text = scripts.load(name).text
+        assert text.count(shared) == 1 and text.count("function New-PrivateDirectory") == 1
+
+
 def commands_in(source: str, name: str) -> list[Node]:
     """Every ``command`` node that calls ``name``."""
     return [
