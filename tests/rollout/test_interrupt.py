@@ -94,6 +94,11 @@ def test_ctrl_c_during_a_rollout_leaves_it_resumable(lab_for: LabFor, tmp_path: 
     assert estate.plan().code == 0
 
 
+def held_by_a_rollout(estate: LabEstate, host: str) -> bool:
+    lock = estate.windows(host).state.lock
+    return lock is not None and lock.owner.startswith("rollout ")
+
+
 def test_a_rollout_holds_its_hosts_between_waves(lab_for: LabFor) -> None:
     """An apply while a rollout pauses between waves fails fast naming the rollout; after the
     rollout is interrupted its hosts are free again."""
@@ -103,7 +108,8 @@ def test_a_rollout_holds_its_hosts_between_waves(lab_for: LabFor) -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        while not (estate.state_dir / "state.db").exists() or state_of(estate).current_wave < 1:
+        # the rollout holds crm01 (so its store and its record exist), then opens wave 1
+        while not held_by_a_rollout(estate, "crm01") or state_of(estate).current_wave < 1:
             assert time.monotonic() < deadline and child.poll() is None, child.communicate()
             time.sleep(0.3)
         refused = estate.apply()
