@@ -229,7 +229,7 @@ class Bench:
             phases=recorded["phases"],
             cpu=recorded["cpu"],
             commands={
-                name: [_script_name(stdin) for stdin in host.server.counters.stdin_payloads]
+                name: [scripts.kind_of(stdin) for stdin in host.server.counters.stdin_payloads]
                 for name, host in self.lab.hosts.items()
             },
             cti_calls=Counter(r.tenant or "(none)" for r in requests),
@@ -371,16 +371,6 @@ def print_table(cases: list[Case]) -> None:
             f"{winrm:>10} {cti:>10} {last.ldap_searches:>5}  "
             f"{'ok' if not case.problems else 'NOT MET'}"
         )
-
-
-def _script_name(stdin: bytes) -> str:
-    """``gather`` or ``apply``: the name in the script header the command got on stdin."""
-    try:
-        text, _ = scripts.parse_payload(stdin)
-    except (scripts.RemoteScriptError, ValueError):
-        return "?"
-    identity = scripts.identity_of(text) or "?"
-    return identity.split("/", 1)[0]
 
 
 def _cpu_s() -> float:

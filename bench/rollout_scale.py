@@ -180,7 +180,9 @@ def record_commands(lab: Lab) -> dict[str, list[Command]]:
             server: Any = server,
         ) -> Any:  # fmt: skip
             now = datetime.now(UTC).replace(tzinfo=None)
-            commands[name].append(Command(now, _script(stdin), server.counters.total_messages))
+            commands[name].append(
+                Command(now, scripts.kind_of(stdin), server.counters.total_messages)
+            )
             return real(command, arguments, stdin)
 
         server.handler = handler
@@ -327,18 +329,6 @@ def print_table(phases: list[Phase]) -> None:
             f"{span(list(phase.messages.values())):>19}  "
             f"{'ok' if not phase.problems else 'NOT MET'}"
         )
-
-
-def _script(stdin: bytes) -> str:
-    """gather, apply, upload, or release: an empty batch that only gives the host's lock back."""
-    try:
-        text, request = scripts.parse_payload(stdin)
-    except (scripts.RemoteScriptError, ValueError):
-        return "?"
-    name = (scripts.identity_of(text) or "?").split("/", 1)[0]
-    if name == "apply" and not request.get("steps") and request.get("lock", {}).get("release"):
-        return "release"
-    return name
 
 
 if __name__ == "__main__":

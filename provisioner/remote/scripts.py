@@ -31,7 +31,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -199,6 +199,27 @@ def parse_payload(stdin: bytes) -> tuple[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise RemoteScriptError("the JSON part of stdin is not an object")
     return text[: match.start()] + "\n", data
+
+
+def kind_of(stdin: bytes) -> str:
+    """What a command's stdin runs: ``gather``, ``apply``, ``upload``, ``release`` (an empty
+    batch that only gives the host's lock back), or ``?`` when it is not a script as this
+    version ships it. For counting what reached a host (benches and tests)."""
+    try:
+        text, request = parse_payload(stdin)
+    except (RemoteScriptError, ValueError):
+        return "?"
+    identity = identity_of(text)
+    name = next((n for n in get_args(ScriptName) if load(n).identity == identity), "?")
+    lock = request.get("lock")
+    if (
+        name == "apply"
+        and not request.get("steps")
+        and isinstance(lock, dict)
+        and lock.get("release")
+    ):
+        return "release"
+    return name
 
 
 def failure_document(message: str, line: int | None = None) -> bytes:

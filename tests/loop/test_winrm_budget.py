@@ -24,7 +24,6 @@ from tests.loop.generated import (
 )
 from tests.support.lab import EXAMPLES, LabEstate, LabFor
 
-SCRIPT_OF = {scripts.load(name).identity: name for name in ("gather", "apply", "upload")}
 FIRST_APPLY_WITH_NEW_INSTANCE = ["gather", "apply", "gather", "apply", "gather"]
 APPLY = ["gather", "apply", "gather"]
 
@@ -33,17 +32,9 @@ def scripts_run(estate: LabEstate) -> dict[str, list[str]]:
     """Per host, the scripts of the commands it received since the counters were reset; an
     empty batch that only gives the host's lock back is a ``release``."""
     return {
-        name: [script_of(payload) for payload in host.server.counters.stdin_payloads]
+        name: [scripts.kind_of(payload) for payload in host.server.counters.stdin_payloads]
         for name, host in estate.lab.hosts.items()
     }
-
-
-def script_of(payload: bytes) -> str:
-    text, request = scripts.parse_payload(payload)
-    name = SCRIPT_OF.get(scripts.identity_of(text) or "", "?")
-    if name == "apply" and request["steps"] == [] and request["lock"]["release"]:
-        return "release"
-    return name
 
 
 def change_every_host(estate: LabEstate) -> None:

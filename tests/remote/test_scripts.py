@@ -24,6 +24,7 @@ from provisioner.remote.contract import (
     ApplyResponse,
     ApplyStep,
     Fingerprint,
+    FirewallRemove,
     FirewallRuleSpec,
     FirewallUpsert,
     GatherRequest,
@@ -547,3 +548,25 @@ def test_gather_and_the_lab_model_read_the_same_rpc_criteria_from_the_request() 
         assert token in gather, token
     for token in ('"rpc"', '"rpc-epmap"', '"rpcss"', '"System"', "svchost.exe", "(6, 256)"):
         assert token in model, token
+
+
+def test_what_a_command_runs_is_told_from_its_stdin() -> None:
+    gather = GatherRequest(role="client", firewall_group="g")
+    lock = LockRequest(owner="o")
+    batch = ApplyRequest(lock=lock, steps=[ApplyStep(id="a", operation=FirewallRemove(name="r"))])
+    release = ApplyRequest(lock=lock.model_copy(update={"release": True}), steps=[])
+    upload = UploadRequest(name="p.msi", sha256="0" * 64, content="")
+    kinds = [
+        scripts.kind_of(scripts.stdin_payload(scripts.load(name), request))
+        for name, request in (
+            ("gather", gather),
+            ("apply", batch),
+            ("apply", release),
+            ("apply", ApplyRequest(lock=lock, steps=[])),
+            ("upload", upload),
+        )
+    ]
+    assert kinds == ["gather", "apply", "release", "apply", "upload"]
+    edited = scripts.stdin_payload(scripts.load("gather"), gather).replace(b"$", b"$x", 1)
+    assert scripts.kind_of(edited) == "?"  # not the script as shipped
+    assert scripts.kind_of(b"not a payload") == "?"

@@ -139,7 +139,7 @@ class LabEstate:
         batch only gives the host's lock back)."""
         return {
             name: sum(
-                bool(scripts.parse_payload(payload)[1].get("steps"))
+                scripts.kind_of(payload) == "apply"
                 for payload in host.server.counters.stdin_payloads
             )
             for name, host in self.lab.hosts.items()
