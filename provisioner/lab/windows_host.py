@@ -762,8 +762,9 @@ class WindowsHost:
         self.lock = threading.RLock()
         self.open_files = OpenFiles()
         self._command = threading.local()  # what the command running in this thread asked
-        self._seal_key = serialization.load_pem_private_key(state.seal_key_pem.encode(), None)
-        assert isinstance(self._seal_key, rsa.RSAPrivateKey)
+        seal_key = serialization.load_pem_private_key(state.seal_key_pem.encode(), None)
+        assert isinstance(seal_key, rsa.RSAPrivateKey)
+        self._seal_key: rsa.RSAPrivateKey = seal_key
         self._scripts: dict[str, Callable[[dict[str, object]], BaseModel]] = {
             scripts.load("gather").identity: self._run_gather,
             scripts.load("apply").identity: self._run_apply,
@@ -1106,16 +1107,16 @@ class WindowsHost:
             re.escape(pattern).replace(re.escape("{instance}"), "(?P<instance>.+)"), re.IGNORECASE
         )
         names: dict[str, str] = {}
-        for file in self.state.system32.values():
-            if match := file_regex.fullmatch(file.name):
+        for system_file in self.state.system32.values():
+            if match := file_regex.fullmatch(system_file.name):
                 names.setdefault(match["instance"].upper(), match["instance"])
         settings_pattern = request.instance_settings_key
         parent = re.fullmatch(r"(.+)\\\{instance\}\\*", settings_pattern)
         if parent is not None:
             prefix = _registry_key(parent[1]) + "\\"
-            for key, record in self.state.tsp_settings.items():
+            for key, found in self.state.tsp_settings.items():
                 if key.startswith(prefix) and "\\" not in key[len(prefix) :]:
-                    name = record.key.rstrip("\\").rsplit("\\", 1)[-1]
+                    name = found.key.rstrip("\\").rsplit("\\", 1)[-1]
                     names.setdefault(name.upper(), name)
         facts = []
         for _, instance in sorted(names.items()):
@@ -1332,7 +1333,8 @@ class WindowsHost:
         op = operation.op
         if self.state.role == "client" and op not in _CLIENT_OPERATIONS:
             raise StepFailure(f"operation '{op}' is not available on a workstation (role client)")
-        return getattr(self, _OPERATIONS[op])(operation)
+        perform: Callable[[Operation], dict[str, object]] = getattr(self, _OPERATIONS[op])
+        return perform(operation)
 
     def _service(self, name: str) -> ServiceRecord:
         _check(name, r"[A-Za-z0-9_.\- ]+", "service name")
@@ -1726,14 +1728,14 @@ class WindowsHost:
                 entry.friendly_name = user.friendly_name
             if user.no_merge or user.lines is None:
                 entry.lines = []
-            for line in user.lines or []:
-                if line.permanent_id is not None:
-                    found = [line.permanent_id] if line.permanent_id in by_id else []
+            for wanted in user.lines or []:
+                if wanted.permanent_id is not None:
+                    found = [wanted.permanent_id] if wanted.permanent_id in by_id else []
                 else:
-                    found = by_address.get(str(line.address), [])
+                    found = by_address.get(str(wanted.address), [])
                 if len(found) != 1:
                     continue  # rule: TSECIMP_SILENT
-                if line.remove:
+                if wanted.remove:
                     entry.lines = [x for x in entry.lines if x != found[0]]
                 elif found[0] not in entry.lines:
                     entry.lines.append(found[0])
