@@ -29,9 +29,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generated_estate import EstateShape, span, write_estate
+from generated_estate import EstateShape, cti_counts, span, write_estate
 
-from provisioner.lab.cti_api import BASE_PATH, CTIAPISimulator
+from provisioner.lab.cti_api import CTIAPISimulator
 from provisioner.lab.estate import Lab
 
 CALLS_PER_TENANT = 2  # one login, one extension listing
@@ -114,22 +114,14 @@ def run_plan(
             env=environment, check=False,
         )  # fmt: skip
     wall = time.perf_counter() - started
-    requests = cti.requests
+    calls, logins, listings = cti_counts(cti.requests)
     figures = PlanFigures(
         number=number,
         wall_s=wall,
         exit_code=done.returncode,
-        calls=Counter(r.tenant or "(none)" for r in requests),
-        logins=Counter(
-            r.tenant or "(none)"
-            for r in requests
-            if r.method == "POST" and r.path == BASE_PATH + "/login"
-        ),
-        listings=Counter(
-            r.tenant or "(none)"
-            for r in requests
-            if r.method == "GET" and r.path == BASE_PATH + "/extensions/phone/data"
-        ),
+        calls=calls,
+        logins=logins,
+        listings=listings,
     )
     if done.returncode != PLAN_EXIT_CHANGES:
         tail = output.read_text(errors="replace").splitlines()[-10:]

@@ -14,9 +14,13 @@ with 50 instances and 5,000 line assignments.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from provisioner.lab.cti_api import BASE_PATH
 from provisioner.lab.windows_host import lab_package_sha256
 
 FIRST_EXTENSION = 1000
@@ -120,3 +124,18 @@ def span(values: list[int]) -> str:
         return "-"
     low, high = min(values), max(values)
     return str(low) if low == high else f"{low}-{high}"
+
+
+def cti_counts(requests: Iterable[Any]) -> tuple[Counter[str], Counter[str], Counter[str]]:
+    """Per tenant, the CTI API simulator's recorded requests: all calls, logins, listings."""
+    calls: Counter[str] = Counter()
+    logins: Counter[str] = Counter()
+    listings: Counter[str] = Counter()
+    for request in requests:
+        tenant = request.tenant or "(none)"
+        calls[tenant] += 1
+        if request.method == "POST" and request.path == BASE_PATH + "/login":
+            logins[tenant] += 1
+        if request.method == "GET" and request.path == BASE_PATH + "/extensions/phone/data":
+            listings[tenant] += 1
+    return calls, logins, listings

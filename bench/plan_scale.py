@@ -44,9 +44,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generated_estate import EstateShape, span, write_estate
+from generated_estate import EstateShape, cti_counts, span, write_estate
 
-from provisioner.lab.cti_api import BASE_PATH
 from provisioner.lab.estate import Lab
 from provisioner.remote import scripts
 
@@ -221,7 +220,7 @@ class Bench:
             _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
         recorded = json.loads(phases_file.read_text())
-        requests = self.lab.cti.requests
+        calls, logins, listings = cti_counts(self.lab.cti.requests)
         run = Run(
             wall_s=wall,
             peak_rss_mib=usage.ru_maxrss / 1024,  # KiB on Linux
@@ -232,17 +231,9 @@ class Bench:
                 name: [scripts.kind_of(stdin) for stdin in host.server.counters.stdin_payloads]
                 for name, host in self.lab.hosts.items()
             },
-            cti_calls=Counter(r.tenant or "(none)" for r in requests),
-            cti_logins=Counter(
-                r.tenant or "(none)"
-                for r in requests
-                if r.method == "POST" and r.path == BASE_PATH + "/login"
-            ),
-            cti_listings=Counter(
-                r.tenant or "(none)"
-                for r in requests
-                if r.method == "GET" and r.path == BASE_PATH + "/extensions/phone/data"
-            ),
+            cti_calls=calls,
+            cti_logins=logins,
+            cti_listings=listings,
             ldap_searches=recorded["ldap_searches"],
         )
         code = os.waitstatus_to_exitcode(status)
